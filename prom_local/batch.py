@@ -1,0 +1,102 @@
+"""Score a JSONL file into a results file: skip what is done, grade the rest, survive kills.
+
+Resume is by record id: rows already in the output are never redone, a torn last line is cut
+off and its record redone, so re-running the same command after a crash or `kill -9` ends with
+exactly one row per input record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import InputError
+from .grading import Grade
+from .judge import Judge
+from .output import ResultWriter, load_existing
+from .records import Record, read_records
+
+
+@dataclass
+class BatchStats:
+    total_seen: int = 0        # input records read (including those already done)
+    skipped: int = 0           # already in the output file
+    graded: int = 0
+    errors: int = 0
+    forced: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reused_prompt_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    repaired_bytes: int = 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def tokens_per_second(self) -> float:
+        return (self.prompt_tokens + self.completion_tokens) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def generated_per_second(self) -> float:
+        return self.completion_tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def error_grade(err: InputError) -> Grade:
+    return Grade(id=err.record_id or "?", score=None, feedback="", output="", error=str(err),
+                 finish_reason="error")
+
+
+def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats) -> Iterator[Record | Grade]:
+    """Records still to grade, and error rows for bad lines, in input order."""
+    first_line: dict[str, int] = {}
+    for item in read_records(input_path):
+        stats.total_seen += 1
+        if isinstance(item, InputError):
+            if item.record_id in done_ids:
+                stats.skipped += 1
+                continue
+            yield error_grade(item)
+            continue
+        if item.id in first_line:
+            # Ids are the resume key: a repeated id would make the output ambiguous.
+            err = InputError(f"duplicate id {item.id!r} (first on line {first_line[item.id]})",
+                             source=str(input_path) if str(input_path) != "-" else "<stdin>",
+                             line=item.line, field="id")
+            err.record_id = f"{item.id}@line{item.line}"
+            if err.record_id in done_ids:
+                stats.skipped += 1
+            else:
+                yield error_grade(err)
+            continue
+        first_line[item.id] = item.line or 0
+        if item.id in done_ids:
+            stats.skipped += 1
+            continue
+        yield item
+
+
+def score_file(judge: Judge, input_path: str | Path, output_path: str | Path, *,
+               on_result: Callable[[Grade, BatchStats], None] | None = None,
+               on_token: Callable[[Record, str], None] | None = None) -> BatchStats:
+    stats = BatchStats()
+    done_ids: set[str] = set()
+    if str(output_path) != "-":
+        state = load_existing(Path(output_path))
+        done_ids = state.done_ids
+        stats.repaired_bytes = state.repaired_bytes
+    with ResultWriter(output_path) as writer:
+        for grade in judge.grade_stream(pending_items(input_path, done_ids, stats), on_token=on_token):
+            writer.write(grade.to_row())
+            stats.graded += 1
+            stats.errors += grade.error is not None
+            stats.forced += grade.forced
+            stats.prompt_tokens += grade.prompt_tokens - grade.extra.get("reused_prompt_tokens", 0)
+            stats.reused_prompt_tokens += grade.extra.get("reused_prompt_tokens", 0)
+            stats.completion_tokens += grade.completion_tokens
+            if on_result is not None:
+                on_result(grade, stats)
+    return stats

@@ -1,0 +1,32 @@
+"""`prom-local`: a thin typer shell over the library. Each command lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import PromLocalError
+from . import grade_cmd, info_cmd, models_cmd, render_cmd, score_cmd
+
+app = typer.Typer(
+    name="prom-local",
+    help="Run a Prometheus-style LLM judge (Korean Prometheus on Llama 3) privately with llama.cpp.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+for module in (score_cmd, grade_cmd, render_cmd, info_cmd, models_cmd):
+    module.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except PromLocalError as exc:  # user errors: a message, never a traceback
+        print(f"prom-local: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("prom-local: interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,64 @@
+"""`prom-local info`: what a GGUF is, and what this llama.cpp build can do with it."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..engine import gpu_offload_supported, read_model_info
+from ..models import resolve_model
+from .options import ModelsDirOpt, err_console
+
+# llama.cpp's general.file_type enum -> the names people use (llama_ftype in llama.h).
+FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+              11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+              17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+              23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+              29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0"}
+
+
+def describe(path) -> dict:
+    model = read_model_info(path)
+    meta = model.metadata
+    arch = model.architecture
+    ftype = meta.get("general.file_type")
+    info = {
+        "path": str(path),
+        "name": meta.get("general.name"),
+        "architecture": arch,
+        "quant": FILE_TYPES.get(int(ftype), ftype) if ftype and ftype.isdigit() else ftype,
+        "size_bytes": path.stat().st_size,
+        "context_length": model.n_ctx_train,
+        "layers": model.n_layer,
+        "vocab_size": model.n_vocab,
+        "tokenizer": meta.get("tokenizer.ggml.model"),
+        "tokenizer_pre": meta.get("tokenizer.ggml.pre"),
+        "chat_template": bool(model.chat_template),
+        "gpu_offload_supported": gpu_offload_supported(),
+    }
+    model.close()
+    return info
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("info")
+    def info(
+        model: Annotated[str, typer.Argument(help="GGUF path or store name (prometheus-ko:Q4_K_M).")],
+        models_dir: ModelsDirOpt = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """GGUF metadata (architecture, quant type, size, context length, chat template) and whether
+        this llama.cpp build can offload to a GPU. Reads no weights."""
+        data = describe(resolve_model(model, models_dir).path)
+        if as_json:
+            print(json.dumps(data, indent=1))
+            return
+        table = Table(show_header=False, box=None)
+        for key, value in data.items():
+            if key == "size_bytes":
+                value = f"{value / 1024**3:.2f} GiB ({value:,} bytes)"
+            table.add_row(f"[bold]{key}[/bold]", str(value))
+        err_console.print(table)

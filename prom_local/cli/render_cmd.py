@@ -1,0 +1,46 @@
+"""`prom-local render`: show exactly what the model will see, without loading weights."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ..engine import read_model_info
+from ..errors import InputError
+from ..judge import render_prompt
+from ..models import resolve_model
+from ..prompts import get_profile
+from ..records import read_records
+from .options import ModelOpt, ModelsDirOpt, ProfileOpt
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("render")
+    def render(
+        input: Annotated[str, typer.Argument(help="JSONL records ('-' for stdin).")],
+        model: ModelOpt = None,
+        models_dir: ModelsDirOpt = None,
+        profile: ProfileOpt = None,
+    ) -> None:
+        """Print one JSON object per input line: id and the full prompt (special tokens included);
+        with --model also its token ids, from the GGUF's own tokenizer and chat template."""
+        resolved = resolve_model(model, models_dir) if model else None
+        llama = read_model_info(resolved.path) if resolved else None
+        prof = get_profile(profile or (resolved.profile if resolved else "prometheus-ko"))
+        errors = 0
+        for item in read_records(input):
+            if isinstance(item, InputError):
+                errors += 1
+                row = {"id": item.record_id, "error": str(item)}
+            else:
+                prompt = render_prompt(item, prof, llama)
+                row = {"id": item.id, "prompt": prompt}
+                if llama is not None:
+                    row["tokens"] = llama.tokenize(prompt, special=True)
+                    row["n_tokens"] = len(row["tokens"])
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if errors:
+            raise typer.Exit(2)

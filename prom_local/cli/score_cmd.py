@@ -1,0 +1,88 @@
+"""`prom-local score`: the main job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..batch import BatchStats, score_file
+from ..grading import Grade
+from ..output import read_rows
+from ..report import summarise
+from .options import EngineOptions, err_console, with_engine_options
+from .summary_view import print_summary
+
+EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
+
+
+def default_output(input_path: str) -> str:
+    if input_path == "-":
+        return "-"
+    p = Path(input_path)
+    return str(p.with_name(p.name.removesuffix(".jsonl") + ".prom.jsonl"))
+
+
+def count_lines(path: str) -> int | None:
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("score")
+    @with_engine_options
+    def score(
+        input: Annotated[str, typer.Argument(help="JSONL records to grade ('-' for stdin).")],
+        output: Annotated[Optional[str], typer.Option(
+            "--output", "-o", help="Results JSONL; re-running with the same file resumes. "
+            "Default: INPUT with .prom.jsonl ('-' for stdout).")] = None,
+        summary_json: Annotated[Optional[Path], typer.Option(
+            "--summary-json", help="Also write the end-of-run summary as JSON here.")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+        *, opts: EngineOptions,
+    ) -> None:
+        """Grade every record of a JSONL file; one output row per record, resumable after a kill.
+
+        Exit codes: 0 all records scored; 2 some records were error rows (bad input, too long);
+        3 model missing or unloadable; 4 output file unusable; 130 interrupted (re-run to resume).
+        """
+        out = output or default_output(input)
+        total = count_lines(input)
+        judge = opts.judge(quiet=quiet)
+        progress = Progress(
+            TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
+
+        with judge, progress:
+            task = progress.add_task("score", total=total, speed="")
+
+            def on_result(grade: Grade, stats: BatchStats) -> None:
+                progress.update(task, completed=stats.skipped + stats.graded,
+                                speed=f"{stats.tokens_per_second:,.0f} tok/s "
+                                      f"({stats.generated_per_second:,.1f} gen)")
+
+            stats = score_file(judge, input, out, on_result=on_result)
+            progress.update(task, completed=stats.skipped + stats.graded)
+
+        if stats.repaired_bytes:
+            err_console.print(f"[yellow]cut a torn last line ({stats.repaired_bytes} bytes) from {out}; "
+                              "its record was graded again[/yellow]")
+        summary = summarise(read_rows(out)) if out != "-" else None
+        if not quiet:
+            err_console.print(f"wrote {stats.graded} rows to {out}"
+                              + (f" ({stats.skipped} already there)" if stats.skipped else ""))
+            if summary is not None:
+                print_summary(summary, stats)
+        if summary_json is not None and summary is not None:
+            summary_json.write_text(json.dumps(summary.as_dict(), indent=1))
+        if stats.errors:
+            raise typer.Exit(EXIT_RECORD_ERRORS)

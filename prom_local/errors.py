@@ -1,0 +1,58 @@
+"""Every error a user can cause, in one place, so the CLI and TUI can show them without tracebacks."""
+
+from __future__ import annotations
+
+
+class PromLocalError(Exception):
+    """Base for errors that carry a message meant for the user, not a bug report."""
+
+    exit_code = 1
+
+
+class InputError(PromLocalError):
+    """A problem with one input record: names the file, the line and the field."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, source: str = "<input>", line: int | None = None,
+                 field: str | None = None):
+        self.message = message
+        self.source = source
+        self.line = line
+        self.field = field
+        # Which record the error belongs to, for the error row; the line number when the line has no id.
+        self.record_id = str(line) if line is not None else None
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = self.source
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.field:
+            where += f": field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+class ModelNotFound(PromLocalError):
+    exit_code = 3
+
+
+class ModelLoadError(PromLocalError):
+    exit_code = 3
+
+
+class ContextOverflow(PromLocalError):
+    """A prompt that does not fit the context window; recorded as an error row, never a crash."""
+
+    def __init__(self, n_tokens: int, n_ctx: int, max_new_tokens: int):
+        self.n_tokens = n_tokens
+        self.n_ctx = n_ctx
+        self.max_new_tokens = max_new_tokens
+        super().__init__(
+            f"prompt is {n_tokens} tokens; with {max_new_tokens} new tokens it needs more than the "
+            f"context size {n_ctx} (raise --ctx or lower --max-tokens)"
+        )
+
+
+class OutputError(PromLocalError):
+    exit_code = 4

@@ -1,0 +1,97 @@
+"""From the model's own output text to a score: parsing, score probabilities, the result type."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from .rubrics import SCORES
+
+# The card's pattern is r'\[RESULT\]\s+([0-5])'. Made robust: optional colon and any whitespace
+# (newlines, indentation) after the marker, only 1..5 counts, and "10" or "4.5" is not a "1" or a "4".
+SCORE_PATTERN = re.compile(r"\[RESULT\]\s*:?\s*([1-5])(?![\d.]\d)(?!\d)")
+FEEDBACK_PREFIX = re.compile(r"^\s*Feedback\s*:\s*", re.IGNORECASE)
+MARKER_AT_END = re.compile(r"\[RESULT\]\s*:?\s*$")
+
+
+def find_score(text: str) -> re.Match[str] | None:
+    """The last valid `[RESULT] N` in text: when a model restates its verdict, the final one counts."""
+    last = None
+    for last in SCORE_PATTERN.finditer(text):
+        pass
+    return last
+
+
+def extract_score(text: str) -> int | None:
+    """The score in a judge's output, or None when it holds no valid `[RESULT] 1..5`."""
+    match = find_score(text)
+    return int(match.group(1)) if match else None
+
+
+def split_feedback(text: str) -> str:
+    """The feedback part of an output: before the winning marker, without a leading `Feedback:`."""
+    match = find_score(text) or MARKER_AT_END.search(text)
+    body = text[: match.start()] if match else text
+    return FEEDBACK_PREFIX.sub("", body).strip()
+
+
+def normalise(probabilities: Sequence[float]) -> tuple[float, ...]:
+    total = sum(probabilities)
+    if total <= 0 or not math.isfinite(total):
+        return tuple(0.0 for _ in probabilities)
+    return tuple(p / total for p in probabilities)
+
+
+def expected_score(probabilities: Sequence[float]) -> float | None:
+    if not probabilities or sum(probabilities) <= 0:
+        return None
+    return float(sum(s * p for s, p in zip(SCORES, probabilities)))
+
+
+@dataclass
+class Grade:
+    """One graded record: what the model wrote, the score, and how sure it was."""
+
+    id: str
+    score: int | None
+    feedback: str
+    output: str
+    # P(score = 1..5) at the position where the score token was chosen, renormalised over 1..5.
+    probabilities: tuple[float, ...] | None = None
+    # How much of the next-token mass fell on 1..5 at all (low = the model wanted to write something else).
+    score_mass: float | None = None
+    forced: bool = False
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    gold_score: int | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def expected(self) -> float | None:
+        return expected_score(self.probabilities) if self.probabilities else None
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        extra = row.pop("extra")
+        row["expected_score"] = None if self.expected is None else round(self.expected, 4)
+        if self.probabilities is not None:
+            row["probabilities"] = {str(s): round(p, 6) for s, p in zip(SCORES, self.probabilities)}
+        if self.score_mass is not None:
+            row["score_mass"] = round(self.score_mass, 6)
+        row["seconds"] = round(self.seconds, 3)
+        row.update(extra)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Grade":
+        probs = row.get("probabilities")
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        data = {k: v for k, v in row.items() if k in known}
+        data["probabilities"] = tuple(float(probs[str(s)]) for s in SCORES) if probs else None
+        data["extra"] = {k: v for k, v in row.items() if k not in known and k != "expected_score"}
+        return cls(**data)

@@ -1,0 +1,241 @@
+"""The library API: record -> prompt -> tokens -> engine -> Grade.
+
+`Judge` ties a prompt profile to an engine. It is what the CLI, the TUI and Python users call;
+`absolute_grade` mirrors prometheus-eval's signature so its users can switch in one line.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .chat_template import render_chat
+from .engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, LlamaModel,
+                     SamplingParams, TokenEvent)
+from .errors import InputError, PromLocalError
+from .grading import MARKER_AT_END, Grade, find_score, normalise, split_feedback
+from .prompts import PromptProfile, get_profile
+from .records import Record
+from .rubrics import SCORES, Rubric
+
+
+@dataclass(frozen=True)
+class ScoreTokens:
+    """How this model's tokenizer writes the score: which ids mean 1..5, and what to append to force
+    the model to state one. Derived from the tokenizer, not assumed, so any GGUF works."""
+
+    by_score: tuple[tuple[int, ...], ...]   # token ids that begin score s (e.g. "1" and " 1")
+    continuation: tuple[int, ...]           # tokens of "\n  [RESULT] " up to where scores differ
+
+    @property
+    def probe_ids(self) -> list[int]:
+        return [t for ids in self.by_score for t in ids]
+
+    def per_score(self, probs: np.ndarray) -> tuple[tuple[float, ...], float]:
+        """Probabilities of probe_ids -> (P(1..5) renormalised over 1..5, raw mass on 1..5)."""
+        sums, i = [], 0
+        for ids in self.by_score:
+            sums.append(float(probs[i:i + len(ids)].sum()))
+            i += len(ids)
+        return normalise(sums), float(sum(sums))
+
+    @classmethod
+    def for_model(cls, model: LlamaModel, continuation_text: str) -> "ScoreTokens":
+        tokenized = [model.tokenize(continuation_text + str(s), special=False) for s in SCORES]
+        common = 0
+        while all(len(t) > common for t in tokenized) and len({t[common] for t in tokenized}) == 1:
+            common += 1
+        by_score = []
+        for s, toks in zip(SCORES, tokenized):
+            ids = {toks[common]} if len(toks) > common else set()
+            # The model may also write the digit with or without a leading space.
+            for variant in (str(s), " " + str(s)):
+                v = model.tokenize(variant, special=False)
+                if len(v) == 1:
+                    ids.add(v[0])
+            by_score.append(tuple(sorted(ids)))
+        seen: set[int] = set()
+        for ids in by_score:
+            if seen & set(ids):
+                raise PromLocalError("this tokenizer does not give the scores 1..5 distinct tokens")
+            seen |= set(ids)
+        return cls(tuple(by_score), tuple(tokenized[0][:common]))
+
+
+def _wants_probe(text: str) -> bool:
+    # Cheap test first: this runs after every generated token.
+    tail = text[-24:]
+    return "[RESULT]" in tail and MARKER_AT_END.search(tail) is not None
+
+
+class Judge:
+    """A Prometheus-style judge on a local GGUF.
+
+    >>> judge = Judge("models/prometheus-ko/prometheus-ko.Q4_K_M.gguf")
+    >>> feedbacks, scores = judge.absolute_grade(instructions=[...], responses=[...], rubric=rubric)
+    """
+
+    def __init__(self, model: str | Path, *, profile: str | PromptProfile = "prometheus-ko",
+                 engine: EngineConfig | None = None, sampling: SamplingParams | None = None,
+                 on_status: Callable[[str], None] | None = None):
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.sampling = sampling or SamplingParams()
+        self.engine = Engine(model, engine, on_status=on_status)
+        self.model = self.engine.model
+        self.score_tokens = ScoreTokens.for_model(self.model, self.profile.score_continuation)
+
+    # -- record -> prompt -> tokens -------------------------------------------------------------
+    def render(self, record: Record) -> str:
+        return render_prompt(record, self.profile, self.model)
+
+    def tokenize_prompt(self, record: Record) -> list[int]:
+        return self.model.tokenize(self.render(record), special=True)
+
+    # -- tokens -> engine -> grade --------------------------------------------------------------
+    def _request(self, record: Record, cancel: threading.Event | None = None) -> GenRequest:
+        score_tokens = self.score_tokens
+
+        def on_finish(text: str) -> list[int] | None:
+            return None if find_score(text) else list(score_tokens.continuation)
+
+        return GenRequest(tokens=self.tokenize_prompt(record), params=self.sampling, tag=record,
+                          probe_ids=score_tokens.probe_ids, probe_when=_wants_probe,
+                          on_finish=on_finish, cancel=cancel)
+
+    def _to_grade(self, record: Record, out: GenOutput) -> Grade:
+        grade = Grade(id=record.id, score=None, feedback=split_feedback(out.text), output=out.text,
+                      finish_reason=out.finish_reason, prompt_tokens=out.prompt_tokens,
+                      completion_tokens=len(out.tokens), seconds=out.seconds,
+                      gold_score=record.gold_score)
+        grade.extra["reused_prompt_tokens"] = out.reused_prompt_tokens
+        if out.first_token_seconds is not None:
+            grade.extra["first_token_seconds"] = round(out.first_token_seconds, 4)
+        if out.finish_reason == "cancelled":
+            grade.error = "cancelled"
+            return grade
+        if out.final_probe is not None:
+            # The model ended without a valid score: its own next-token distribution after the
+            # appended marker decides, with no resampling.
+            grade.probabilities, grade.score_mass = self.score_tokens.per_score(out.final_probe)
+            grade.score = int(np.argmax(grade.probabilities)) + 1 if grade.score_mass > 0 else None
+            grade.forced = True
+            return grade
+        match = find_score(out.text)
+        grade.score = int(match.group(1))
+        at = [p for p in out.probes if match.start() <= p[0] <= match.start(1)]
+        if at:
+            grade.probabilities, grade.score_mass = self.score_tokens.per_score(at[-1][1])
+        return grade
+
+    def grade_stream(self, records: Iterable[Record | Grade], *,
+                     on_token: Callable[[Record, str], None] | None = None,
+                     cancel: threading.Event | None = None) -> Iterator[Grade]:
+        """Grade records, up to the engine's n_parallel at once, yielding Grades in input order.
+
+        A `Grade` in the input (an error row made upstream) is passed through at its position.
+        """
+        order: dict[int, Record] = {}
+        done: dict[int, Grade] = {}
+        next_out = 0
+
+        def requests():
+            for i, item in enumerate(records):
+                if isinstance(item, Grade):  # a ready-made row (an input error) keeps its place
+                    done[i] = item
+                    continue
+                order[i] = item
+                req = self._request(item, cancel)
+                req.tag = i
+                yield req
+
+        for event in self.engine.generate(requests()):
+            if isinstance(event, TokenEvent):
+                if on_token is not None:
+                    on_token(order[event.tag], event.text)
+                continue
+            if isinstance(event, DoneEvent):
+                i = event.output.tag
+                done[i] = self._to_grade(order[i], event.output)
+            elif isinstance(event, ErrorEvent):
+                i = event.tag
+                record = order[i]
+                done[i] = Grade(id=record.id, score=None, feedback="", output="",
+                                gold_score=record.gold_score, error=str(event.error),
+                                finish_reason="error",
+                                prompt_tokens=getattr(event.error, "n_tokens", 0))
+            while next_out in done:
+                order.pop(next_out, None)
+                yield done.pop(next_out)
+                next_out += 1
+        for i in sorted(done):  # ready-made rows after the last engine event
+            yield done.pop(i)
+
+    def grade(self, record: Record, *, on_token: Callable[[str], None] | None = None,
+              cancel: threading.Event | None = None) -> Grade:
+        cb = (lambda _r, text: on_token(text)) if on_token else None
+        return next(iter(self.grade_stream([record], on_token=cb, cancel=cancel)))
+
+    # -- prometheus-eval compatible ---------------------------------------------------------------
+    def absolute_grade(self, *, instructions: Sequence[str], responses: Sequence[str],
+                       rubric: str | Mapping[str, str] | Rubric | Sequence,
+                       reference_answers: Sequence[str | None] | None = None,
+                       params: Mapping | None = None) -> tuple[list[str], list[int | None]]:
+        """Same call as prometheus-eval's `PrometheusEval.absolute_grade` -> (feedbacks, scores).
+
+        `params` is accepted for compatibility; sampling comes from the Judge (greedy by default).
+        Unlike prometheus-eval there is no resampling: a missing score is forced from the model's
+        own distribution, so every score is an int unless a record errored.
+        """
+        if len(instructions) != len(responses):
+            raise ValueError("instructions and responses must have the same length")
+        refs = list(reference_answers) if reference_answers is not None else [None] * len(responses)
+        if len(refs) != len(responses):
+            raise ValueError("reference_answers must have the same length as responses")
+        rubrics = list(rubric) if isinstance(rubric, (list, tuple)) else [rubric] * len(responses)
+        records = [Record(id=str(i), instruction=ins, response=res, rubric=_as_rubric(rb),
+                          reference_answer=ref or None)
+                   for i, (ins, res, ref, rb) in enumerate(zip(instructions, responses, refs, rubrics))]
+        grades = list(self.grade_stream(records))
+        return [g.feedback for g in grades], [g.score for g in grades]
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> "Judge":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _as_rubric(rubric: str | Mapping[str, str] | Rubric) -> Rubric:
+    if isinstance(rubric, Rubric):
+        return rubric
+    if isinstance(rubric, str):
+        return Rubric.parse(rubric)
+    return Rubric.from_mapping(rubric)
+
+
+def render_prompt(record: Record, profile: PromptProfile, model: LlamaModel | None = None) -> str:
+    """The full text the model sees, special tokens included: the GGUF's own chat template when it
+    has one, else the profile's (so text renders with no model file at all)."""
+    template = (model.chat_template if model is not None else None) or profile.chat_template
+    bos = eos = ""
+    if model is not None and model.chat_template:
+        bos = _special_text(model, "bos")
+        eos = _special_text(model, "eos")
+    else:
+        bos = profile.bos_token
+    return render_chat(template, profile.messages(record), bos_token=bos, eos_token=eos)
+
+
+def _special_text(model: LlamaModel, which: str) -> str:
+    token_id = model.metadata.get(f"tokenizer.ggml.{which}_token_id")
+    return model.token_bytes(int(token_id)).decode("utf-8", "replace") if token_id else ""
+
+
+__all__ = ["Judge", "ScoreTokens", "render_prompt", "InputError"]

@@ -1,0 +1,118 @@
+"""How many layers to put on the GPU: pure arithmetic over model shape and free memory.
+
+Kept free of llama.cpp calls so that the decision can be unit-tested with given memory figures;
+engine.py feeds it real numbers and retries with fewer layers if llama.cpp still runs out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+# llama.cpp allocates compute buffers and CUDA needs its own context beyond weights and KV cache.
+DEFAULT_RESERVE_BYTES = 768 * MiB
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    file_bytes: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    tied_embeddings: bool = False
+
+    def _layer_params(self) -> int:
+        kv = self.n_embd * self.n_head_kv // max(self.n_head, 1)
+        return 2 * self.n_embd * self.n_embd + 2 * self.n_embd * kv + 3 * self.n_embd * self.n_ff
+
+    def _non_layer_params(self) -> int:
+        return (1 if self.tied_embeddings else 2) * self.n_vocab * self.n_embd
+
+    @property
+    def layer_bytes(self) -> int:
+        """Weight bytes of one repeating layer, assuming the quantization spreads evenly over params."""
+        total = self._non_layer_params() + self.n_layer * self._layer_params()
+        return int(self.file_bytes * self._layer_params() / total)
+
+    @property
+    def output_bytes(self) -> int:
+        """The output head (llama.cpp offloads it as the 'extra' layer when all layers fit)."""
+        total = self._non_layer_params() + self.n_layer * self._layer_params()
+        return int(self.file_bytes * self.n_vocab * self.n_embd / total)
+
+    def kv_bytes_per_layer(self, n_ctx: int, bytes_per_value: int = 2) -> int:
+        kv = self.n_embd * self.n_head_kv // max(self.n_head, 1)
+        return 2 * n_ctx * kv * bytes_per_value
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    n_gpu_layers: int          # the value for llama.cpp: 0 = CPU, -1 = everything
+    layers_on_gpu: int         # repeating layers actually placed on the GPU
+    n_layer: int
+    reason: str
+
+    @property
+    def backend(self) -> str:
+        return "cpu" if self.n_gpu_layers == 0 else "gpu"
+
+
+def plan_offload(shape: ModelShape, *, n_ctx: int, free_bytes: int | None, gpu_supported: bool,
+                 reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> OffloadPlan:
+    """Fit as many layers as free GPU memory allows, counting weights and each layer's KV cache."""
+    if not gpu_supported:
+        return OffloadPlan(0, 0, shape.n_layer, "this llama.cpp build has no GPU offload: running on CPU")
+    if free_bytes is None:
+        return OffloadPlan(0, 0, shape.n_layer, "GPU free memory unknown: running on CPU")
+    budget = free_bytes - reserve_bytes
+    per_layer = shape.layer_bytes + shape.kv_bytes_per_layer(n_ctx)
+    full = shape.n_layer * per_layer + shape.output_bytes
+    gib = lambda b: f"{b / 1024**3:.1f} GiB"  # noqa: E731
+    if budget >= full:
+        return OffloadPlan(-1, shape.n_layer, shape.n_layer,
+                           f"all {shape.n_layer} layers fit on the GPU ({gib(full)} of {gib(free_bytes)} free)")
+    layers = max(0, min(shape.n_layer, budget // per_layer)) if per_layer > 0 else 0
+    if layers == 0:
+        return OffloadPlan(0, 0, shape.n_layer,
+                           f"not even one layer fits in {gib(free_bytes)} free GPU memory: running on CPU")
+    return OffloadPlan(int(layers), int(layers), shape.n_layer,
+                       f"{layers} of {shape.n_layer} layers fit on the GPU ({gib(free_bytes)} free, "
+                       f"{gib(per_layer)} per layer with KV cache)")
+
+
+def parse_gpu_layers(value: str | int) -> int | None:
+    """CLI spelling -> llama.cpp value: 'auto' -> None (decide), 'all' -> -1, '0' -> CPU, 'N' -> N."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    if text in ("all", "-1"):
+        return -1
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"--gpu-layers must be auto, all or a number of layers, not {value!r}")
+
+
+def fewer_layers(current: int, n_layer: int) -> int:
+    """The next try after an out-of-memory load: drop a quarter of the layers (at least one)."""
+    on_gpu = n_layer if current < 0 else current
+    return max(0, on_gpu - max(1, on_gpu // 4))
+
+
+def free_gpu_memory() -> int | None:
+    """Free memory of the first CUDA device in bytes, from nvidia-smi (no extra Python dependency)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return int(out.splitlines()[0].strip()) * MiB
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None

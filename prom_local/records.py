@@ -1,0 +1,168 @@
+"""Input records: parse JSONL lines into `Record`s, with errors that name the file, line and field.
+
+One bad line never stops the others: `read_records` yields either a `Record` or an `InputError`
+for every non-blank line, in order, so a batch can write an error row for it and go on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, TextIO
+
+from .errors import InputError
+from .rubrics import SCORES, Rubric
+
+# Feedback-Collection columns first, then the plain names; the first one present wins.
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "instruction": ("orig_instruction", "instruction"),
+    "response": ("orig_response", "response"),
+    "reference_answer": ("orig_reference_answer", "reference_answer"),
+    "score": ("orig_score", "score", "gold_score"),
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    instruction: str
+    response: str
+    rubric: Rubric
+    reference_answer: str | None = None
+    gold_score: int | None = None
+    line: int | None = None
+
+    @property
+    def has_reference(self) -> bool:
+        return bool(self.reference_answer)
+
+
+def _pick(data: Mapping[str, Any], logical: str) -> tuple[str, Any]:
+    """(field name, value) for a logical field; when absent, the name in the style the record uses,
+    so the error message points at the key the user meant to write."""
+    for name in FIELD_ALIASES[logical]:
+        if name in data:
+            return name, data[name]
+    return _styled(data, logical), None
+
+
+def _styled(data: Mapping[str, Any], name: str) -> str:
+    return f"orig_{name}" if any(str(k).startswith("orig_") for k in data) else name
+
+
+def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
+                        default_id: str | None = None) -> Record:
+    def fail(message: str, field: str | None = None) -> InputError:
+        return InputError(message, source=source, line=line, field=field)
+
+    if not isinstance(data, dict):
+        raise fail(f"expected a JSON object, got {type(data).__name__}")
+
+    def text(logical: str, *, required: bool) -> str | None:
+        name, value = _pick(data, logical)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if required:
+                shown = " or ".join(FIELD_ALIASES[logical])
+                raise fail("is empty" if name in data else f"missing (expected {shown})", name)
+            return None
+        if not isinstance(value, str):
+            raise fail(f"must be a string, got {type(value).__name__}", name)
+        return value
+
+    instruction = text("instruction", required=True)
+    response = text("response", required=True)
+    reference = text("reference_answer", required=False)
+
+    rubric_source: Mapping[str, Any] = data
+    rubric_field_prefix = ""
+    if "rubric" in data and data["rubric"] is not None:
+        if isinstance(data["rubric"], str):
+            try:
+                rubric = Rubric.parse(data["rubric"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise fail(f"cannot read rubric text: {exc}", "rubric") from None
+            rubric_source = {}
+        elif isinstance(data["rubric"], dict):
+            rubric_source = data["rubric"]
+            rubric_field_prefix = "rubric."
+        else:
+            raise fail("must be an object with criteria and score1..5 descriptions", "rubric")
+    if rubric_source:
+        try:
+            rubric = Rubric.from_mapping(rubric_source)
+        except KeyError as exc:
+            name = exc.args[0]
+            if not rubric_field_prefix and not name.startswith("orig_"):
+                name = _styled(data, name)
+            raise fail("missing or empty", rubric_field_prefix + name) from None
+        except TypeError as exc:
+            raise fail("must be a string", rubric_field_prefix + exc.args[0]) from None
+    elif "rubric" not in data or data["rubric"] is None:
+        raise fail("missing (expected orig_criteria + orig_score1..5_description, or rubric)", "rubric")
+
+    score_name, gold = _pick(data, "score")
+    if gold is not None:
+        # Benchmark files carry gold scores as a list of annotator scores (e.g. gpt4_score: [5, 5, 5]);
+        # we accept a single integer here and leave lists to the user to reduce.
+        if isinstance(gold, bool) or not isinstance(gold, (int, float, str)):
+            raise fail(f"must be an integer 1-5, got {json.dumps(gold)[:40]}", score_name)
+        try:
+            as_float = float(gold)
+        except ValueError:
+            raise fail(f"must be an integer 1-5, got {gold!r}", score_name) from None
+        if as_float != int(as_float) or int(as_float) not in SCORES:
+            raise fail(f"must be an integer 1-5, got {gold!r}", score_name)
+        gold = int(as_float)
+
+    rid = data.get("id", default_id if default_id is not None else str(line))
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise fail("must be a string or an integer", "id")
+    return Record(id=str(rid), instruction=instruction, response=response, rubric=rubric,  # type: ignore[arg-type]
+                  reference_answer=reference, gold_score=gold, line=line)
+
+
+def _open(path: str | Path) -> tuple[TextIO, str, bool]:
+    if str(path) == "-":
+        return sys.stdin, "<stdin>", False
+    p = Path(path)
+    try:
+        return p.open("r", encoding="utf-8"), str(p), True
+    except FileNotFoundError:
+        raise InputError("no such file", source=str(p)) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a JSONL file", source=str(p)) from None
+
+
+def read_records(path: str | Path) -> Iterator[Record | InputError]:
+    """Yield a Record or an InputError for every non-blank line of a JSONL file (`-` = stdin)."""
+    handle, source, close = _open(path)
+    try:
+        line_no = 0
+        while True:
+            try:
+                raw = handle.readline()
+            except UnicodeDecodeError as exc:
+                # The decoder fails for the rest of the stream; nothing after this point can be trusted.
+                yield InputError(f"not valid UTF-8 ({exc.reason})", source=source, line=line_no + 1)
+                return
+            if not raw:
+                return
+            line_no += 1
+            if not raw.strip():
+                continue
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                yield InputError(f"invalid JSON: {exc.msg} (column {exc.colno})", source=source, line=line_no)
+                continue
+            try:
+                yield record_from_mapping(data, line=line_no, source=source)
+            except InputError as err:
+                rid = data.get("id") if isinstance(data, dict) else None
+                err.record_id = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else str(line_no)
+                yield err
+    finally:
+        if close:
+            handle.close()
