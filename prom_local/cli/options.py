@@ -17,7 +17,8 @@ from ..judge import Judge
 from ..models import resolve_model
 from ..offload import parse_gpu_layers
 
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: long paths in messages stay on one line (greppable), tables still fit the terminal.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="GGUF path, or a store name like prometheus-ko or prometheus-ko:Q8_0.",
