@@ -56,3 +56,13 @@ class ContextOverflow(PromLocalError):
 
 class OutputError(PromLocalError):
     exit_code = 4
+
+
+class ClusterError(PromLocalError):
+    """`score --ray`: Ray missing, no cluster at the address, no room for the engines, every engine lost."""
+
+    exit_code = 8
+
+
+class ModelMismatch(ClusterError):
+    """The nodes of a cluster would grade with different model files: refused before any work."""

@@ -47,6 +47,13 @@ def register(app: typer.Typer) -> None:
         summary_json: Annotated[Optional[Path], typer.Option(
             "--summary-json", help="Also write the end-of-run summary as JSON here.")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+        ray: Annotated[Optional[str], typer.Option(
+            "--ray", metavar="auto|local|ADDRESS", help="Spread the work over a Ray cluster: auto (the "
+            "cluster in RAY_ADDRESS or started here with `ray start`, else a local instance), local, or "
+            "a cluster address (HOST:PORT). Needs the ray extra.")] = None,
+        actors: Annotated[Optional[int], typer.Option(
+            "--actors", min=1, help="With --ray: engines to start (default: one per GPU, or one per "
+            "node without GPUs). Each has its own --parallel slots.")] = None,
         *, opts: EngineOptions,
     ) -> None:
         """Grade every record of a JSONL file; one output row per record, resumable after a kill.
@@ -56,22 +63,42 @@ def register(app: typer.Typer) -> None:
         """
         out = output or default_output(input)
         total = count_lines(input)
-        judge = opts.judge(quiet=quiet)
+        if ray is None and actors is not None:
+            raise typer.BadParameter("--actors needs --ray")
+        say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
         progress = Progress(
             TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
             TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
+        task = progress.add_task("score", total=total, speed="", start=False)
 
-        with judge, progress:
-            task = progress.add_task("score", total=total, speed="")
+        def on_result(grade: Grade, stats: BatchStats) -> None:
+            progress.update(task, completed=stats.skipped + stats.graded,
+                            speed=f"{stats.tokens_per_second:,.0f} tok/s "
+                                  f"({stats.generated_per_second:,.1f} gen)")
 
-            def on_result(grade: Grade, stats: BatchStats) -> None:
-                progress.update(task, completed=stats.skipped + stats.graded,
-                                speed=f"{stats.tokens_per_second:,.0f} tok/s "
-                                      f"({stats.generated_per_second:,.1f} gen)")
+        if ray is None:
+            judge = opts.judge(quiet=quiet)
+            with judge, progress:
+                progress.start_task(task)
+                stats = score_file(judge, input, out, on_result=on_result)
+                progress.update(task, completed=stats.skipped + stats.graded)
+        else:
+            from ..distributed import JudgeSpec, RayScorer
 
-            stats = score_file(judge, input, out, on_result=on_result)
-            progress.update(task, completed=stats.skipped + stats.graded)
+            spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
+                             sampling=opts.sampling_params(),
+                             models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None)
+            with RayScorer(spec, address=ray, actors=actors, on_status=say) as scorer:
+                scorer.start()  # one progress bar for all engines, shown once they are all up
+                with progress:
+                    progress.start_task(task)
+                    run = scorer.score_file(input, out, on_result=on_result)
+                    progress.update(task, completed=run.stats.skipped + run.stats.graded)
+            stats = run.stats
+            say("engines: " + ", ".join(f"{a.where} {a.graded}" + (" (lost)" if a.lost else "")
+                                        for a in run.actors)
+                + (f"; {run.requeued} record(s) re-queued from lost engines" if run.requeued else ""))
 
         if stats.repaired_bytes:
             err_console.print(f"[yellow]cut a torn last line ({stats.repaired_bytes} bytes) from {out}; "
