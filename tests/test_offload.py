@@ -48,3 +48,11 @@ def test_parse_gpu_layers_and_retry_steps():
     assert fewer_layers(-1, 32) == 24
     assert fewer_layers(3, 32) == 2
     assert fewer_layers(1, 32) == 0
+
+
+def test_free_memory_is_asked_of_the_gpu_this_process_sees():
+    from prom_local.offload import visible_gpu
+
+    assert visible_gpu({}) is None and visible_gpu({"CUDA_VISIBLE_DEVICES": ""}) is None
+    assert visible_gpu({"CUDA_VISIBLE_DEVICES": "2"}) == "2"                 # a Ray actor's own GPU
+    assert visible_gpu({"CUDA_VISIBLE_DEVICES": "GPU-5f3a, GPU-77"}) == "GPU-5f3a"
