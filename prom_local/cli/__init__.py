@@ -21,6 +21,19 @@ for module in (score_cmd, grade_cmd, render_cmd, info_cmd, models_cmd):
     module.register(app)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+        print(f"prom-local {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Run a Prometheus-style LLM judge (Korean Prometheus on Llama 3) privately with llama.cpp."""
+
+
 def main() -> None:
     try:
         app()
