@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 from .errors import InputError
 from .grading import Grade
 from .judge import Judge
-from .output import ResultWriter, load_existing
+from .output import ResultWriter, drop_error_rows, load_existing
 from .records import Record, read_records
 
 
@@ -31,6 +31,7 @@ class BatchStats:
     reused_prompt_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     repaired_bytes: int = 0
+    retried: int = 0           # error rows removed by --retry-errors
 
     @property
     def elapsed(self) -> float:
@@ -81,10 +82,13 @@ def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats)
 
 def score_file(judge: Judge, input_path: str | Path, output_path: str | Path, *,
                on_result: Callable[[Grade, BatchStats], None] | None = None,
-               on_token: Callable[[Record, str], None] | None = None) -> BatchStats:
+               on_token: Callable[[Record, str], None] | None = None,
+               retry_errors: bool = False) -> BatchStats:
     stats = BatchStats()
     done_ids: set[str] = set()
     if str(output_path) != "-":
+        if retry_errors:
+            stats.retried = drop_error_rows(Path(output_path))
         state = load_existing(Path(output_path))
         done_ids = state.done_ids
         stats.repaired_bytes = state.repaired_bytes

@@ -59,6 +59,32 @@ def load_existing(path: Path) -> ResumeState:
     return state
 
 
+def drop_error_rows(path: Path) -> int:
+    """Remove error rows so their records are graded again (after the input was fixed).
+    The file is replaced atomically: a kill mid-way leaves the old file, never a half-written one."""
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for raw in path.read_bytes().splitlines(keepends=True):
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError:
+            keep.append(raw)   # a torn last line: load_existing deals with it
+            continue
+        if isinstance(row, dict) and row.get("error"):
+            dropped += 1
+        else:
+            keep.append(raw)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as handle:
+            handle.writelines(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    return dropped
+
+
 class ResultWriter:
     """Append rows to a JSONL file (or stdout with path '-'), each one durable before the next."""
 

@@ -46,12 +46,14 @@ def register(app: typer.Typer) -> None:
             "Default: INPUT with .prom.jsonl ('-' for stdout).")] = None,
         summary_json: Annotated[Optional[Path], typer.Option(
             "--summary-json", help="Also write the end-of-run summary as JSON here.")] = None,
+        retry_errors: Annotated[bool, typer.Option(
+            "--retry-errors", help="Drop error rows from OUTPUT first, so fixed records are graded again.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
         *, opts: EngineOptions,
     ) -> None:
         """Grade every record of a JSONL file; one output row per record, resumable after a kill.
 
-        Exit codes: 0 all records scored; 2 some records were error rows (bad input, too long);
+        Exit codes: 0 all records scored; 2 the results file has error rows (bad input, too long);
         3 model missing or unloadable; 4 output file unusable; 130 interrupted (re-run to resume).
         """
         out = output or default_output(input)
@@ -70,9 +72,11 @@ def register(app: typer.Typer) -> None:
                                 speed=f"{stats.tokens_per_second:,.0f} tok/s "
                                       f"({stats.generated_per_second:,.1f} gen)")
 
-            stats = score_file(judge, input, out, on_result=on_result)
+            stats = score_file(judge, input, out, on_result=on_result, retry_errors=retry_errors)
             progress.update(task, completed=stats.skipped + stats.graded)
 
+        if stats.retried:
+            err_console.print(f"removed {stats.retried} error rows from {out} to grade them again")
         if stats.repaired_bytes:
             err_console.print(f"[yellow]cut a torn last line ({stats.repaired_bytes} bytes) from {out}; "
                               "its record was graded again[/yellow]")
@@ -84,5 +88,6 @@ def register(app: typer.Typer) -> None:
                 print_summary(summary, stats)
         if summary_json is not None and summary is not None:
             summary_json.write_text(json.dumps(summary.as_dict(), indent=1))
-        if stats.errors:
+        # The exit code describes the results file as it now stands, resumed rows included.
+        if (summary.errors if summary is not None else stats.errors):
             raise typer.Exit(EXIT_RECORD_ERRORS)
