@@ -117,14 +117,27 @@ class ResultWriter:
         self._handle = None
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """All rows of a results file, for reports; names the line of any row that is not JSON."""
+def read_rows(path: str | Path, *, skip_torn_tail: bool = False) -> list[dict]:
+    """All rows of a results file, for reports; names the line of any row that is not JSON.
+
+    `skip_torn_tail` ignores an unfinished last line (a run killed mid-write, or one still
+    writing), which the next `score` run cuts off anyway; read-only viewers want that.
+    """
     rows = []
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except FileNotFoundError:
         raise OutputError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise OutputError(f"{p}: is a directory, expected a results JSONL file") from None
+    if skip_torn_tail:
+        # Cut at the byte level: a torn line may also end inside a multi-byte character.
+        data = data[: data.rfind(b"\n") + 1]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OutputError(f"{p}: not UTF-8 text ({exc.reason}); not a prom-local output file") from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

@@ -80,13 +80,13 @@ class EngineOptions:
     max_tokens: int = 512
     verbose: bool = False
 
-    def judge(self, *, quiet: bool = False) -> Judge:
+    def judge(self, *, quiet: bool = False, on_status: Callable[[str], None] | None = None) -> Judge:
         resolved = resolve_model(self.model, self.models_dir)
         try:
             layers = parse_gpu_layers(self.gpu_layers)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
+        say = on_status or ((lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]")))
         say(f"model: {resolved.path}")
         return Judge(resolved.path, profile=self.profile or resolved.profile,
                      engine=EngineConfig(n_ctx=self.ctx, gpu_layers=layers, n_threads=self.threads,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..batch import BatchStats, score_file
+from ..batch import BatchStats, default_output, score_file
 from ..grading import Grade
 from ..output import read_rows
 from ..report import summarise
@@ -17,13 +17,6 @@ from .options import EngineOptions, err_console, with_engine_options
 from .summary_view import print_summary
 
 EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
-
-
-def default_output(input_path: str) -> str:
-    if input_path == "-":
-        return "-"
-    p = Path(input_path)
-    return str(p.with_name(p.name.removesuffix(".jsonl") + ".prom.jsonl"))
 
 
 def count_lines(path: str) -> int | None:
