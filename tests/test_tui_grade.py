@@ -11,7 +11,7 @@ import pytest
 from prom_local.tui.messages import FeedbackToken
 from prom_local.tui.widgets.grade.result_view import ResultView
 from prom_local.user_rubrics import load_user_rubrics, save_user_rubric
-from tui_support import SHORT_RUBRIC, engine_options, make_app, screen_text, wait_for, wait_model
+from tui_support import SHORT_RUBRIC, engine_options, make_app, screen_text, settled_text, wait_for, wait_model
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +48,8 @@ def test_type_a_record_grade_and_see_the_score():
         app = make_app()
         async with app.run_test(size=(100, 32), message_hook=hook) as pilot:
             await wait_model(pilot, app)
-            assert "SmolLM2-135M-Instruct Q4_1" in screen_text(app)
-            assert "GPU 0/30" in screen_text(app) and "ctx 1024" in screen_text(app)
+            text = await settled_text(pilot, app)
+            assert "SmolLM2-135M-Instruct Q4_1" in text and "GPU 0/30" in text and "ctx 1024" in text
             await pick_short_rubric(pilot, app)
             await pilot.click("#instruction")
             await pilot.press(*"What is 2+2?")
@@ -60,7 +60,7 @@ def test_type_a_record_grade_and_see_the_score():
             assert app.activity == "grading"
             await wait_for(pilot, lambda: app.job is None, 60, "the grade to finish")
             view = app.screen.query_one(ResultView)
-            text = screen_text(app)
+            text = (await settled_text(pilot, app))
             grade = app.screen.last_grade
             assert grade.score in (1, 2, 3, 4, 5)
             assert grade.probabilities is not None and abs(sum(grade.probabilities) - 1) < 1e-6
@@ -91,13 +91,14 @@ def test_escape_cancels_mid_stream_and_the_app_stays_usable():
             await pilot.press("ctrl+r")
             view = app.screen.query_one(ResultView)
             await wait_for(pilot, lambda: len(view.feedback) > 0, 60, "the first feedback token")
-            assert "Esc" in screen_text(app)         # the footer offers the cancel key now
+            # The footer offers the cancel key now (the screen never settles while tokens stream).
+            await wait_for(pilot, lambda: "esc Cancel" in screen_text(app), 10, "the cancel key")
             await pilot.press("escape")
             await wait_for(pilot, lambda: app.job is None, 30, "the cancel to land")
             grade = app.screen.last_grade
             assert grade.error == "cancelled" and grade.finish_reason == "cancelled"
             assert grade.completion_tokens < 400
-            assert "cancelled" in screen_text(app)
+            assert "cancelled" in (await settled_text(pilot, app))
             assert app.activity == "idle"
             # Not frozen, not stuck: the same model grades again at once.
             app.screen.query_one("#instruction").load_text("2+2?")
@@ -142,7 +143,7 @@ def test_save_a_rubric_to_the_user_config(config_dir):
             await pilot.pause(0.1)
             await pilot.press(*"helpfulness", "enter")   # a preset's name is refused...
             await pilot.pause(0.1)
-            assert "built-in preset" in screen_text(app)
+            assert "built-in preset" in (await settled_text(pilot, app))
             app.screen.query_one("#rubric-name").value = ""
             await pilot.press(*"concise", "enter")        # ...a new one is saved
             await pilot.pause(0.2)
@@ -169,11 +170,11 @@ def test_switch_model_from_the_store(tmp_path):
             first = app.judge
             await pilot.press("f4")
             await pilot.pause(0.1)
-            assert "tiny:Q4_1" in screen_text(app)
+            assert "tiny:Q4_1" in (await settled_text(pilot, app))
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.job is None and app.judge is not first, 30, "the new model")
             assert app.model_info.name == "tiny" and app.model_info.quant == "Q4_1"
-            assert screen_text(app).splitlines()[0].lstrip().startswith("tiny Q4_1")
+            assert (await settled_text(pilot, app)).splitlines()[0].lstrip().startswith("tiny Q4_1")
             assert first.engine.ctx is None            # the old model was freed
 
     asyncio.run(run())
@@ -185,11 +186,11 @@ def test_help_lists_every_binding():
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("f1")
             await pilot.pause(0.1)
-            text = screen_text(app)
+            text = (await settled_text(pilot, app))
             for needle in ("Everywhere", "Grade screen (F2)", "^r", "Grade", "Save rubric", "Esc"):
                 assert needle in text, needle
             await pilot.press("escape")
             await pilot.pause(0.1)
-            assert "Everywhere" not in screen_text(app)
+            assert "Everywhere" not in (await settled_text(pilot, app))
 
     asyncio.run(run())

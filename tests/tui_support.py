@@ -69,6 +69,24 @@ def screen_text(app) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+async def settled_text(pilot, app, timeout: float = 10.0) -> str:
+    """The screen once it has stopped changing and the footer has drawn: on a busy machine a
+    fixed pause can catch Textual halfway through laying out a screen."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await pilot.pause()
+    previous = screen_text(app)
+    while True:
+        await pilot.pause(0.1)
+        current = screen_text(app)
+        footer = current.splitlines()[-1].strip() if current.splitlines() else ""
+        if current == previous and footer and len(current.splitlines()) == app.size[1]:
+            return current
+        if loop.time() > deadline:
+            raise AssertionError(f"the screen did not settle within {timeout:.0f} s:\n{current}")
+        previous = current
+
+
 def assert_fits(app) -> None:
     """Every row is exactly as wide as the terminal: wide (Korean) characters measured right."""
     width, height = app.size

@@ -280,7 +280,8 @@ class BatchScreen(Screen):
         else:
             p = message.progress
             errors = f", {p.errors} error{'s' if p.errors != 1 else ''}" if p and p.errors else ""
-            bar.set_status(Text(f"done: {p.graded if p else 0} graded{errors}", style="green"))
+            scored = p.graded - p.errors if p else 0
+            bar.set_status(Text(f"done: {scored} scored{errors}", style="green"))
 
     def action_stop(self) -> None:
         if self.job is not None:

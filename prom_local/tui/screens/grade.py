@@ -34,7 +34,7 @@ class GradeScreen(Screen):
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "save_rubric", "Save rubric", priority=True),
         Binding("ctrl+n", "new_record", "Clear", priority=True),
-        Binding("ctrl+t", "pick_rubric", "Rubric", show=False, priority=True),
+        Binding("ctrl+t", "pick_rubric", "Pick a rubric", show=False, priority=True),
     ]
     HELP = "Fill in a record and a rubric, grade it, and read the feedback as the model writes it."
 
