@@ -59,11 +59,11 @@ class PromLocalApp(App):
     DEFAULT_MODE = "grade"
     BINDINGS = [
         Binding("f1", "help", "Help"),
-        Binding("f2", "switch_mode('grade')", "Grade screen"),
-        Binding("f3", "switch_mode('batch')", "Batch screen"),
-        Binding("f4", "models", "Models"),
+        Binding("f2", "switch_mode('grade')", "Grade", tooltip="Go to the grade screen"),
+        Binding("f3", "switch_mode('batch')", "Batch", tooltip="Go to the batch screen"),
+        Binding("f4", "models", "Models", tooltip="Switch to another model in the store"),
         # Shown in help, not the footer: 80 columns are better spent on the screen's own keys.
-        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True, tooltip="Quit (stops a running job first)"),
     ]
     # F1 lists every key; the palette's slot in the footer is worth more at 80 columns.
     ENABLE_COMMAND_PALETTE = False

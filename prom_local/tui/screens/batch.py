@@ -279,6 +279,10 @@ class BatchScreen(Screen):
             bar.set_status(Text(f"stopped at {done}/{len(self.order)}: ^r resumes", style="yellow"))
         else:
             p = message.progress
+            if p is not None and p.graded == 0:
+                bar.set_status(Text(f"nothing to do: all {p.skipped} already in {self.output_path.name}",
+                                    style="green"))
+                return
             errors = f", {p.errors} error{'s' if p.errors != 1 else ''}" if p and p.errors else ""
             scored = p.graded - p.errors if p else 0
             bar.set_status(Text(f"done: {scored} scored{errors}", style="green"))

@@ -32,7 +32,9 @@ def bindings_table(bindings, key_display: Callable[[Binding], str]) -> Table:
             continue
         # One row per binding, its keys written the way the footer writes them.
         keys = [Binding(k.strip(), binding.action) for k in binding.key.split(",")]
-        table.add_row(" / ".join(key_display(k) for k in keys), binding.description or binding.action)
+        # The tooltip, where a binding has one, says more than its short footer label.
+        table.add_row(" / ".join(key_display(k) for k in keys),
+                      binding.tooltip or binding.description or binding.action)
     return table
 
 
