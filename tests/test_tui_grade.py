@@ -176,6 +176,30 @@ def test_switch_model_from_the_store(tmp_path):
             assert app.model_info.name == "tiny" and app.model_info.quant == "Q4_1"
             assert (await settled_text(pilot, app)).splitlines()[0].lstrip().startswith("tiny Q4_1")
             assert first.engine.ctx is None            # the old model was freed
+            # A file that is not there: said so, and the loaded model stays.
+            loaded = app.judge
+            await pilot.press("f4")
+            await pilot.pause(0.1)
+            app.screen.query_one("#model-path").focus()
+            await pilot.press(*"nope.gguf", "enter")
+            await wait_for(pilot, lambda: app.job is None and app.model_error is not None, 10, "the failure")
+            assert "no such model file" in app.model_error
+            assert app.judge is loaded and app.model_state == "ready"
+
+    asyncio.run(run())
+
+
+def test_starting_without_a_usable_model_says_why(tmp_path):
+    async def run():
+        app = make_app(engine_options(model=str(tmp_path / "missing.gguf")))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.model_state == "failed", 10, "the load to fail")
+            text = await settled_text(pilot, app)
+            assert text.splitlines()[0].startswith(" no model · F4 picks one · ")
+            assert "missing.gguf: no such model file" in app.model_error
+            await pilot.press("ctrl+r")                 # nothing to grade with: refused, not crashed
+            await pilot.pause(0.1)
+            assert app.job is None
 
     asyncio.run(run())
 

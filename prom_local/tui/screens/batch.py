@@ -15,7 +15,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
-from ...batch import BatchStats, duplicate_row_id, score_file
+from ...batch import BatchStats, default_output, duplicate_row_id, score_file
 from ...errors import InputError, PromLocalError
 from ...output import read_rows
 from ...records import Record, read_records
@@ -42,9 +42,7 @@ def _progress(stats: BatchStats) -> Progress:
 
 def load_batch(input_path: Path, output_path: Path) -> tuple[list[Record | InputError], list[dict], str | None]:
     """The input's records (or the error for each bad line) and the rows already scored."""
-    items = list(read_records(input_path))
-    if len(items) == 1 and isinstance(items[0], InputError) and items[0].line is None:
-        raise items[0]  # the file itself is unusable (missing, a directory)
+    items = list(read_records(input_path))   # raises InputError when the file itself is unusable
     note = None
     rows: list[dict] = []
     if output_path.exists():
@@ -82,6 +80,7 @@ class BatchScreen(Screen):
         self._dirty_figures = False
         self._current: str | None = None
         self._last_progress: Progress | None = None
+        self._n_done = 0                           # rows in the results file, of self.order
 
     def compose(self) -> ComposeResult:
         yield ModelPanel()
@@ -123,8 +122,6 @@ class BatchScreen(Screen):
         self.app.push_screen(OpenFileScreen(self.input_path, None), chosen)
 
     def open_file(self, input_path: Path, output_path: Path | None = None) -> None:
-        from ...batch import default_output
-
         output = Path(output_path) if output_path else Path(default_output(input_path))
         self.query_one(RunBar).set_status(Text("reading…", style="dim"))
         self.run_worker(partial(self._open_in_thread, Path(input_path), output), thread=True,
@@ -165,7 +162,7 @@ class BatchScreen(Screen):
             if key not in self.rows:
                 self.order.append(key)   # a row whose record is no longer in the input
             self.rows[key] = row
-        n_done = sum(1 for k in self.order if not self.rows[k].get("pending"))
+        self._n_done = n_done = sum(1 for k in self.order if not self.rows[k].get("pending"))
         bar = self.query_one(RunBar)
         bar.show_files(self.input_path, self.output_path, len(self.order), n_done)
         bar.set_status(Text("ready: ^r runs" if n_done < len(self.order) else "all scored", style="dim"))
@@ -240,6 +237,8 @@ class BatchScreen(Screen):
         key = str(row["id"])
         if key not in self.rows:
             self.order.append(key)
+        if self.rows.get(key, {"pending": True}).get("pending"):
+            self._n_done += 1
         self.rows[key] = row
         self._last_progress = message.progress
         table = self.query_one(ResultsTable)
@@ -249,9 +248,8 @@ class BatchScreen(Screen):
         elif matches != shown:
             self._dirty_table = True   # joins or leaves the filtered view: redrawn on the next tick
         self._dirty_figures = True
-        done = sum(1 for k in self.order if not self.rows[k].get("pending"))
-        self.query_one(RunBar).set_progress(done, len(self.order))
-        self.app.set_activity(self.job, f"batch {done}/{len(self.order)}")
+        self.query_one(RunBar).set_progress(self._n_done, len(self.order))
+        self.app.set_activity(self.job, f"batch {self._n_done}/{len(self.order)}")
         self._show_speed()
         if table.current_key() == key:
             self._show_detail(key)
@@ -270,7 +268,7 @@ class BatchScreen(Screen):
         self._current = None
         self.refresh_bindings()
         self._flush(force=True)
-        done = sum(1 for k in self.order if not self.rows[k].get("pending"))
+        done = self._n_done
         bar = self.query_one(RunBar)
         if message.error:
             bar.set_status(Text("failed", style="bold red"))

@@ -17,11 +17,13 @@ def describe(info: ModelInfo | None, state: str, error: str | None) -> Text:
         if state == "loading":
             text.append("loading model…", style="bold")
         elif state == "failed":
-            text.append("no model: ", style="bold red")
+            # The way out first: the error (often a long path) is what gets cut at 80 columns.
+            text.append("no model", style="bold red")
+            text.append(" · F4 picks one · ", style="dim")
             text.append(error or "loading failed", style="red")
         else:
             text.append("no model loaded", style="bold yellow")
-        text.append("  F4 picks one", style="dim")
+            text.append("  F4 picks one", style="dim")
         return text
     text.append(info.name, style="bold")
     text.append(f" {info.quant or '?'}", style="bold cyan")
@@ -41,6 +43,8 @@ def activity_text(state: str, activity: str) -> Text:
 class ModelPanel(Horizontal):
     DEFAULT_CSS = """
     ModelPanel { height: 1; }
+    /* One line, cut with an ellipsis: a long path must not wrap out of sight. */
+    ModelPanel Static { text-wrap: nowrap; text-overflow: ellipsis; }
     ModelPanel #model-name { width: 1fr; }
     ModelPanel #model-activity { width: auto; max-width: 40; padding: 0 0 0 1; }
     """
