@@ -191,7 +191,7 @@ def test_switch_model_from_the_store(tmp_path):
 
 def test_starting_without_a_usable_model_says_why(tmp_path):
     async def run():
-        app = make_app(engine_options(model=str(tmp_path / "missing.gguf")))
+        app = make_app(engine_options(model=str(tmp_path / "missing.gguf"), models_dir=tmp_path / "empty"))
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.model_state == "failed", 10, "the load to fail")
             text = await settled_text(pilot, app)
@@ -200,6 +200,10 @@ def test_starting_without_a_usable_model_says_why(tmp_path):
             await pilot.press("ctrl+r")                 # nothing to grade with: refused, not crashed
             await pilot.pause(0.1)
             assert app.job is None
+            await pilot.press("f4")                     # an empty store says how to fill it
+            text = await settled_text(pilot, app)
+            assert "has no GGUF files yet" in " ".join(text.split())
+            assert app.focused.id == "model-path"
 
     asyncio.run(run())
 
