@@ -37,6 +37,7 @@ def test_score_file_with_bad_rows(tmp_path, smollm2):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rows"] == 5 and summary["errors"] == 3 and summary["gold"]["n"] == 2
     assert "agreement with gold" in result.stderr and "Traceback" not in result.stderr
+    assert "gold vs predicted" in result.stderr   # the heatmap, as `prom-local report` draws it
 
 
 def test_resume_after_sigkill_has_no_duplicate_and_no_gap(tmp_path, smollm2):

@@ -12,8 +12,6 @@ from rich.markup import escape
 
 from ..errors import PromLocalError
 from ..output import read_rows
-from ..report import compare_rows
-from ..report_view import comparison_view
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +28,10 @@ def register(app: typer.Typer) -> None:
         Kendall τ, quadratic-weighted κ, an A-vs-B heatmap, each run against gold when the input has
         gold scores, and the records that disagree most.
         """
+        # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
+        from ..report import compare_rows
+        from ..report_view import comparison_view
+
         cmp = compare_rows(read_rows(a), read_rows(b), top=top)
         if cmp.common == 0:
             raise PromLocalError(f"{a} and {b} share no record ids: were they scored from the same input?")

@@ -10,8 +10,6 @@ import typer
 from rich.console import Console
 
 from ..output import read_rows
-from ..report import summarise
-from ..report_view import summary_view
 from .options import err_console
 
 
@@ -29,6 +27,10 @@ def register(app: typer.Typer) -> None:
         quadratic-weighted κ against the input's gold scores, and the heatmap of gold (rows) against
         predicted (columns) scores.
         """
+        # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
+        from ..report import summarise
+        from ..report_view import summary_view
+
         summary = summarise(read_rows(results))
         if as_json:
             print(json.dumps(summary.as_dict(), indent=1, ensure_ascii=False))

@@ -12,9 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..batch import BatchStats, default_output, score_file
 from ..grading import Grade
 from ..output import read_rows
-from ..report import summarise
 from .options import EngineOptions, err_console, with_engine_options
-from .summary_view import print_summary
 
 EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
 
@@ -73,12 +71,20 @@ def register(app: typer.Typer) -> None:
         if stats.repaired_bytes:
             err_console.print(f"[yellow]cut a torn last line ({stats.repaired_bytes} bytes) from {out}; "
                               "its record was graded again[/yellow]")
+        # Imported here: scipy costs ~0.8 s, which `--help` and the other commands should not pay.
+        from ..report import summarise
+        from ..report_view import summary_view
+
         summary = summarise(read_rows(out)) if out != "-" else None
         if not quiet:
             err_console.print(f"wrote {stats.graded} rows to {out}"
                               + (f" ({stats.skipped} already there)" if stats.skipped else ""))
+            if stats.graded:
+                err_console.print(f"throughput  {stats.graded / stats.elapsed * 60:.1f} records/min  "
+                                  f"{stats.tokens_per_second:,.0f} tok/s  "
+                                  f"(prompt tokens reused from cache: {stats.reused_prompt_tokens})")
             if summary is not None:
-                print_summary(summary, stats)
+                err_console.print(summary_view(summary))
         if summary_json is not None and summary is not None:
             summary_json.write_text(json.dumps(summary.as_dict(), indent=1))
         # The exit code describes the results file as it now stands, resumed rows included.
