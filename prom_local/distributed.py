@@ -28,7 +28,7 @@ from .batch import BatchStats, pending_items
 from .engine import EngineConfig, SamplingParams
 from .errors import ClusterError, ModelLoadError, ModelMismatch, ModelNotFound, PromLocalError
 from .grading import Grade
-from .output import ResultWriter, load_existing
+from .output import ResultWriter, drop_error_rows, load_existing
 from .records import Record
 from .ray_worker import EngineWorker
 
@@ -366,7 +366,8 @@ class RayScorer:
 
     # -- scoring --------------------------------------------------------------------------------
     def score_file(self, input_path: str | Path, output_path: str | Path, *,
-                   on_result: Callable[[Grade, BatchStats], None] | None = None) -> RayRun:
+                   on_result: Callable[[Grade, BatchStats], None] | None = None,
+                   retry_errors: bool = False) -> RayRun:
         ray = self._ray
         if ray is None:
             self.start()
@@ -374,6 +375,8 @@ class RayScorer:
         stats = BatchStats()
         done_ids: set[str] = set()
         if str(output_path) != "-":
+            if retry_errors:
+                stats.retried = drop_error_rows(Path(output_path))
             state = load_existing(Path(output_path))
             done_ids = state.done_ids
             stats.repaired_bytes = state.repaired_bytes
@@ -523,8 +526,8 @@ def _short(exc: BaseException) -> str:
 def score_file_ray(spec: JudgeSpec, input_path: str | Path, output_path: str | Path, *,
                    address: str = "auto", actors: int | None = None,
                    on_result: Callable[[Grade, BatchStats], None] | None = None,
-                   on_status: Callable[[str], None] | None = None) -> RayRun:
+                   on_status: Callable[[str], None] | None = None, retry_errors: bool = False) -> RayRun:
     """`score_file` over a Ray cluster: start engines, check the model everywhere, grade, shut down."""
     with RayScorer(spec, address=address, actors=actors, on_status=on_status) as scorer:
         scorer.start()
-        return scorer.score_file(input_path, output_path, on_result=on_result)
+        return scorer.score_file(input_path, output_path, on_result=on_result, retry_errors=retry_errors)

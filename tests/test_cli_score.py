@@ -37,6 +37,7 @@ def test_score_file_with_bad_rows(tmp_path, smollm2):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rows"] == 5 and summary["errors"] == 3 and summary["gold"]["n"] == 2
     assert "agreement with gold" in result.stderr and "Traceback" not in result.stderr
+    assert "gold vs predicted" in result.stderr   # the heatmap, as `prom-local report` draws it
 
 
 def test_resume_after_sigkill_has_no_duplicate_and_no_gap(tmp_path, smollm2):
@@ -107,3 +108,18 @@ def test_grade_and_info_commands(smollm2):
     data = json.loads(info.stdout)
     assert data["architecture"] == "llama" and data["quant"] == "Q4_1" and data["chat_template"] is True
     assert data["layers"] == 30 and data["context_length"] == 8192 and data["gpu_offload_supported"] is False
+
+
+def test_retry_errors_regrades_fixed_records(tmp_path, smollm2):
+    src = write_jsonl(tmp_path / "in.jsonl", [short_record(1), {"id": "r2", "instruction": "q"}])
+    out = tmp_path / "out.jsonl"
+    first = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
+    assert first.returncode == 2 and _rows(out)[1]["error"]
+    write_jsonl(src, [short_record(1), short_record(2)])          # the user fixes line 2
+    same = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
+    assert same.returncode == 2 and _rows(out)[1]["error"]       # plain resume keeps the error row
+    fixed = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST, "--retry-errors")
+    assert fixed.returncode == 0, fixed.stderr
+    rows = _rows(out)
+    assert [r["id"] for r in rows] == ["r1", "r2"] and rows[1]["error"] is None and rows[1]["score"] in range(1, 6)
+    assert "removed 1 error rows" in fixed.stderr

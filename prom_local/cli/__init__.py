@@ -7,7 +7,7 @@ import sys
 import typer
 
 from ..errors import PromLocalError
-from . import grade_cmd, info_cmd, models_cmd, render_cmd, score_cmd
+from . import compare_cmd, grade_cmd, info_cmd, models_cmd, render_cmd, report_cmd, score_cmd, tui_cmd
 
 app = typer.Typer(
     name="prom-local",
@@ -17,8 +17,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-for module in (score_cmd, grade_cmd, render_cmd, info_cmd, models_cmd):
+for module in (score_cmd, grade_cmd, render_cmd, info_cmd, models_cmd, tui_cmd, report_cmd, compare_cmd):
     module.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+        print(f"prom-local {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Run a Prometheus-style LLM judge (Korean Prometheus on Llama 3) privately with llama.cpp."""
 
 
 def main() -> None:
