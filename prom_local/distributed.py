@@ -17,6 +17,7 @@ Only imported when `--ray` is given; Ray is an optional extra.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from .ray_worker import EngineWorker
 
 # How long an actor may wait to be placed (its node busy, its resources taken) before we give up.
 PLACEMENT_TIMEOUT_S = float(os.environ.get("PROM_LOCAL_RAY_PLACEMENT_TIMEOUT", "180"))
-# Longest one exchange waits for a first result; bounds how long Ctrl-C waits to be noticed.
+# Longest one exchange call waits inside the actor for a first result before it returns empty.
 EXCHANGE_WAIT_S = 1.0
 # A local instance started by `--ray auto` keeps records and grades only (kilobytes each).
 LOCAL_OBJECT_STORE_BYTES = 128 << 20
@@ -68,7 +69,8 @@ class ActorSlot:
     handle: object = None
     info: dict = field(default_factory=dict)
     engine: dict = field(default_factory=dict)
-    inflight: dict[str, Record] = field(default_factory=dict)
+    inflight: dict[str, Record] = field(default_factory=dict)   # sent, not written yet
+    queued: int = 0          # of those, not yet taken by the engine (as of its last answer)
     call: object = None
     graded: int = 0
     lost: str | None = None
@@ -315,7 +317,6 @@ class RayScorer:
 
     def _check_model(self) -> None:
         """Resolve and hash the model once per node, and refuse a cluster that disagrees."""
-        ray = self._ray
         first_on_node: dict[str, ActorSlot] = {}
         for slot in self.actors:
             first_on_node.setdefault(slot.node_id, slot)
@@ -325,7 +326,7 @@ class RayScorer:
                 for slot in first_on_node.values()}
         found: dict[str, dict] = {}
         for ref, slot in refs.items():
-            result = ray.get(ref)
+            result = self._get(ref, slot, "checking the model")
             if "error" in result:
                 _raise_user_error(result, f"on {slot.where}")
             if "manifest_sha256" in result:
@@ -349,15 +350,20 @@ class RayScorer:
         self.model = {**next(iter(found.values())), "profile": profiles.pop(),
                       "paths": {first_on_node[nid].where: r["path"] for nid, r in found.items()}}
 
+    def _get(self, ref, slot: ActorSlot, doing: str):
+        try:
+            return self._ray.get(ref)
+        except Exception as exc:  # the actor process died (e.g. llama.cpp crashed), or a bug there
+            raise ClusterError(f"the engine on {slot.where} failed while {doing}: {_short(exc)}") from None
+
     def _load_engines(self) -> None:
-        ray = self._ray
         refs = {}
         for slot in self.actors:
-            engine = EngineConfig(**{**self.spec.engine.__dict__, "n_threads": slot.threads})
+            engine = dataclasses.replace(self.spec.engine, n_threads=slot.threads)
             path = self._on_node[slot.node_id]["path"]
             refs[slot.handle.load.remote(path, self.model["profile"], engine, self.spec.sampling)] = slot
         for ref, slot in refs.items():
-            result = ray.get(ref)
+            result = self._get(ref, slot, "loading the model")
             if "error" in result:
                 _raise_user_error(result, f"on {slot.where}")
             slot.engine = result
@@ -386,7 +392,6 @@ class RayScorer:
         requeued = 0
         # Read ahead far enough to find records that share an instruction, not the whole file.
         window = max(256, 4 * self.chunk_size * len(self.actors))
-        high_water = self.n_parallel + self.chunk_size
         calls: dict[object, ActorSlot] = {}
         started = time.perf_counter()
 
@@ -422,14 +427,17 @@ class RayScorer:
                     reasons = "; ".join(f"{a.where}: {a.lost}" for a in self.actors)
                     raise ClusterError(f"every engine was lost ({reasons}). The rows written so far are "
                                        "kept: re-run the same command to grade the rest.")
-                # Top up every engine that has no call in flight, one chunk each in turn.
+                # Top up every engine that has no call in flight, one chunk each in turn, until a
+                # chunk's worth waits in its queue. Counted by what the engine has not yet taken,
+                # not by what it has not yet returned: it returns in its own input order, so
+                # finished records can wait behind a long one, and its slots must not run dry.
                 idle = [a for a in live if a.call is None]
                 sending: dict[int, list[Record]] = {a.index: [] for a in idle}
                 more = True
                 while more:
                     more = False
                     for slot in idle:
-                        if len(slot.inflight) + len(sending[slot.index]) >= high_water:
+                        if slot.queued + len(sending[slot.index]) >= self.chunk_size:
                             continue
                         if not queue and not exhausted:
                             read_ahead()
@@ -440,6 +448,7 @@ class RayScorer:
                 for slot in idle:
                     batch = sending[slot.index]
                     slot.inflight.update((r.id, r) for r in batch)
+                    slot.queued += len(batch)
                     if not slot.inflight:
                         continue  # nothing left for it
                     slot.call = slot.handle.exchange.remote(batch, EXCHANGE_WAIT_S)
@@ -453,7 +462,7 @@ class RayScorer:
                     slot = calls.pop(ref)
                     slot.call = None
                     try:
-                        grades = ray.get(ref)
+                        grades, slot.queued = ray.get(ref)
                     except Exception as exc:  # the actor died, or its engine failed
                         requeued += self._lose(slot, exc, queue)
                         continue

@@ -86,18 +86,21 @@ class EngineWorker:
 
     def prepare_model(self, spec: str | None, models_dir: str | None, allow_pull: bool = True) -> dict:
         """Resolve the model on this node (pulling a store model if missing) and hash the file."""
-        from .models import read_manifest, resolve_model, store_dir
+        from .models import DEFAULT_MODEL, read_manifest, resolve_model, store_dir
 
+        name = spec or DEFAULT_MODEL
         try:
             pulled = False
             try:
-                resolved = resolve_model(spec, models_dir)
-            except ModelNotFound:
-                is_store_name = spec is not None and not (spec.endswith(".gguf") or os.sep in spec)
-                if not (allow_pull and is_store_name):
+                resolved = resolve_model(name, models_dir)
+            except ModelNotFound as exc:
+                if name.endswith(".gguf") or os.sep in name:
+                    raise ModelNotFound(f"{exc} (with --ray, a --model path must exist on every node: "
+                                        "put the file on a shared filesystem, or use a store name)") from None
+                if not allow_pull:
                     raise
-                _pull(spec, Path(models_dir) if models_dir else None)
-                resolved = resolve_model(spec, models_dir)
+                _pull(name, Path(models_dir) if models_dir else None)
+                resolved = resolve_model(name, models_dir)
                 pulled = True
             started = time.perf_counter()
             digest = sha256_file(resolved.path)
@@ -125,10 +128,11 @@ class EngineWorker:
         return self._judge.engine.describe()
 
     # -- work -----------------------------------------------------------------------------------
-    def exchange(self, records: list[Record], wait: float) -> list[Grade]:
-        """Queue `records`, then return the grades finished so far, waiting up to `wait` seconds
-        for the first one. One call carries both directions, so the driver needs one call in
-        flight per actor and learns of a dead actor through it."""
+    def exchange(self, records: list[Record], wait: float) -> tuple[list[Grade], int]:
+        """Queue `records`, then return the grades finished so far (waiting up to `wait` seconds
+        for the first one) and how many records still wait for a slot. One call carries both
+        directions, so the driver needs one call in flight per actor and learns of a dead actor
+        through it."""
         for record in records:
             self._inbox.put(record)
         out: list[Grade] = []
@@ -143,7 +147,7 @@ class EngineWorker:
             pass
         if self._failure is not None:
             raise RuntimeError(f"the engine stopped: {self._failure!r}") from self._failure
-        return out
+        return out, self._inbox.qsize()
 
     def _run(self) -> None:
         try:
