@@ -7,7 +7,7 @@ import sys
 import typer
 
 from ..errors import PromLocalError
-from . import grade_cmd, info_cmd, models_cmd, render_cmd, score_cmd
+from . import convert_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd, render_cmd, score_cmd
 
 app = typer.Typer(
     name="prom-local",
@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-for module in (score_cmd, grade_cmd, render_cmd, info_cmd, models_cmd):
+for module in (score_cmd, grade_cmd, render_cmd, info_cmd, models_cmd, convert_cmd, pull_cmd):
     module.register(app)
 
 
