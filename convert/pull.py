@@ -152,6 +152,9 @@ def pull_gguf(target: str, file: str | None = None, *, revision: str | None = No
         dest = model_dir / gguf_name(spec.name, spec.quant)
         entry = files.get(spec.quant)
         origin = (entry or {}).get("source") or {}
+        if dest.exists() and not entry and not force:
+            raise PromLocalError(f"{dest} is already in the store but not in its manifest; "
+                                 "pass --force to replace it")
         if dest.exists() and entry and not force:
             same = origin.get("repo") == spec.repo and origin.get("file") == spec.file and \
                 (commit is None or origin.get("commit") == commit)

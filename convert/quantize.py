@@ -1,7 +1,7 @@
 """Quantize a 16-bit GGUF with llama.cpp's own quantizer: `llama_model_quantize` from llama-cpp-python,
 i.e. the same llama.cpp build that later runs the model.
 
-The call runs in a child process (`python -m convert.quantize SRC DST TYPE`). A C call cannot be
+The call runs in a child process (`_worker`, also `python -m convert.quantize SRC DST TYPE THREADS`). A C call cannot be
 interrupted by Ctrl-C, may abort the whole process on a malformed file, and its memory high-water
 mark would be mixed with ours; in a child it can be stopped, its failure is a message, and its peak
 RSS is its own. The child streams llama.cpp's log, whose `[ i/ n]` lines drive the progress bar.
@@ -82,12 +82,13 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None,
 
     partial = dst.with_name(dst.name + ".partial")
     partial.unlink(missing_ok=True)
+    # The child must import this very package (a checkout's or the installed one), ahead of
+    # anything named `convert` in the current directory, which `python -m` would put first.
     pkg_root = str(Path(__file__).resolve().parent.parent)
+    boot = (f"import sys; sys.path.insert(0, {pkg_root!r}); from convert.quantize import _worker; "
+            "sys.exit(_worker(sys.argv[1:]))")
+    cmd = [sys.executable, "-c", boot, str(src), str(partial), quant, str(threads or 0)]
     env = dict(os.environ)
-    # The child must import this very package, from a checkout as well as from an install.
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "convert.quantize", str(src), str(partial), quant,
-           str(threads or 0)]
     started = time.perf_counter()
     log: list[bytes] = []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
