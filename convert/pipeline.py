@@ -19,7 +19,7 @@ from prom_local.errors import ConvertError, DiskSpaceError
 from prom_local.models import DEFAULT_PROFILE, gguf_name, manifest_path, registry, store_dir
 
 from . import gguf16, manifest as mf, source as src
-from .quantize import estimate_bytes, parse_quant, quantize
+from .quantize import IMATRIX_IGNORED, estimate_bytes, parse_quant, quantize
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -132,8 +132,12 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
                   store: str | Path | None = None, quants: Sequence[str] = ("Q4_K_M", "Q8_0"),
                   outtype: str = "f16", keep_f16: bool = False, allow_pickle: bool = False,
                   force: bool = False, profile: str | None = None, threads: int | None = None,
+                  imatrix_data: str | Path | None = None, imatrix_ctx: int = 4096,
                   reporter: Reporter | None = None) -> ConvertReport:
-    """Checkpoint (hub id or folder) -> <store>/<name>/<name>.<QUANT>.gguf for each quant + manifest."""
+    """Checkpoint (hub id or folder) -> <store>/<name>/<name>.<QUANT>.gguf for each quant + manifest.
+
+    With `imatrix_data` (a JSONL of judge records), an importance matrix is computed from those
+    prompts on the 16-bit model and guides every quantization (see convert/imatrix.py)."""
     say = reporter or Reporter()
     if outtype not in gguf16.OUTTYPES:
         raise ConvertError(f"--outtype {outtype!r}: expected one of {', '.join(gguf16.OUTTYPES)}")
@@ -141,6 +145,15 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
     if not wanted:
         raise ConvertError("no --quant given")
     inter = gguf16.OUTTYPES[outtype]
+    im_key = None
+    if imatrix_data is not None:
+        imatrix_data = Path(imatrix_data)
+        if not imatrix_data.is_file():
+            raise ConvertError(f"--imatrix-data {imatrix_data}: no such file")
+        if imatrix_ctx < 64:
+            raise ConvertError(f"--imatrix-ctx {imatrix_ctx}: too small (64 tokens at least)")
+        # Outputs made with other calibration data (or none) are not what this run asks for.
+        im_key = f"{mf.sha256_file(imatrix_data)}:{imatrix_ctx}"
 
     origin = src.identify(source, revision=revision, allow_pickle=allow_pickle)
     name = validate_name(name or default_name(origin))
@@ -176,6 +189,9 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
             say.note(f"{path}: replacing (--force; it came from {label})")
         elif force:
             say.note(f"{path}: making it again (--force)")
+        elif quant not in IMATRIX_IGNORED and (entry.get("imatrix") or {}).get("key") != im_key:
+            say.note(f"{path}: made {'with another' if entry.get('imatrix') else 'without an'} importance "
+                     "matrix: making it again")
         else:
             size = path.stat().st_size
             say.start("verify", path.name, total=size)
@@ -232,13 +248,21 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
     elif need_f16 and inter not in wanted:
         stages.append(Stage("convert", f16_path.name, "skipped", detail="verified 16-bit GGUF already there"))
 
-    for quant in (q for q in todo if q != inter):
+    quant_todo = [q for q in todo if q != inter]
+    imatrix_file = None
+    if im_key is not None and any(q not in IMATRIX_IGNORED for q in quant_todo):
+        imatrix_file = _imatrix_stage(model_dir / f"{name}.imatrix", f16_path, files[inter]["sha256"], manifest,
+                                      im_key, imatrix_data, imatrix_ctx, profile, threads, say, stages)
+        _save(root, name, manifest, origin, profile)
+
+    for quant in quant_todo:
         out = path_of(quant)
         needed = estimate_bytes(f16_path.stat().st_size, quant)
         free = check_free(model_dir, needed, f"quantizing to {quant}")
         say.note(f"quantize: {f16_path.name} -> {out.name} (needs ~{human(needed)}, {human(free)} free)")
         say.start("quantize", out.name, total=None)
-        result = quantize(f16_path, out, quant, threads=threads,
+        guided = imatrix_file if quant not in IMATRIX_IGNORED else None
+        result = quantize(f16_path, out, quant, threads=threads, imatrix=guided,
                           on_progress=lambda i, n: say.update(i, total=n))
         say.done(f"{out.name}: {human(out.stat().st_size)} in {result.seconds:.1f} s, "
                  f"peak RSS {human(result.peak_rss_bytes or 0)}")
@@ -248,6 +272,9 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
                                      made_from=f16_path.name, from_sha256=files[inter]["sha256"],
                                      source=origin.describe(), seconds=round(result.seconds, 2),
                                      peak_rss_bytes=result.peak_rss_bytes, tools=mf.tool_versions())
+        if guided is not None:
+            files[quant]["imatrix"] = {"key": im_key, "file": imatrix_file.name,
+                                       "sha256": manifest["imatrix"]["sha256"]}
         _save(root, name, manifest, origin, profile)
 
     entry = files.get(inter)
@@ -296,6 +323,35 @@ def _download_stage(origin: src.Source, allow_pickle: bool, say: Reporter, stage
     stages.append(Stage("download", origin.label, "ran" if missing else "skipped", seconds,
                         detail=f"{missing} bytes fetched" if missing else "cached"))
     return folder
+
+
+def _imatrix_stage(path: Path, f16_path: Path, f16_sha256: str, manifest: dict, key: str, data: Path,
+                   n_ctx: int, profile: str, threads: int | None, say: Reporter, stages: list[Stage]) -> Path:
+    """The importance matrix for this calibration data: reused when recorded and intact, else computed."""
+    from . import imatrix
+
+    entry = manifest.get("imatrix") or {}
+    if path.exists() and entry.get("key") == key and entry.get("from_sha256") == f16_sha256 and \
+            mf.sha256_file(path) == entry.get("sha256"):
+        stages.append(Stage("imatrix", path.name, "skipped", detail="verified importance matrix already there"))
+        return path
+    texts, skipped = imatrix.calibration_texts(data, f16_path, profile)
+    say.note(f"imatrix: {len(texts)} judge prompts from {data}" + (f" ({skipped} records skipped)" if skipped else ""))
+    say.start("imatrix", path.name, total=None)
+    result = imatrix.compute(f16_path, texts, path, n_ctx=n_ctx, threads=threads, dataset=data.name,
+                             on_progress=lambda i, n: say.update(i, total=n))
+    say.done(f"{path.name}: {result.entries} matrices, {result.tokens:,} tokens in {result.seconds:.1f} s, "
+             f"peak RSS {human(result.peak_rss_bytes or 0)}")
+    stages.append(Stage("imatrix", path.name, "ran", result.seconds, result.peak_rss_bytes,
+                        detail=f"{result.tokens} tokens"))
+    manifest["imatrix"] = {"file": path.name, "size": path.stat().st_size, "sha256": mf.sha256_file(path),
+                           "key": key, "data": str(data.resolve()), "data_sha256": key.split(":")[0], "records": len(texts),
+                           "records_skipped": skipped, "tokens": result.tokens, "chunks": result.chunks,
+                           "chunk_size": n_ctx, "entries": result.entries,
+                           "from_sha256": f16_sha256,
+                           "seconds": round(result.seconds, 2), "peak_rss_bytes": result.peak_rss_bytes,
+                           "created": mf.now()}
+    return path
 
 
 def _hash_stage(path: Path, say: Reporter, stages: list[Stage]) -> str:

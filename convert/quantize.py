@@ -23,6 +23,9 @@ from ._proc import wait_with_rusage
 # Types that llama.cpp refuses (or quantizes badly) without an importance matrix.
 NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"}
 
+# Types whose quantization ignores an importance matrix (llama.cpp rounds them without weights).
+IMATRIX_IGNORED = {"F32", "F16", "BF16", "Q8_0"}
+
 # Approximate bits per weight of each type on a Llama-3-8B, for disk-space checks only.
 BITS_PER_WEIGHT = {
     "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.55,
@@ -74,10 +77,11 @@ class QuantizeResult:
     peak_rss_bytes: int | None
 
 
-def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None,
+def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None, imatrix: Path | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> QuantizeResult:
-    """Write `dst` (atomically: via dst.partial) from the GGUF `src`. Raises ConvertError naming
-    `src` with llama.cpp's own reason when it fails (a truncated or corrupt input, for instance)."""
+    """Write `dst` (atomically: via dst.partial) from the GGUF `src`, guided by an importance matrix
+    file when given. Raises ConvertError naming `src` with llama.cpp's own reason when it fails (a
+    truncated or corrupt input, for instance)."""
     from prom_local.errors import ConvertError
 
     partial = dst.with_name(dst.name + ".partial")
@@ -87,16 +91,19 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None,
     pkg_root = str(Path(__file__).resolve().parent.parent)
     boot = (f"import sys; sys.path.insert(0, {pkg_root!r}); from convert.quantize import _worker; "
             "sys.exit(_worker(sys.argv[1:]))")
-    cmd = [sys.executable, "-c", boot, str(src), str(partial), quant, str(threads or 0)]
+    cmd = [sys.executable, "-c", boot, str(src), str(partial), quant, str(threads or 0),
+           str(imatrix) if imatrix else ""]
     env = dict(os.environ)
     started = time.perf_counter()
     log: list[bytes] = []
+    used_imatrix = False
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
             log.append(line)
             del log[:-40]
+            used_imatrix = used_imatrix or b"have importance matrix data" in line
             m = _PROGRESS.match(line)
             if m and on_progress is not None:
                 on_progress(int(m.group(1)), int(m.group(2)))
@@ -106,6 +113,9 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None,
         wait_with_rusage(proc)
         partial.unlink(missing_ok=True)
         raise
+    if status == 0 and imatrix and not used_imatrix:
+        status = -1
+        log.append(b"llama.cpp did not report using the importance matrix")
     if status != 0:
         partial.unlink(missing_ok=True)
         reason = _reason(log)
@@ -123,6 +133,7 @@ def _reason(log: list[bytes]) -> str:
 
 def _worker(argv: list[str]) -> int:
     src, dst, quant, threads = argv[0], argv[1], argv[2], int(argv[3])
+    imatrix_path = argv[4] if len(argv) > 4 else ""
     import ctypes
 
     import llama_cpp as ll
@@ -136,6 +147,19 @@ def _worker(argv: list[str]) -> int:
     params = ll.llama_model_quantize_default_params()
     params.ftype = ftype_table()[quant]
     params.nthread = threads
+    keep = []  # the arrays the C side reads must outlive the call
+    if imatrix_path:
+        from convert.imatrix import load
+
+        values = load(Path(imatrix_path))
+        entries = (ll.llama_model_imatrix_data * (len(values) + 1))()  # NULL-name terminated
+        for i, (name, vec) in enumerate(sorted(values.items())):
+            keep += [name.encode(), vec]
+            entries[i].name = keep[-2]
+            entries[i].data = vec.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = vec.size
+        params.imatrix = entries
+        keep.append(entries)
     rc = ll.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     return 0 if rc == 0 else 1
 

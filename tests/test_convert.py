@@ -281,12 +281,15 @@ def test_resume_reruns_only_the_missing_or_damaged_stage(tiny_llama3_store, tiny
     assert {q: e["sha256"] for q, e in manifest["files"].items()} == original
 
     # Asking for the same files from another checkpoint is refused, not silently mixed.
+    from convert.pipeline import convert_model
+    from prom_local.errors import ConvertError
+
     other = tmp_path / "other-ckpt"
     shutil.copytree(tiny_llama3_checkpoint, other)
     (other / "generation_config.json").write_text('{"do_sample": false}', "utf-8")
-    result = run_cli(*[str(other) if a == tiny_llama3_checkpoint else a for a in args])
-    assert result.returncode == 5
-    assert "--force" in result.stderr and str(files["Q8_0"]) in result.stderr.replace("\n", "")
+    with pytest.raises(ConvertError, match="--force") as info:
+        convert_model(str(other), store=store, name=name, quants=["Q8_0", "Q4_K_M"], keep_f16=True)
+    assert str(files["Q8_0"]) in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def test_pull_repo_file_from_the_cache_offline(tiny_llama3_store, tmp_path):
 
 
 def test_pull_registry_short_name_and_rerun_is_verified_not_copied(tiny_llama3_store, tmp_path):
-    from prom_local.models import resolve_model
+    from prom_local.models import list_store, resolve_model
 
     src_store, name = tiny_llama3_store
     q4 = gguf(src_store, name, "Q4_K_M")
@@ -115,9 +115,9 @@ def test_pull_registry_short_name_and_rerun_is_verified_not_copied(tiny_llama3_s
     assert dest.read_bytes() == q4.read_bytes()
     resolved = resolve_model("prometheus-ko", store)  # default quant of the registry entry
     assert resolved.path == dest and resolved.profile == "prometheus-ko"
-    listed = run_cli("models", "--models-dir", store, "--json")
-    rows = json.loads(listed.stdout)["files"]
-    assert [(r["name"], r["quant"]) for r in rows] == [("prometheus-ko", "Q4_K_M")] and rows[0]["sha256"]
+    rows = list_store(store)  # what `prom-local models` shows
+    assert [(r["name"], r["quant"]) for r in rows] == [("prometheus-ko", "Q4_K_M")]
+    assert rows[0]["sha256"] == hashlib.sha256(q4.read_bytes()).hexdigest()
 
     mtime = dest.stat().st_mtime_ns
     again = run_cli("pull", "prometheus-ko:Q4_K_M", "--out", store, "--json", env=hub_env(cache))

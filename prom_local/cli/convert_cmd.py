@@ -108,6 +108,11 @@ def register(app: typer.Typer) -> None:
             "--profile", help="Prompt profile recorded in the manifest (default prometheus-ko).")] = None,
         threads: Annotated[Optional[int], typer.Option(
             "--threads", "-t", help="Quantizer threads (default: all cores).")] = None,
+        imatrix_data: Annotated[Optional[Path], typer.Option(
+            "--imatrix-data", help="Judge records (JSONL, as for score) to compute an importance matrix "
+            "from; it then guides every quantization.")] = None,
+        imatrix_ctx: Annotated[int, typer.Option(
+            "--imatrix-ctx", help="Tokens per importance-matrix chunk (longer prompts are split).")] = 4096,
         as_json: Annotated[bool, typer.Option("--json", help="Print the stages and files as JSON.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
     ) -> None:
@@ -120,7 +125,8 @@ def register(app: typer.Typer) -> None:
             report = convert_model(source, revision=revision, name=name, store=out,
                                    quants=quant or DEFAULT_QUANTS, outtype=outtype, keep_f16=keep_f16,
                                    allow_pickle=allow_pickle, force=force, profile=profile,
-                                   threads=threads, reporter=reporter)
+                                   threads=threads, imatrix_data=imatrix_data, imatrix_ctx=imatrix_ctx,
+                                   reporter=reporter)
         if as_json:
             print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False))
         if quiet:
