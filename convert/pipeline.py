@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prom_local.errors import ConvertError, DiskSpaceError
-from prom_local.models import DEFAULT_PROFILE, gguf_name, manifest_path, registry, store_dir
+from prom_local.models import DEFAULT_PROFILE, gguf_name, registry, store_dir
 
 from . import gguf16, manifest as mf, source as src
 from .quantize import IMATRIX_IGNORED, estimate_bytes, parse_quant, quantize
@@ -39,7 +39,7 @@ class Reporter:
 
 @dataclass
 class Stage:
-    stage: str                 # download | convert | quantize | hash | verify | cleanup
+    stage: str                 # download | convert | imatrix | quantize | hash | verify | cleanup
     target: str                # file (or repo) the stage is about
     status: str                # ran | skipped
     seconds: float = 0.0
@@ -190,8 +190,10 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
         elif force:
             say.note(f"{path}: making it again (--force)")
         elif quant not in IMATRIX_IGNORED and (entry.get("imatrix") or {}).get("key") != im_key:
-            say.note(f"{path}: made {'with another' if entry.get('imatrix') else 'without an'} importance "
-                     "matrix: making it again")
+            why = ("without an importance matrix" if not entry.get("imatrix") else
+                   "with an importance matrix, and this run has none" if im_key is None else
+                   "with another importance matrix")
+            say.note(f"{path}: made {why}: making it again")
         else:
             size = path.stat().st_size
             say.start("verify", path.name, total=size)
@@ -252,7 +254,7 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
     imatrix_file = None
     if im_key is not None and any(q not in IMATRIX_IGNORED for q in quant_todo):
         imatrix_file = _imatrix_stage(model_dir / f"{name}.imatrix", f16_path, files[inter]["sha256"], manifest,
-                                      im_key, imatrix_data, imatrix_ctx, profile, threads, say, stages)
+                                      im_key, imatrix_data, imatrix_ctx, profile, threads, force, say, stages)
         _save(root, name, manifest, origin, profile)
 
     for quant in quant_todo:
@@ -326,12 +328,13 @@ def _download_stage(origin: src.Source, allow_pickle: bool, say: Reporter, stage
 
 
 def _imatrix_stage(path: Path, f16_path: Path, f16_sha256: str, manifest: dict, key: str, data: Path,
-                   n_ctx: int, profile: str, threads: int | None, say: Reporter, stages: list[Stage]) -> Path:
+                   n_ctx: int, profile: str, threads: int | None, force: bool, say: Reporter,
+                   stages: list[Stage]) -> Path:
     """The importance matrix for this calibration data: reused when recorded and intact, else computed."""
     from . import imatrix
 
     entry = manifest.get("imatrix") or {}
-    if path.exists() and entry.get("key") == key and entry.get("from_sha256") == f16_sha256 and \
+    if not force and path.exists() and entry.get("key") == key and entry.get("from_sha256") == f16_sha256 and \
             mf.sha256_file(path) == entry.get("sha256"):
         stages.append(Stage("imatrix", path.name, "skipped", detail="verified importance matrix already there"))
         return path
@@ -372,4 +375,4 @@ def _hash_stage(path: Path, say: Reporter, stages: list[Stage]) -> str:
     return digest
 
 
-__all__ = ["ConvertReport", "Reporter", "Stage", "check_free", "convert_model", "human", "manifest_path"]
+__all__ = ["ConvertReport", "Reporter", "Stage", "check_free", "convert_model", "human"]

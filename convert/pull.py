@@ -220,6 +220,9 @@ def pull_gguf(target: str, file: str | None = None, *, revision: str | None = No
         if not q:
             raise PromLocalError(f"{spec.file}: cannot tell its quantization type; pass --quant")
         dest = model_dir / gguf_name(spec.name, q)
+        if spec.quant is None and dest.exists() and not force:  # learned the quant only now
+            raise PromLocalError(f"{dest} is already in the store; pass --force to replace it, "
+                                 "or --name to keep both")
         staging.replace(dest)
     except BaseException:
         staging.unlink(missing_ok=True)

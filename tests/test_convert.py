@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from assets import LLAMA3_INSTRUCT_TEMPLATE
-from tiny_llama import REPO_ROOT, TINY_NAME, convert_report, run_cli
+from tiny_llama import REPO_ROOT, convert_report, run_cli
 
 SAMPLE = json.loads((REPO_ROOT / "tests" / "data" / "sample-ko.json").read_text("utf-8"))
 
