@@ -12,6 +12,9 @@ sys.path.insert(0, str(TESTS))
 
 from assets import llama3_tokenizer_dir, smollm2_gguf  # noqa: E402
 
+# tiny_llama3_checkpoint / tiny_llama3_store: a tiny random Llama 3 and its real conversion.
+pytest_plugins = ["tiny_llama"]
+
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:

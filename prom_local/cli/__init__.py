@@ -7,7 +7,8 @@ import sys
 import typer
 
 from ..errors import PromLocalError
-from . import compare_cmd, grade_cmd, info_cmd, models_cmd, render_cmd, report_cmd, score_cmd, tui_cmd
+from . import (compare_cmd, convert_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd, render_cmd, report_cmd,
+               score_cmd, tui_cmd)
 
 app = typer.Typer(
     name="prom-local",
@@ -17,7 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-for module in (score_cmd, grade_cmd, render_cmd, info_cmd, models_cmd, tui_cmd, report_cmd, compare_cmd):
+# Order = order in --help: the main job first, then model management, then review tools.
+for module in (score_cmd, grade_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd, pull_cmd,
+               models_cmd, info_cmd):
     module.register(app)
 
 
