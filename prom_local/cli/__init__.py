@@ -16,7 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",  # joins wrapped docstring lines into paragraphs
 )
 # Order = order in --help: the main job first, then model management, then review tools.
 for module in (score_cmd, grade_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd, pull_cmd,

@@ -63,7 +63,14 @@ def register(app: typer.Typer) -> None:
                                 speed=f"{stats.tokens_per_second:,.0f} tok/s "
                                       f"({stats.generated_per_second:,.1f} gen)")
 
-            stats = score_file(judge, input, out, on_result=on_result, retry_errors=retry_errors)
+            try:
+                stats = score_file(judge, input, out, on_result=on_result, retry_errors=retry_errors)
+            except KeyboardInterrupt:
+                # typer would turn this into a silent exit; rows written so far are already durable.
+                progress.stop()
+                err_console.print(f"interrupted; {out} keeps every row written so far: "
+                                  "re-run the same command to resume")
+                raise typer.Exit(130) from None
             progress.update(task, completed=stats.skipped + stats.graded)
 
         if stats.retried:
