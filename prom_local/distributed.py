@@ -27,7 +27,8 @@ from typing import Callable, Iterable, Iterator
 
 from .batch import BatchStats, pending_items
 from .engine import EngineConfig, SamplingParams
-from .errors import ClusterError, ModelLoadError, ModelMismatch, ModelNotFound, PromLocalError
+from .errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
+                     PromLocalError)
 from .grading import Grade
 from .output import ResultWriter, drop_error_rows, load_existing
 from .records import Record
@@ -41,7 +42,7 @@ EXCHANGE_WAIT_S = 1.0
 LOCAL_OBJECT_STORE_BYTES = 128 << 20
 
 _ERRORS: dict[str, type[PromLocalError]] = {c.__name__: c for c in (
-    ModelNotFound, ModelLoadError, ModelMismatch, ClusterError)}
+    ModelNotFound, ModelLoadError, ModelMismatch, IntegrityError, ClusterError)}
 
 
 @dataclass
@@ -133,20 +134,14 @@ def import_ray():
 
 
 def _shipped_packages() -> list[str]:
-    """This process's prom_local (and the `convert` package beside it, for pulling), sent to every
-    node so that actors run exactly the driver's code, whatever is installed there."""
+    """This process's prom_local (and the `convert` package installed beside it, which has `pull`),
+    sent to every node so that actors run exactly the driver's code, whatever is installed there."""
     import prom_local
 
-    paths = [str(Path(prom_local.__file__).parent)]
-    try:
-        import importlib.util
-        spec = importlib.util.find_spec("convert")
-        if spec and spec.submodule_search_locations:
-            folder = Path(list(spec.submodule_search_locations)[0])
-            if (folder / "pull.py").exists():
-                paths.append(str(folder))
-    except (ImportError, ValueError):
-        pass
+    here = Path(prom_local.__file__).parent
+    paths = [str(here)]
+    if (here.parent / "convert" / "pull.py").exists():
+        paths.append(str(here.parent / "convert"))
     return paths
 
 
@@ -330,7 +325,7 @@ class RayScorer:
             if "error" in result:
                 _raise_user_error(result, f"on {slot.where}")
             if "manifest_sha256" in result:
-                raise ModelMismatch(f"on {slot.where}: {result['path']} has sha256 {result['sha256']}, but "
+                raise IntegrityError(f"on {slot.where}: {result['path']} has sha256 {result['sha256']}, but "
                                     f"its manifest says {result['manifest_sha256']}: the file is damaged or "
                                     "was replaced; pull or copy it again")
             if result["pulled"]:

@@ -12,6 +12,9 @@ sys.path.insert(0, str(TESTS))
 
 from assets import llama3_tokenizer_dir, smollm2_gguf  # noqa: E402
 
+# tiny_llama3_checkpoint / tiny_llama3_store: a tiny random Llama 3 and its real conversion.
+pytest_plugins = ["tiny_llama"]
+
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
@@ -22,6 +25,18 @@ def smollm2() -> Path:
 def llama3_tokenizer():
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(str(llama3_tokenizer_dir()))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_gguf(tiny_llama3_store):
+    """The converted tiny Llama 3 (Q8_0), vocabulary only: llama.cpp's Llama 3 tokenizer and template."""
+    from prom_local.engine import read_model_info
+    from prom_local.prompts import get_profile
+    store, name = tiny_llama3_store
+    model = read_model_info(store / name / f"{name}.Q8_0.gguf")
+    assert model.chat_template, "the converted GGUF should carry the Llama 3 chat template"
+    yield model, get_profile("prometheus-ko")
+    model.close()
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,21 @@ def test_retry_errors_regrades_fixed_records(tmp_path, smollm2):
     rows = _rows(out)
     assert [r["id"] for r in rows] == ["r1", "r2"] and rows[1]["error"] is None and rows[1]["score"] in range(1, 6)
     assert "removed 1 error rows" in fixed.stderr
+
+
+def test_ctrl_c_keeps_rows_and_says_how_to_resume(tmp_path, smollm2):
+    src = write_jsonl(tmp_path / "in.jsonl", [short_record(i) for i in range(6)])
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out),
+                             "--model", str(smollm2), *FAST], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and (not out.exists() or not out.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "re-run the same command to resume" in stderr and "Traceback" not in stderr
+    rows = _rows(out)
+    assert 1 <= len(rows) < 6 and len({r["id"] for r in rows}) == len(rows)

@@ -97,3 +97,22 @@ def test_render_with_model_uses_the_ggufs_template_and_tokenizer(tmp_path, smoll
     assert row["prompt"].startswith("<|im_start|>system\n###Task Description:")   # SmolLM2's ChatML
     assert row["n_tokens"] == len(row["tokens"]) > 100
     assert row["tokens"][0] == 1   # <|im_start|> parsed as the special token, not as text
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=st.fixed_dictionaries({
+    "instruction": text_st, "response": text_st, "criteria": text_st,
+    **{f"score{s}_description": text_st for s in range(1, 6)},
+    "reference_answer": st.one_of(st.none(), text_st)}))
+def test_llama_cpp_token_ids_equal_transformers_on_random_records(fields, tiny_llama3_gguf, llama3_tokenizer):
+    """What the engine feeds llama.cpp (our render, llama.cpp's tokenizer, from a GGUF converted with
+    the real Llama 3 tokenizer) is the id sequence transformers' apply_chat_template produces."""
+    model, profile = tiny_llama3_gguf
+    record = record_from_mapping(fields, line=1)
+    ours = model.tokenize(render_prompt(record, profile, model), special=True)
+    sample = {f"orig_{k}": v for k, v in fields.items()}
+    system, with_ref, without_ref = card_prompts(sample)
+    expected = llama3_tokenizer.apply_chat_template(
+        _messages(system, with_ref if record.has_reference else without_ref), tokenize=True,
+        add_generation_prompt=True, return_dict=False)
+    assert ours == list(expected)

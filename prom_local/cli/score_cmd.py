@@ -70,28 +70,22 @@ def register(app: typer.Typer) -> None:
                             speed=f"{stats.tokens_per_second:,.0f} tok/s "
                                   f"({stats.generated_per_second:,.1f} gen)")
 
-        if ray is None:
-            judge = opts.judge(quiet=quiet)
-            with judge, progress:
-                progress.start_task(task)
-                stats = score_file(judge, input, out, on_result=on_result, retry_errors=retry_errors)
-                progress.update(task, completed=stats.skipped + stats.graded)
-        else:
-            from ..distributed import JudgeSpec, RayScorer
-
-            spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
-                             sampling=opts.sampling_params(),
-                             models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None)
-            with RayScorer(spec, address=ray, actors=actors, on_status=say) as scorer:
-                scorer.start()  # one progress bar for all engines, shown once they are all up
-                with progress:
+        try:
+            if ray is None:
+                judge = opts.judge(quiet=quiet)
+                with judge, progress:
                     progress.start_task(task)
-                    run = scorer.score_file(input, out, on_result=on_result, retry_errors=retry_errors)
-                    progress.update(task, completed=run.stats.skipped + run.stats.graded)
-            stats = run.stats
-            say("engines: " + ", ".join(f"{a.where} {a.graded}" + (" (lost)" if a.lost else "")
-                                        for a in run.actors)
-                + (f"; {run.requeued} record(s) re-queued from lost engines" if run.requeued else ""))
+                    stats = score_file(judge, input, out, on_result=on_result, retry_errors=retry_errors)
+                    progress.update(task, completed=stats.skipped + stats.graded)
+            else:
+                stats = _score_on_ray(input, out, ray, actors, opts, progress, task, on_result,
+                                      retry_errors, say)
+        except KeyboardInterrupt:
+            # typer would turn this into a silent exit; rows written so far are already durable.
+            progress.stop()
+            err_console.print(f"interrupted; {out} keeps every row written so far: "
+                              "re-run the same command to resume")
+            raise typer.Exit(130) from None
 
         if stats.retried:
             err_console.print(f"removed {stats.retried} error rows from {out} to grade them again")
@@ -117,3 +111,21 @@ def register(app: typer.Typer) -> None:
         # The exit code describes the results file as it now stands, resumed rows included.
         if (summary.errors if summary is not None else stats.errors):
             raise typer.Exit(EXIT_RECORD_ERRORS)
+
+
+def _score_on_ray(input, out, address, actors, opts: EngineOptions, progress, task, on_result,
+                  retry_errors, say) -> BatchStats:
+    from ..distributed import JudgeSpec, RayScorer
+
+    spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
+                     sampling=opts.sampling_params(),
+                     models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None)
+    with RayScorer(spec, address=address, actors=actors, on_status=say) as scorer:
+        scorer.start()  # one progress bar for all engines, shown once they are all up
+        with progress:
+            progress.start_task(task)
+            run = scorer.score_file(input, out, on_result=on_result, retry_errors=retry_errors)
+            progress.update(task, completed=run.stats.skipped + run.stats.graded)
+    say("engines: " + ", ".join(f"{a.where} {a.graded}" + (" (lost)" if a.lost else "") for a in run.actors)
+        + (f"; {run.requeued} record(s) re-queued from lost engines" if run.requeued else ""))
+    return run.stats
