@@ -281,13 +281,13 @@ class ErrorEvent:
 # ----------------------------------------------------------------------------------------------
 # The engine.
 #
-# Scheduling, in one paragraph: requests are read a few at a time into a look-ahead window (input
-# order). A free slot takes the window's request that shares the longest prefix with what is cached
-# or being computed, unless the oldest request has been passed over too often (so output, which the
-# judge writes in input order, is never held back for long). A new request first *waits* if another
-# slot is still computing a prefix it shares: it copies that KV once it exists rather than computing
-# the same tokens in parallel. Then every step builds one batch: one token for each generating
-# sequence, and prompt chunks (oldest request first) up to n_batch tokens.
+# Scheduling, in one paragraph: when a slot is free, requests are read a few at a time into a
+# look-ahead window (input order). A free slot takes the window's request that shares the longest
+# prefix with what is cached or being computed, unless the oldest request has been passed over
+# n_parallel times (so output, which the judge writes in input order, is never held back long).
+# A new request first *waits* while an older one is still computing a prefix they share, then
+# copies that KV instead of computing the same tokens in parallel. Each round decodes one token of
+# every generating sequence together, and a chunk of the oldest unfinished prompt.
 
 IDLE, WAITING, RUNNING = "idle", "waiting", "running"
 # Waiting for another sequence's prefix is only worth it when it saves at least this many tokens.
@@ -525,7 +525,10 @@ class Engine:
         arrivals = 0
         skips = 0  # times the oldest waiting request was passed over
         while True:
-            while not exhausted and len(window) < self.lookahead:
+            # Read ahead only when a slot is free: a source that blocks for its next item (a queue
+            # fed by a remote driver) then stalls nobody who could be decoding.
+            free = any(not s.busy for s in self.slots)
+            while free and not exhausted and len(window) < self.lookahead:
                 req = next(source, None)
                 if req is None:
                     exhausted = True
