@@ -116,8 +116,44 @@ def cluster(tmp_path_factory, smollm2, ray_env):
                        capture_output=True, timeout=120)
         yield Cluster(f"127.0.0.1:{port}", ray_env, stores)
     finally:
-        subprocess.run([RAY_BIN, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stop this test's Ray nodes and nothing else: `ray stop` would stop every Ray instance on the
+    machine, other people's included. Ours are the processes whose command line names our temp dir,
+    and their children (the agents and workers of our raylets)."""
+    procs = Path("/proc")
+
+    def cmdline(pid: str) -> str:
+        try:
+            return (procs / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    def parent(pid: str) -> str:
+        try:
+            return (procs / pid / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            return ""
+
+    pids = [p.name for p in procs.iterdir() if p.name.isdigit()]
+    ours = {pid for pid in pids if temp_dir in cmdline(pid)}
+    grew = True
+    while grew:  # and their descendants
+        more = {pid for pid in pids if parent(pid) in ours} - ours
+        ours |= more
+        grew = bool(more)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours:
+            try:
+                os.kill(int(pid), sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 15
+        while time.time() < deadline and any((procs / pid).exists() and cmdline(pid) for pid in ours):
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
