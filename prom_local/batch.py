@@ -7,6 +7,7 @@ exactly one row per input record.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable, Iterator
 from .errors import InputError
 from .grading import Grade
 from .judge import Judge
-from .output import ResultWriter, load_existing
+from .output import ResultWriter, drop_error_rows, load_existing
 from .records import Record, read_records
 
 
@@ -31,6 +32,7 @@ class BatchStats:
     reused_prompt_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     repaired_bytes: int = 0
+    retried: int = 0           # error rows removed by --retry-errors
 
     @property
     def elapsed(self) -> float:
@@ -50,10 +52,26 @@ def error_grade(err: InputError) -> Grade:
                  finish_reason="error")
 
 
-def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats) -> Iterator[Record | Grade]:
+def default_output(input_path: str | Path) -> str:
+    """Where `score` (and the TUI) write results for an input unless told: INPUT.prom.jsonl."""
+    if str(input_path) == "-":
+        return "-"
+    p = Path(input_path)
+    return str(p.with_name(p.name.removesuffix(".jsonl") + ".prom.jsonl"))
+
+
+def duplicate_row_id(record_id: str, line: int | None) -> str:
+    """The id of the error row written for a repeated id, so it resumes like any other row."""
+    return f"{record_id}@line{line}"
+
+
+def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
+                  cancel: threading.Event | None = None) -> Iterator[Record | Grade]:
     """Records still to grade, and error rows for bad lines, in input order."""
     first_line: dict[str, int] = {}
     for item in read_records(input_path):
+        if cancel is not None and cancel.is_set():
+            return
         stats.total_seen += 1
         if isinstance(item, InputError):
             if item.record_id in done_ids:
@@ -66,7 +84,7 @@ def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats)
             err = InputError(f"duplicate id {item.id!r} (first on line {first_line[item.id]})",
                              source=str(input_path) if str(input_path) != "-" else "<stdin>",
                              line=item.line, field="id")
-            err.record_id = f"{item.id}@line{item.line}"
+            err.record_id = duplicate_row_id(item.id, item.line)
             if err.record_id in done_ids:
                 stats.skipped += 1
             else:
@@ -81,15 +99,24 @@ def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats)
 
 def score_file(judge: Judge, input_path: str | Path, output_path: str | Path, *,
                on_result: Callable[[Grade, BatchStats], None] | None = None,
-               on_token: Callable[[Record, str], None] | None = None) -> BatchStats:
+               on_token: Callable[[Record, str], None] | None = None,
+               retry_errors: bool = False,
+               cancel: threading.Event | None = None) -> BatchStats:
+    """Grade what `output_path` does not hold yet. Setting `cancel` stops the run between decode
+    steps; records cut off are not written, so the next run grades them again."""
     stats = BatchStats()
     done_ids: set[str] = set()
     if str(output_path) != "-":
+        if retry_errors:
+            stats.retried = drop_error_rows(Path(output_path))
         state = load_existing(Path(output_path))
         done_ids = state.done_ids
         stats.repaired_bytes = state.repaired_bytes
     with ResultWriter(output_path) as writer:
-        for grade in judge.grade_stream(pending_items(input_path, done_ids, stats), on_token=on_token):
+        items = pending_items(input_path, done_ids, stats, cancel)
+        for grade in judge.grade_stream(items, on_token=on_token, cancel=cancel):
+            if grade.finish_reason == "cancelled":
+                continue
             writer.write(grade.to_row())
             stats.graded += 1
             stats.errors += grade.error is not None

@@ -85,6 +85,23 @@ def gpu_offload_supported() -> bool:
     return bool(_ll.llama_supports_gpu_offload())
 
 
+# Names llama.cpp's system info uses for GPU backends, in the order we report them.
+_GPU_BACKENDS = ("CUDA", "ROCm", "HIP", "Metal", "Vulkan", "SYCL", "MUSA", "CANN", "OpenCL", "Kompute")
+
+
+def build_backend() -> str:
+    """Which backend this llama.cpp build was compiled with: "CUDA", "Metal", ... or "CPU".
+
+    The build, not what a model uses: a CUDA build running with --gpu-layers 0 still says CUDA.
+    """
+    _require_llama()
+    info = _ll.llama_print_system_info().decode("utf-8", "replace")
+    for name in _GPU_BACKENDS:
+        if f"{name} :" in info or f"{name}:" in info:
+            return name
+    return "GPU" if gpu_offload_supported() else "CPU"
+
+
 def check_gguf_file(path: Path) -> None:
     """Fail early, with the path, for the mistakes llama.cpp would only report as 'failed to load'."""
     if not path.exists():

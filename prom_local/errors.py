@@ -56,3 +56,39 @@ class ContextOverflow(PromLocalError):
 
 class OutputError(PromLocalError):
     exit_code = 4
+
+
+class ConvertError(PromLocalError):
+    """Converting or quantizing a checkpoint failed, or its source is unusable (pickled weights
+    without --allow-pickle, missing files, the conversion extra not installed)."""
+
+    exit_code = 5
+
+
+class DiskSpaceError(PromLocalError):
+    """Not enough free disk for the next stage; says where, how much is needed and how much is free."""
+
+    exit_code = 5
+
+
+class DownloadError(PromLocalError):
+    """The hub could not be reached (offline mode, no network) and the file is not cached, or the
+    repo/file/revision does not exist."""
+
+    exit_code = 6
+
+
+class IntegrityError(PromLocalError):
+    """A file's sha256 does not match what the hub or the manifest says it should be."""
+
+    exit_code = 7
+
+
+class ClusterError(PromLocalError):
+    """`score --ray`: Ray missing, no cluster at the address, no room for the engines, every engine lost."""
+
+    exit_code = 8
+
+
+class ModelMismatch(ClusterError):
+    """The nodes of a cluster would grade with different model files: refused before any work."""

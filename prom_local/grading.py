@@ -75,6 +75,19 @@ class Grade:
     def expected(self) -> float | None:
         return expected_score(self.probabilities) if self.probabilities else None
 
+    @property
+    def first_token_seconds(self) -> float | None:
+        value = self.extra.get("first_token_seconds")
+        return float(value) if value is not None else None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Generation speed after the first token: the rate a reader sees the feedback stream at."""
+        first = self.first_token_seconds
+        if first is None or self.completion_tokens < 2 or self.seconds <= first:
+            return None
+        return (self.completion_tokens - 1) / (self.seconds - first)
+
     def to_row(self) -> dict:
         row = asdict(self)
         extra = row.pop("extra")

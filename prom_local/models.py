@@ -89,7 +89,9 @@ def resolve_model(spec: str | Path | None, store: str | Path | None = None) -> R
     if quant is None:
         present = sorted(p.name[len(name) + 1:-len(".gguf")] for p in (root / name).glob(f"{name}.*.gguf"))
         default = entry.get("default_quant")
-        quant = default if default in present or not present else present[0]
+        # The 16-bit intermediate (kept with --keep-f16) is the slowest choice: prefer any quant.
+        quantized = [q for q in present if q.upper() not in ("F16", "BF16", "F32")]
+        quant = default if default in present or not present else (quantized or present)[0]
     path = root / name / gguf_name(name, quant)
     if not path.exists():
         hints = [f"prom-local pull {name}:{quant}"] if entry.get("gguf_sources") else []

@@ -6,6 +6,7 @@ engine.py feeds it real numbers and retries with fewer layers if llama.cpp still
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -105,13 +106,25 @@ def fewer_layers(current: int, n_layer: int) -> int:
     return max(0, on_gpu - max(1, on_gpu // 4))
 
 
+def visible_gpu(env: dict | None = None) -> str | None:
+    """The device this process's CUDA calls see first, as nvidia-smi's --id takes it (an index or a
+    UUID), when CUDA_VISIBLE_DEVICES picks one: Ray gives each engine actor its own GPU this way, and
+    nvidia-smi, which ignores that variable, would otherwise report GPU 0 to every engine."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    first = value.split(",")[0].strip() if value else ""
+    return first or None
+
+
 def free_gpu_memory() -> int | None:
-    """Free memory of the first CUDA device in bytes, from nvidia-smi (no extra Python dependency)."""
+    """Free memory of the first CUDA device this process sees, in bytes, from nvidia-smi (no extra
+    Python dependency)."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
+    device = visible_gpu()
     try:
-        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits",
+                              *([f"--id={device}"] if device else [])],
                              capture_output=True, text=True, timeout=10, check=True).stdout
         return int(out.splitlines()[0].strip()) * MiB
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):

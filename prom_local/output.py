@@ -59,6 +59,32 @@ def load_existing(path: Path) -> ResumeState:
     return state
 
 
+def drop_error_rows(path: Path) -> int:
+    """Remove error rows so their records are graded again (after the input was fixed).
+    The file is replaced atomically: a kill mid-way leaves the old file, never a half-written one."""
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for raw in path.read_bytes().splitlines(keepends=True):
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError:
+            keep.append(raw)   # a torn last line: load_existing deals with it
+            continue
+        if isinstance(row, dict) and row.get("error"):
+            dropped += 1
+        else:
+            keep.append(raw)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as handle:
+            handle.writelines(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    return dropped
+
+
 class ResultWriter:
     """Append rows to a JSONL file (or stdout with path '-'), each one durable before the next."""
 
@@ -91,14 +117,27 @@ class ResultWriter:
         self._handle = None
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """All rows of a results file, for reports; names the line of any row that is not JSON."""
+def read_rows(path: str | Path, *, skip_torn_tail: bool = False) -> list[dict]:
+    """All rows of a results file, for reports; names the line of any row that is not JSON.
+
+    `skip_torn_tail` ignores an unfinished last line (a run killed mid-write, or one still
+    writing), which the next `score` run cuts off anyway; read-only viewers want that.
+    """
     rows = []
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except FileNotFoundError:
         raise OutputError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise OutputError(f"{p}: is a directory, expected a results JSONL file") from None
+    if skip_torn_tail:
+        # Cut at the byte level: a torn line may also end inside a multi-byte character.
+        data = data[: data.rfind(b"\n") + 1]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OutputError(f"{p}: not UTF-8 text ({exc.reason}); not a prom-local output file") from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

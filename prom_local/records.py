@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, BinaryIO, Iterator, Mapping
 
 from .errors import InputError
 from .rubrics import SCORES, Rubric
@@ -75,32 +75,7 @@ def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
     response = text("response", required=True)
     reference = text("reference_answer", required=False)
 
-    rubric_source: Mapping[str, Any] = data
-    rubric_field_prefix = ""
-    if "rubric" in data and data["rubric"] is not None:
-        if isinstance(data["rubric"], str):
-            try:
-                rubric = Rubric.parse(data["rubric"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise fail(f"cannot read rubric text: {exc}", "rubric") from None
-            rubric_source = {}
-        elif isinstance(data["rubric"], dict):
-            rubric_source = data["rubric"]
-            rubric_field_prefix = "rubric."
-        else:
-            raise fail("must be an object with criteria and score1..5 descriptions", "rubric")
-    if rubric_source:
-        try:
-            rubric = Rubric.from_mapping(rubric_source)
-        except KeyError as exc:
-            name = exc.args[0]
-            if not rubric_field_prefix and not name.startswith("orig_"):
-                name = _styled(data, name)
-            raise fail("missing or empty", rubric_field_prefix + name) from None
-        except TypeError as exc:
-            raise fail("must be a string", rubric_field_prefix + exc.args[0]) from None
-    elif "rubric" not in data or data["rubric"] is None:
-        raise fail("missing (expected orig_criteria + orig_score1..5_description, or rubric)", "rubric")
+    rubric = _rubric(data, fail)
 
     score_name, gold = _pick(data, "score")
     if gold is not None:
@@ -110,9 +85,10 @@ def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
             raise fail(f"must be an integer 1-5, got {json.dumps(gold)[:40]}", score_name)
         try:
             as_float = float(gold)
-        except ValueError:
-            raise fail(f"must be an integer 1-5, got {gold!r}", score_name) from None
-        if as_float != int(as_float) or int(as_float) not in SCORES:
+            valid = as_float == int(as_float) and int(as_float) in SCORES
+        except (ValueError, OverflowError):  # "abc", NaN, inf
+            valid = False
+        if not valid:
             raise fail(f"must be an integer 1-5, got {gold!r}", score_name)
         gold = int(as_float)
 
@@ -123,12 +99,35 @@ def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
                   reference_answer=reference, gold_score=gold, line=line)
 
 
-def _open(path: str | Path) -> tuple[TextIO, str, bool]:
+def _rubric(data: Mapping[str, Any], fail) -> Rubric:
+    """The rubric from a `rubric` object or string, or from flat (orig_)criteria/score columns."""
+    value = data.get("rubric")
+    if isinstance(value, str):
+        try:
+            return Rubric.parse(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise fail(f"cannot read rubric text: {exc}", "rubric") from None
+    if value is not None and not isinstance(value, dict):
+        raise fail("must be an object with criteria and score1..5 descriptions", "rubric")
+    if value is None and "criteria" not in data and "orig_criteria" not in data:
+        raise fail("missing (expected orig_criteria + orig_score1..5_description, or rubric)", "rubric")
+    source, prefix = (value, "rubric.") if value is not None else (data, "")
+    try:
+        return Rubric.from_mapping(source)
+    except KeyError as exc:
+        name = exc.args[0]
+        raise fail("missing or empty", prefix + (name if prefix or name.startswith("orig_")
+                                                 else _styled(data, name))) from None
+    except TypeError as exc:
+        raise fail("must be a string", prefix + exc.args[0]) from None
+
+
+def _open(path: str | Path) -> tuple[BinaryIO, str, bool]:
     if str(path) == "-":
-        return sys.stdin, "<stdin>", False
+        return sys.stdin.buffer, "<stdin>", False
     p = Path(path)
     try:
-        return p.open("r", encoding="utf-8"), str(p), True
+        return p.open("rb"), str(p), True
     except FileNotFoundError:
         raise InputError("no such file", source=str(p)) from None
     except IsADirectoryError:
@@ -139,21 +138,18 @@ def read_records(path: str | Path) -> Iterator[Record | InputError]:
     """Yield a Record or an InputError for every non-blank line of a JSONL file (`-` = stdin)."""
     handle, source, close = _open(path)
     try:
-        line_no = 0
-        while True:
+        # Lines are decoded one by one, so a line of bad bytes is an error for that line only.
+        for line_no, raw in enumerate(handle, 1):
             try:
-                raw = handle.readline()
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                # The decoder fails for the rest of the stream; nothing after this point can be trusted.
-                yield InputError(f"not valid UTF-8 ({exc.reason})", source=source, line=line_no + 1)
-                return
-            if not raw:
-                return
-            line_no += 1
-            if not raw.strip():
+                yield InputError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", source=source,
+                                 line=line_no)
+                continue
+            if not text.strip():
                 continue
             try:
-                data = json.loads(raw)
+                data = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield InputError(f"invalid JSON: {exc.msg} (column {exc.colno})", source=source, line=line_no)
                 continue
@@ -161,7 +157,8 @@ def read_records(path: str | Path) -> Iterator[Record | InputError]:
                 yield record_from_mapping(data, line=line_no, source=source)
             except InputError as err:
                 rid = data.get("id") if isinstance(data, dict) else None
-                err.record_id = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else str(line_no)
+                if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+                    err.record_id = str(rid)
                 yield err
     finally:
         if close:

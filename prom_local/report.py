@@ -83,6 +83,9 @@ class Summary:
     histogram: dict[int, int]
     mean_score: float | None
     gold: Agreement | None
+    # Rows with a gold score but no predicted one: the heatmap cannot show them, so they are counted
+    # beside it (the model card's "failed to output a score").
+    unscored_with_gold: int = 0
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "gold"}
@@ -105,4 +108,157 @@ def summarise(rows: Iterable[dict]) -> Summary:
         histogram={s: valid.count(s) for s in SCORES},
         mean_score=float(np.mean(valid)) if valid else None,
         gold=agreement([g for g, _ in gold_pairs], [p for _, p in gold_pairs]) if gold_pairs else None,
+        unscored_with_gold=sum(1 for _, p in gold_pairs if p not in SCORES),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Picking rows: the batch screen's filters, kept here so a script can ask the same questions.
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which result rows to show; every condition that is set must hold."""
+
+    score: int | None = None       # predicted score equals this
+    disagree: bool = False         # has a gold score and a predicted one, and they differ
+    errors: bool = False           # an error row (bad input, too long, cancelled)
+
+    def matches(self, row: dict) -> bool:
+        if self.score is not None and row.get("score") != self.score:
+            return False
+        if self.disagree and not is_disagreement(row):
+            return False
+        if self.errors and not row.get("error"):
+            return False
+        return True
+
+    @property
+    def active(self) -> bool:
+        return self.score is not None or self.disagree or self.errors
+
+    def describe(self) -> str:
+        parts = []
+        if self.score is not None:
+            parts.append(f"score {self.score}")
+        if self.disagree:
+            parts.append("disagrees with gold")
+        if self.errors:
+            parts.append("errors")
+        return " + ".join(parts) if parts else "all rows"
+
+
+def is_disagreement(row: dict) -> bool:
+    gold, score = row.get("gold_score"), row.get("score")
+    return gold in SCORES and score in SCORES and gold != score
+
+
+def filter_rows(rows: Iterable[dict], row_filter: RowFilter) -> list[dict]:
+    return [row for row in rows if row_filter.matches(row)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Two runs over the same input (e.g. Q4_K_M against Q8_0): how far do their scores agree?
+
+def _expected(row: dict) -> float | None:
+    """Expected score from a row's P(1..5); None when the row has no probabilities."""
+    probs = row.get("probabilities")
+    if not isinstance(probs, dict):
+        return None
+    try:
+        values = [float(probs[str(s)]) for s in SCORES]
+    except (KeyError, TypeError, ValueError):
+        return None
+    total = sum(values)
+    return sum(s * p for s, p in zip(SCORES, values)) / total if total > 0 else None
+
+
+@dataclass
+class Disagreement:
+    id: str
+    a: int | None
+    b: int | None
+    gold: int | None
+    expected_a: float | None
+    expected_b: float | None
+
+    @property
+    def gap(self) -> int:
+        return abs(self.a - self.b) if self.a in SCORES and self.b in SCORES else 0
+
+    @property
+    def expected_gap(self) -> float:
+        """How far the two runs' expected scores lie apart: ranks ties in `gap` by how sure each
+        run was, so a 4-vs-5 between two confident runs comes before a coin flip."""
+        if self.expected_a is None or self.expected_b is None:
+            return 0.0
+        return abs(self.expected_a - self.expected_b)
+
+    def as_dict(self) -> dict:
+        out = dict(self.__dict__)
+        for key in ("expected_a", "expected_b"):
+            out[key] = None if out[key] is None else round(out[key], 4)
+        out["gap"] = self.gap
+        return out
+
+
+@dataclass
+class Comparison:
+    agreement: Agreement              # rows: run A's scores, columns: run B's
+    common: int                       # ids present in both files
+    only_a: list[str]
+    only_b: list[str]
+    unscored_a: int                   # common ids A has no score for (error rows)
+    unscored_b: int
+    gold_mismatch: int                # common ids whose gold score differs: not the same input
+    gold_a: Agreement | None          # each run against gold, when the input had gold scores
+    gold_b: Agreement | None
+    disagreements: list[Disagreement]  # the ones that disagree most, first
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items()
+               if k not in ("agreement", "gold_a", "gold_b", "disagreements")}
+        out["agreement"] = self.agreement.as_dict()
+        out["gold_a"] = self.gold_a.as_dict() if self.gold_a else None
+        out["gold_b"] = self.gold_b.as_dict() if self.gold_b else None
+        out["disagreements"] = [d.as_dict() for d in self.disagreements]
+        return out
+
+
+def compare_rows(rows_a: Iterable[dict], rows_b: Iterable[dict], *, top: int | None = 10) -> Comparison:
+    """Join two result files on record id and measure how their scores agree.
+
+    `disagreements` lists the pairs whose scores differ, largest gap first, then by how far the
+    expected scores lie apart, at most `top` of them (None: all).
+    """
+    by_id_a = {str(r.get("id")): r for r in rows_a}
+    by_id_b = {str(r.get("id")): r for r in rows_b}
+    common = [i for i in by_id_a if i in by_id_b]
+    scores_a = [by_id_a[i].get("score") for i in common]
+    scores_b = [by_id_b[i].get("score") for i in common]
+
+    gold_mismatch = 0
+    gold: list[int | None] = []
+    for i in common:
+        ga, gb = by_id_a[i].get("gold_score"), by_id_b[i].get("gold_score")
+        if ga in SCORES and gb in SCORES and ga != gb:
+            gold_mismatch += 1
+        gold.append(ga if ga in SCORES else gb if gb in SCORES else None)
+    has_gold = any(g is not None for g in gold)
+
+    pairs = [Disagreement(i, a, b, g, _expected(by_id_a[i]), _expected(by_id_b[i]))
+             for i, a, b, g in zip(common, scores_a, scores_b, gold)
+             if a in SCORES and b in SCORES and a != b]
+    # sorted() is stable, so equal pairs keep the input order.
+    pairs.sort(key=lambda d: (-d.gap, -d.expected_gap))
+    return Comparison(
+        agreement=agreement(scores_a, scores_b),
+        common=len(common),
+        only_a=[i for i in by_id_a if i not in by_id_b],
+        only_b=[i for i in by_id_b if i not in by_id_a],
+        unscored_a=sum(1 for s in scores_a if s not in SCORES),
+        unscored_b=sum(1 for s in scores_b if s not in SCORES),
+        gold_mismatch=gold_mismatch,
+        gold_a=agreement(gold, scores_a) if has_gold else None,
+        gold_b=agreement(gold, scores_b) if has_gold else None,
+        disagreements=pairs if top is None else pairs[:top],
     )

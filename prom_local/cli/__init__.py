@@ -7,7 +7,8 @@ import sys
 import typer
 
 from ..errors import PromLocalError
-from . import grade_cmd, info_cmd, models_cmd, render_cmd, score_cmd
+from . import (compare_cmd, convert_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd, render_cmd, report_cmd,
+               score_cmd, tui_cmd)
 
 app = typer.Typer(
     name="prom-local",
@@ -15,10 +16,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",  # joins wrapped docstring lines into paragraphs
 )
-for module in (score_cmd, grade_cmd, render_cmd, info_cmd, models_cmd):
+# Order = order in --help: the main job first, then model management, then review tools.
+for module in (score_cmd, grade_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd, pull_cmd,
+               models_cmd, info_cmd):
     module.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+        print(f"prom-local {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Run a Prometheus-style LLM judge (Korean Prometheus on Llama 3) privately with llama.cpp."""
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ from ..judge import Judge
 from ..models import resolve_model
 from ..offload import parse_gpu_layers
 
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: long paths in messages stay on one line (greppable), tables still fit the terminal.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="GGUF path, or a store name like prometheus-ko or prometheus-ko:Q8_0.",
@@ -82,21 +83,25 @@ class EngineOptions:
     max_tokens: int = 512
     verbose: bool = False
 
-    def judge(self, *, quiet: bool = False) -> Judge:
-        resolved = resolve_model(self.model, self.models_dir)
+    def engine_config(self) -> EngineConfig:
         try:
             layers = parse_gpu_layers(self.gpu_layers)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
+        return EngineConfig(n_ctx=self.ctx, gpu_layers=layers, n_threads=self.threads,
+                            n_parallel=self.parallel, verbose=self.verbose)
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              repeat_penalty=self.repeat_penalty, seed=self.seed, max_tokens=self.max_tokens)
+
+    def judge(self, *, quiet: bool = False, on_status: Callable[[str], None] | None = None) -> Judge:
+        resolved = resolve_model(self.model, self.models_dir)
+        engine = self.engine_config()
+        say = on_status or ((lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]")))
         say(f"model: {resolved.path}")
-        return Judge(resolved.path, profile=self.profile or resolved.profile,
-                     engine=EngineConfig(n_ctx=self.ctx, gpu_layers=layers, n_threads=self.threads,
-                                         n_parallel=self.parallel, verbose=self.verbose),
-                     sampling=SamplingParams(temperature=self.temperature, top_p=self.top_p,
-                                             top_k=self.top_k, repeat_penalty=self.repeat_penalty,
-                                             seed=self.seed, max_tokens=self.max_tokens),
-                     on_status=say)
+        return Judge(resolved.path, profile=self.profile or resolved.profile, engine=engine,
+                     sampling=self.sampling_params(), on_status=say)
 
 
 def with_engine_options(func: Callable) -> Callable:

@@ -9,21 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..batch import BatchStats, score_file
+from ..batch import BatchStats, default_output, score_file
 from ..grading import Grade
 from ..output import read_rows
-from ..report import summarise
 from .options import EngineOptions, err_console, with_engine_options
-from .summary_view import print_summary
 
 EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
-
-
-def default_output(input_path: str) -> str:
-    if input_path == "-":
-        return "-"
-    p = Path(input_path)
-    return str(p.with_name(p.name.removesuffix(".jsonl") + ".prom.jsonl"))
 
 
 def count_lines(path: str) -> int | None:
@@ -46,43 +37,95 @@ def register(app: typer.Typer) -> None:
             "Default: INPUT with .prom.jsonl ('-' for stdout).")] = None,
         summary_json: Annotated[Optional[Path], typer.Option(
             "--summary-json", help="Also write the end-of-run summary as JSON here.")] = None,
+        retry_errors: Annotated[bool, typer.Option(
+            "--retry-errors", help="Drop error rows from OUTPUT first, so fixed records are graded again.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+        ray: Annotated[Optional[str], typer.Option(
+            "--ray", metavar="auto|local|ADDRESS", help="Spread the work over a Ray cluster: auto (the "
+            "cluster in RAY_ADDRESS or started here with `ray start`, else a local instance), local, or "
+            "a cluster address (HOST:PORT). Needs the ray extra.")] = None,
+        actors: Annotated[Optional[int], typer.Option(
+            "--actors", min=1, help="With --ray: engines to start (default: one per GPU, or one per "
+            "node without GPUs). Each has its own --parallel slots.")] = None,
         *, opts: EngineOptions,
     ) -> None:
         """Grade every record of a JSONL file; one output row per record, resumable after a kill.
 
-        Exit codes: 0 all records scored; 2 some records were error rows (bad input, too long);
+        Exit codes: 0 all records scored; 2 the results file has error rows (bad input, too long);
         3 model missing or unloadable; 4 output file unusable; 130 interrupted (re-run to resume).
         """
         out = output or default_output(input)
         total = count_lines(input)
-        judge = opts.judge(quiet=quiet)
+        if ray is None and actors is not None:
+            raise typer.BadParameter("--actors needs --ray")
+        say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
         progress = Progress(
             TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
             TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
+        task = progress.add_task("score", total=total, speed="", start=False)
 
-        with judge, progress:
-            task = progress.add_task("score", total=total, speed="")
+        def on_result(grade: Grade, stats: BatchStats) -> None:
+            progress.update(task, completed=stats.skipped + stats.graded,
+                            speed=f"{stats.tokens_per_second:,.0f} tok/s "
+                                  f"({stats.generated_per_second:,.1f} gen)")
 
-            def on_result(grade: Grade, stats: BatchStats) -> None:
-                progress.update(task, completed=stats.skipped + stats.graded,
-                                speed=f"{stats.tokens_per_second:,.0f} tok/s "
-                                      f"({stats.generated_per_second:,.1f} gen)")
+        try:
+            if ray is None:
+                judge = opts.judge(quiet=quiet)
+                with judge, progress:
+                    progress.start_task(task)
+                    stats = score_file(judge, input, out, on_result=on_result, retry_errors=retry_errors)
+                    progress.update(task, completed=stats.skipped + stats.graded)
+            else:
+                stats = _score_on_ray(input, out, ray, actors, opts, progress, task, on_result,
+                                      retry_errors, say)
+        except KeyboardInterrupt:
+            # typer would turn this into a silent exit; rows written so far are already durable.
+            progress.stop()
+            err_console.print(f"interrupted; {out} keeps every row written so far: "
+                              "re-run the same command to resume")
+            raise typer.Exit(130) from None
 
-            stats = score_file(judge, input, out, on_result=on_result)
-            progress.update(task, completed=stats.skipped + stats.graded)
-
+        if stats.retried:
+            err_console.print(f"removed {stats.retried} error rows from {out} to grade them again")
         if stats.repaired_bytes:
             err_console.print(f"[yellow]cut a torn last line ({stats.repaired_bytes} bytes) from {out}; "
                               "its record was graded again[/yellow]")
+        # Imported here: scipy costs ~0.8 s, which `--help` and the other commands should not pay.
+        from ..report import summarise
+        from ..report_view import summary_view
+
         summary = summarise(read_rows(out)) if out != "-" else None
         if not quiet:
             err_console.print(f"wrote {stats.graded} rows to {out}"
                               + (f" ({stats.skipped} already there)" if stats.skipped else ""))
+            if stats.graded:
+                err_console.print(f"throughput  {stats.graded / stats.elapsed * 60:.1f} records/min  "
+                                  f"{stats.tokens_per_second:,.0f} tok/s  "
+                                  f"(prompt tokens reused from cache: {stats.reused_prompt_tokens})")
             if summary is not None:
-                print_summary(summary, stats)
+                err_console.print(summary_view(summary))
         if summary_json is not None and summary is not None:
             summary_json.write_text(json.dumps(summary.as_dict(), indent=1))
-        if stats.errors:
+        # The exit code describes the results file as it now stands, resumed rows included.
+        if (summary.errors if summary is not None else stats.errors):
             raise typer.Exit(EXIT_RECORD_ERRORS)
+
+
+def _score_on_ray(input, out, address, actors, opts: EngineOptions, progress, task, on_result,
+                  retry_errors, say) -> BatchStats:
+    from ..distributed import JudgeSpec, RayScorer
+
+    spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
+                     sampling=opts.sampling_params(),
+                     models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None)
+    with RayScorer(spec, address=address, actors=actors, on_status=say) as scorer:
+        scorer.start()  # one progress bar for all engines, shown once they are all up
+        with progress:
+            progress.start_task(task)
+            run = scorer.score_file(input, out, on_result=on_result, retry_errors=retry_errors)
+            progress.update(task, completed=run.stats.skipped + run.stats.graded)
+    say("engines: " + ", ".join(f"{a.where} {a.graded}" + (" (lost)" if a.lost else "") for a in run.actors)
+        + (f"; {run.requeued} record(s) re-queued from lost engines" if run.requeued else ""))
+    return run.stats

@@ -1,0 +1,52 @@
+"""`prom-local pull`: a ready GGUF from the hub into the model store, sha256-verified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .convert_cmd import RichReporter, interrupt_means_resume, stage_table
+from .options import err_console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pull")
+    def pull(
+        target: Annotated[str, typer.Argument(
+            help="A registry name with a quant (prometheus-ko:Q4_K_M), or a hub repo id followed by FILE.")],
+        file: Annotated[Optional[str], typer.Argument(help="The .gguf file in the repo (with REPO).")] = None,
+        source: Annotated[Optional[str], typer.Option(
+            "--from", help="Which of the registry's gguf_sources to use (default: the first).")] = None,
+        quant: Annotated[Optional[str], typer.Option(
+            "--quant", help="Quant label in the store (default: from the file name or the GGUF).")] = None,
+        name: Annotated[Optional[str], typer.Option("--name", help="Store name.")] = None,
+        revision: Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit.")] = None,
+        out: Annotated[Optional[Path], typer.Option(
+            "--out", "--models-dir", help="Model store folder (default ./models in a checkout, else "
+            "$PROM_LOCAL_MODELS or the user data dir).")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Replace a file of the same name:quant.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the manifest entry as JSON.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+    ) -> None:
+        """Download a published GGUF (through the Hugging Face cache; HF_HUB_OFFLINE=1 uses only the
+        cache), check its sha256 against the hub's, and add it to the store with a manifest entry."""
+        from convert.pull import pull_gguf
+
+        with interrupt_means_resume(), RichReporter(quiet) as reporter:
+            report = pull_gguf(target, file, revision=revision, quant=quant, name=name, source_key=source,
+                               store=out, force=force, reporter=reporter)
+        if as_json:
+            print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False))
+        if quiet:
+            return
+        err_console.print(stage_table(report.stages))
+        entry = report.entry
+        check = (f"matches the hub's sha256 ({entry['verified_against']})" if entry.get("verified_against")
+                 else "not checked: no sha256 known for it")
+        err_console.print(f"{report.name}:{report.quant}  {entry['size'] / 2**20:,.1f} MiB  sha256 "
+                          f"{entry['sha256'][:16]}… {check}\nmanifest: {report.manifest_path}\n"
+                          f"use it: prom-local score INPUT.jsonl --model {report.name}:{report.quant}"
+                          + (f" --models-dir {out}" if out else ""))

@@ -1,0 +1,47 @@
+"""`prom-local report`: agreement figures and a heatmap for any scored file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..output import read_rows
+from .options import err_console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    def report(
+        results: Annotated[Path, typer.Argument(help="A results JSONL written by `score` or the TUI.")],
+        png: Annotated[Optional[Path], typer.Option(
+            "--png", help="Also save the gold-vs-predicted heatmap as a PNG (needs the plot extra).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead.")] = False,
+    ) -> None:
+        """Agreement with gold and a gold-vs-predicted heatmap for a scored file.
+
+        Prints the score histogram, then exact agreement, within 1, Pearson, Spearman, Kendall τ and
+        quadratic-weighted κ against the input's gold scores, and the heatmap of gold (rows) against
+        predicted (columns) scores.
+        """
+        # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
+        from ..report import summarise
+        from ..report_view import summary_view
+
+        summary = summarise(read_rows(results))
+        if as_json:
+            print(json.dumps(summary.as_dict(), indent=1, ensure_ascii=False))
+        else:
+            Console(highlight=False).print(summary_view(summary, title=str(results)))
+        if png is not None:
+            if summary.gold is None:
+                err_console.print(f"[yellow]{results} has no gold scores: no heatmap to save[/yellow]")
+                raise typer.Exit(2)
+            from ..plot import save_heatmap_png
+
+            save_heatmap_png(summary.gold, png, title=f"{results.name}: gold vs predicted "
+                             f"(n={summary.gold.n})")
+            err_console.print(f"saved {png}")

@@ -1,0 +1,537 @@
+"""`prom-local score --ray`: one scoring run spread over the llama.cpp engines of a Ray cluster.
+
+The unit of work is one engine (one GGUF open, its own `--parallel` slots) in one Ray actor: a GPU
+per actor where nodes have GPUs, else a share of a node's CPUs. The driver (the process running
+`score`) is the only writer of the results file, with the same rules as a local run: it skips ids
+already there, cuts a torn last line, and appends each row with flush + fsync the moment it arrives.
+So a killed driver resumes by re-running, and a lost actor costs only its in-flight records, which
+go back to the queue for the other actors: every record is written exactly once.
+
+Before any record is sent, every node resolves the model itself (a store name from its own store,
+pulled if missing; or a path, which must then exist on every node) and hashes the file; different
+files on different nodes stop the run.
+
+Only imported when `--ray` is given; Ray is an optional extra.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .batch import BatchStats, pending_items
+from .engine import EngineConfig, SamplingParams
+from .errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
+                     PromLocalError)
+from .grading import Grade
+from .output import ResultWriter, drop_error_rows, load_existing
+from .records import Record
+from .ray_worker import EngineWorker
+
+# How long an actor may wait to be placed (its node busy, its resources taken) before we give up.
+PLACEMENT_TIMEOUT_S = float(os.environ.get("PROM_LOCAL_RAY_PLACEMENT_TIMEOUT", "180"))
+# Longest one exchange call waits inside the actor for a first result before it returns empty.
+EXCHANGE_WAIT_S = 1.0
+# A local instance started by `--ray auto` keeps records and grades only (kilobytes each).
+LOCAL_OBJECT_STORE_BYTES = 128 << 20
+
+_ERRORS: dict[str, type[PromLocalError]] = {c.__name__: c for c in (
+    ModelNotFound, ModelLoadError, ModelMismatch, IntegrityError, ClusterError)}
+
+
+@dataclass
+class JudgeSpec:
+    """What every actor builds its Judge from; the model is resolved on each node, not here."""
+
+    model: str | None = None            # store name (name or name:QUANT) or a GGUF path
+    models_dir: str | None = None       # None: each node's own default store
+    profile: str | None = None
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    allow_pull: bool = True
+
+
+@dataclass
+class ActorSlot:
+    """One engine actor as the driver sees it."""
+
+    index: int
+    node_id: str
+    node_name: str
+    num_cpus: float
+    num_gpus: float
+    threads: int | None
+    handle: object = None
+    info: dict = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)
+    inflight: dict[str, Record] = field(default_factory=dict)   # sent, not written yet
+    queued: int = 0          # of those, not yet taken by the engine (as of its last answer)
+    call: object = None
+    graded: int = 0
+    lost: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.lost is None
+
+    @property
+    def where(self) -> str:
+        return f"node {self.node_name} ({self.node_id[:8]})"
+
+
+@dataclass
+class RayRun:
+    stats: BatchStats
+    actors: list[ActorSlot]
+    requeued: int
+    model: dict
+    address: str
+    setup_seconds: float
+    grading_seconds: float
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunking: records that share an instruction travel together, so the engine that gets them can
+# reuse the instruction's KV prefix (the engine copies a cached prefix between its sequences).
+
+def group_chunks(records: Iterable[Record], chunk_size: int) -> Iterator[list[Record]]:
+    """Chunks of about `chunk_size` records, each instruction's records kept together and in input
+    order; a group larger than a chunk fills consecutive chunks."""
+    groups: dict[str, list[Record]] = {}
+    for record in records:
+        groups.setdefault(record.instruction, []).append(record)
+    chunk: list[Record] = []
+    for group in groups.values():
+        # A group that would overflow a chunk already half full starts the next one instead.
+        if chunk and len(chunk) + len(group) > chunk_size and len(chunk) >= max(1, chunk_size // 2):
+            yield chunk
+            chunk = []
+        for record in group:
+            chunk.append(record)
+            if len(chunk) >= chunk_size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+# ----------------------------------------------------------------------------------------------
+# Connecting.
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError("--ray needs Ray, which is not installed: pip install 'prom-local[ray]' "
+                           "(or pip install 'ray[default]')") from None
+    return ray
+
+
+def _shipped_packages() -> list[str]:
+    """This process's prom_local (and the `convert` package installed beside it, which has `pull`),
+    sent to every node so that actors run exactly the driver's code, whatever is installed there."""
+    import prom_local
+
+    here = Path(prom_local.__file__).parent
+    paths = [str(here)]
+    if (here.parent / "convert" / "pull.py").exists():
+        paths.append(str(here.parent / "convert"))
+    return paths
+
+
+def _local_start_wanted(address: str) -> bool:
+    """True when `address` means "no cluster to join": `local`, or `auto` with no RAY_ADDRESS and no
+    cluster started here with `ray start`."""
+    if address == "local":
+        return True
+    if address != "auto":
+        return False
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # Ray moved it: let ray.init decide, with its defaults
+        return False
+    try:
+        return canonicalize_bootstrap_address(None) is None
+    except Exception:
+        return False
+
+
+def connect(address: str = "auto", *, verbose: bool = False) -> str:
+    """Join the cluster at `address` (or start a local instance) and return where we are."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    runtime_env = {"py_modules": _shipped_packages(), "excludes": ["__pycache__", "*.pyc"]}
+    common = dict(runtime_env=runtime_env, namespace="prom-local", log_to_driver=verbose,
+                  logging_level=logging.INFO if verbose else logging.WARNING,
+                  configure_logging=True)
+    try:
+        if _local_start_wanted(address):
+            ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+        else:
+            ray.init(address=None if address == "auto" else address, **common)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                " (if the cluster uses token authentication, set RAY_AUTH_MODE=token here too, with its "
+                "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise ClusterError(f"--ray {address}: could not join a Ray cluster: {exc}{hint}") from None
+    return ray.get_runtime_context().gcs_address
+
+
+# ----------------------------------------------------------------------------------------------
+# Placing engines on nodes.
+
+def plan_actors(nodes: list[dict], n_actors: int | None, *, use_gpus: bool,
+                threads: int | None = None) -> list[ActorSlot]:
+    """Which node each engine goes on and what it asks Ray for (`nodes` as `ray.nodes()` gives them).
+
+    GPU nodes: one engine per GPU by default, each asking for one GPU. CPU-only: one engine per node
+    by default; with --actors N, engines go to nodes in proportion to their CPUs, and the engines on a
+    node split its CPUs (Ray's count for the node, which is what its owner gave Ray) between them,
+    as Ray resources and as llama.cpp threads.
+    """
+    key = "GPU" if use_gpus else "CPU"
+    capacity = {n["NodeID"]: float(n.get("Resources", {}).get(key, 0)) for n in nodes if n.get("Alive")}
+    usable = [n for n in nodes if capacity.get(n["NodeID"], 0) >= (1 if use_gpus else 0.01)]
+    if not usable:
+        raise ClusterError(f"no live Ray node offers {'GPUs' if use_gpus else 'CPUs'} for an engine")
+    gpus = sum(int(capacity[n["NodeID"]]) for n in usable)
+    if use_gpus and (n_actors or 0) > gpus:
+        raise ClusterError(f"--actors {n_actors}: the cluster has only {gpus} GPUs (one engine per GPU)")
+    assigned = {n["NodeID"]: 0 for n in usable}
+    if n_actors is None and not use_gpus:
+        assigned = dict.fromkeys(assigned, 1)  # one engine per node
+    else:
+        for _ in range(gpus if n_actors is None else n_actors):
+            if use_gpus:  # the node with the most free GPUs
+                node = max((n for n in usable if assigned[n["NodeID"]] < int(capacity[n["NodeID"]])),
+                           key=lambda n: capacity[n["NodeID"]] - assigned[n["NodeID"]])
+            else:  # the node whose CPUs per engine stay highest
+                node = max(usable, key=lambda n: capacity[n["NodeID"]] / (assigned[n["NodeID"]] + 1))
+            assigned[node["NodeID"]] += 1
+    order = [n for n in usable for _ in range(assigned[n["NodeID"]])]
+    slots = []
+    for i, node in enumerate(order):
+        nid = node["NodeID"]
+        share = float(node.get("Resources", {}).get("CPU", 0)) / assigned[nid]
+        name = node.get("NodeName") or node.get("NodeManagerAddress") or nid[:8]
+        n_threads = threads or max(1, int(share))
+        if use_gpus:
+            slots.append(ActorSlot(i, nid, name, num_cpus=0, num_gpus=1, threads=n_threads))
+        else:
+            # Floored to 1/100 so that the shares of one node always fit in it.
+            slots.append(ActorSlot(i, nid, name, num_cpus=max(0.01, int(share * 100) / 100), num_gpus=0,
+                                   threads=n_threads))
+    return slots
+
+
+def _raise_user_error(result: dict, where: str) -> None:
+    exc = _ERRORS.get(result["error"], ClusterError)(f"{where}: {result['message']}")
+    exc.exit_code = result.get("exit_code", exc.exit_code)  # e.g. a failed pull's own code
+    raise exc
+
+
+# ----------------------------------------------------------------------------------------------
+# The run.
+
+class RayScorer:
+    """Engines on a Ray cluster behind the same scoring contract as `batch.score_file`.
+
+    >>> with RayScorer(JudgeSpec(model="prometheus-ko:Q4_K_M"), address="auto") as scorer:
+    ...     run = scorer.score_file("in.jsonl", "out.jsonl")
+    """
+
+    def __init__(self, spec: JudgeSpec, *, address: str = "auto", actors: int | None = None,
+                 chunk_size: int | None = None, on_status: Callable[[str], None] | None = None):
+        if actors is not None and actors < 1:
+            raise ClusterError("--actors must be at least 1")
+        self.spec = spec
+        self.address = address
+        self.n_actors = actors
+        self.n_parallel = max(1, spec.engine.n_parallel)
+        self.chunk_size = chunk_size or max(8, 2 * self.n_parallel)
+        self.say = on_status or (lambda message: None)
+        self.actors: list[ActorSlot] = []
+        self.model: dict = {}
+        self.connected_to = ""
+        self.setup_seconds = 0.0
+        self._ray = None
+        self._on_node: dict[str, dict] = {}
+        self._owns_connection = False
+
+    # -- start-up -------------------------------------------------------------------------------
+    def start(self) -> "RayScorer":
+        started = time.perf_counter()
+        ray = self._ray = import_ray()
+        self._owns_connection = not ray.is_initialized()
+        self.connected_to = connect(self.address, verbose=self.spec.engine.verbose)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        use_gpus = (self.spec.engine.gpu_layers != 0
+                    and any(n.get("Resources", {}).get("GPU", 0) >= 1 for n in nodes))
+        self.actors = plan_actors(nodes, self.n_actors, use_gpus=use_gpus,
+                                  threads=self.spec.engine.n_threads)
+        self.say(f"ray: {self.connected_to}, {len(nodes)} node(s); {len(self.actors)} engine(s) on "
+                 + ", ".join(sorted({a.node_name for a in self.actors}))
+                 + (" (one GPU each)" if use_gpus else ""))
+        self._create_actors()
+        self._check_model()
+        self._load_engines()
+        self.setup_seconds = time.perf_counter() - started
+        return self
+
+    def _create_actors(self) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self._ray
+        remote_cls = ray.remote(EngineWorker)
+        for slot in self.actors:
+            slot.handle = remote_cls.options(
+                num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
+            ).remote()
+        refs = {slot.handle.node_info.remote(): slot for slot in self.actors}
+        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=PLACEMENT_TIMEOUT_S)
+        if waiting:
+            late = sorted({refs[r].where for r in waiting})
+            raise ClusterError(f"no engine could start on {', '.join(late)} within "
+                               f"{PLACEMENT_TIMEOUT_S:.0f} s: are its resources taken by other Ray work? "
+                               f"(each engine asks for {refs[waiting[0]].num_gpus:g} GPU, "
+                               f"{refs[waiting[0]].num_cpus:g} CPU)")
+        for ref in ready:
+            try:
+                refs[ref].info = ray.get(ref)
+            except Exception as exc:
+                raise ClusterError(f"the engine actor on {refs[ref].where} did not start: {exc}") from None
+
+    def _check_model(self) -> None:
+        """Resolve and hash the model once per node, and refuse a cluster that disagrees."""
+        first_on_node: dict[str, ActorSlot] = {}
+        for slot in self.actors:
+            first_on_node.setdefault(slot.node_id, slot)
+        self.say(f"checking the model on {len(first_on_node)} node(s) (sha256)")
+        refs = {slot.handle.prepare_model.remote(self.spec.model, self.spec.models_dir,
+                                                 self.spec.allow_pull): slot
+                for slot in first_on_node.values()}
+        found: dict[str, dict] = {}
+        for ref, slot in refs.items():
+            result = self._get(ref, slot, "checking the model")
+            if "error" in result:
+                _raise_user_error(result, f"on {slot.where}")
+            if "manifest_sha256" in result:
+                raise IntegrityError(f"on {slot.where}: {result['path']} has sha256 {result['sha256']}, but "
+                                    f"its manifest says {result['manifest_sha256']}: the file is damaged or "
+                                    "was replaced; pull or copy it again")
+            if result["pulled"]:
+                self.say(f"pulled {self.spec.model} on {slot.where}")
+            found[slot.node_id] = result
+        digests = {r["sha256"] for r in found.values()}
+        profiles = {self.spec.profile or r["profile"] for r in found.values()}
+        if len(digests) > 1 or len(profiles) > 1:
+            lines = [f"  {first_on_node[nid].where}: {r['path']}  sha256 {r['sha256'][:16]}…  "
+                     f"{r['size']:,} bytes  profile {self.spec.profile or r['profile']}"
+                     for nid, r in found.items()]
+            what = "different model files" if len(digests) > 1 else "different prompt profiles"
+            raise ModelMismatch(f"the nodes hold {what} for --model {self.spec.model or '(default)'}; "
+                                "every node must grade with the same file. Nothing was graded.\n"
+                                + "\n".join(lines))
+        self._on_node = found
+        self.model = {**next(iter(found.values())), "profile": profiles.pop(),
+                      "paths": {first_on_node[nid].where: r["path"] for nid, r in found.items()}}
+
+    def _get(self, ref, slot: ActorSlot, doing: str):
+        try:
+            return self._ray.get(ref)
+        except Exception as exc:  # the actor process died (e.g. llama.cpp crashed), or a bug there
+            raise ClusterError(f"the engine on {slot.where} failed while {doing}: {_short(exc)}") from None
+
+    def _load_engines(self) -> None:
+        refs = {}
+        for slot in self.actors:
+            engine = dataclasses.replace(self.spec.engine, n_threads=slot.threads)
+            path = self._on_node[slot.node_id]["path"]
+            refs[slot.handle.load.remote(path, self.model["profile"], engine, self.spec.sampling)] = slot
+        for ref, slot in refs.items():
+            result = self._get(ref, slot, "loading the model")
+            if "error" in result:
+                _raise_user_error(result, f"on {slot.where}")
+            slot.engine = result
+        self.say(f"model: {self.model['name'] or self.model['path']} sha256 {self.model['sha256'][:12]}…, "
+                 f"{len(self.actors)} engine(s) loaded")
+
+    # -- scoring --------------------------------------------------------------------------------
+    def score_file(self, input_path: str | Path, output_path: str | Path, *,
+                   on_result: Callable[[Grade, BatchStats], None] | None = None,
+                   retry_errors: bool = False) -> RayRun:
+        ray = self._ray
+        if ray is None:
+            self.start()
+            ray = self._ray
+        stats = BatchStats()
+        done_ids: set[str] = set()
+        if str(output_path) != "-":
+            if retry_errors:
+                stats.retried = drop_error_rows(Path(output_path))
+            state = load_existing(Path(output_path))
+            done_ids = state.done_ids
+            stats.repaired_bytes = state.repaired_bytes
+        source = pending_items(input_path, done_ids, stats)
+        queue: collections.deque[list[Record]] = collections.deque()
+        exhausted = False
+        requeued = 0
+        # Read ahead far enough to find records that share an instruction, not the whole file.
+        window = max(256, 4 * self.chunk_size * len(self.actors))
+        calls: dict[object, ActorSlot] = {}
+        started = time.perf_counter()
+
+        with ResultWriter(output_path) as writer:
+            def write(grade: Grade) -> None:
+                writer.write(grade.to_row())
+                _count(stats, grade)
+                if on_result is not None:
+                    on_result(grade, stats)
+
+            def read_ahead() -> None:
+                nonlocal exhausted
+                batch: list[Record] = []
+                while len(batch) < window:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    if isinstance(item, Grade):  # a bad input line: its error row, at once
+                        write(item)
+                        continue
+                    batch.append(item)
+                size = self.chunk_size
+                if exhausted:
+                    # The input's last records: smaller chunks, so that every engine gets a share.
+                    live = sum(a.alive for a in self.actors)
+                    size = max(1, min(size, -(-len(batch) // (2 * live))))
+                queue.extend(group_chunks(batch, size))
+
+            while True:
+                live = [a for a in self.actors if a.alive]
+                if not live:
+                    reasons = "; ".join(f"{a.where}: {a.lost}" for a in self.actors)
+                    raise ClusterError(f"every engine was lost ({reasons}). The rows written so far are "
+                                       "kept: re-run the same command to grade the rest.")
+                # Top up every engine that has no call in flight, one chunk each in turn, until a
+                # chunk's worth waits in its queue. Counted by what the engine has not yet taken,
+                # not by what it has not yet returned: it returns in its own input order, so
+                # finished records can wait behind a long one, and its slots must not run dry.
+                idle = [a for a in live if a.call is None]
+                sending: dict[int, list[Record]] = {a.index: [] for a in idle}
+                more = True
+                while more:
+                    more = False
+                    for slot in idle:
+                        if slot.queued + len(sending[slot.index]) >= self.chunk_size:
+                            continue
+                        if not queue and not exhausted:
+                            read_ahead()
+                        if not queue:
+                            break
+                        sending[slot.index].extend(queue.popleft())
+                        more = True
+                for slot in idle:
+                    batch = sending[slot.index]
+                    slot.inflight.update((r.id, r) for r in batch)
+                    slot.queued += len(batch)
+                    if not slot.inflight:
+                        continue  # nothing left for it
+                    slot.call = slot.handle.exchange.remote(batch, EXCHANGE_WAIT_S)
+                    calls[slot.call] = slot
+                if not calls:
+                    if not queue and exhausted:
+                        break
+                    continue
+                ready, _ = ray.wait(list(calls), num_returns=1, timeout=EXCHANGE_WAIT_S * 5)
+                for ref in ready:
+                    slot = calls.pop(ref)
+                    slot.call = None
+                    try:
+                        grades, slot.queued = ray.get(ref)
+                    except Exception as exc:  # the actor died, or its engine failed
+                        requeued += self._lose(slot, exc, queue)
+                        continue
+                    for grade in grades:
+                        if slot.inflight.pop(grade.id, None) is None:
+                            continue  # not ours to write (cannot happen; never write twice)
+                        slot.graded += 1
+                        write(grade)
+        return RayRun(stats=stats, actors=self.actors, requeued=requeued, model=self.model,
+                      address=self.connected_to, setup_seconds=self.setup_seconds,
+                      grading_seconds=time.perf_counter() - started)
+
+    def _lose(self, slot: ActorSlot, exc: BaseException, queue: collections.deque) -> int:
+        """Take an actor out of the run and put its unfinished records back at the front."""
+        slot.lost = _short(exc)
+        back = list(slot.inflight.values())
+        slot.inflight.clear()
+        if back:
+            queue.appendleft(back)
+        self.say(f"lost the engine on {slot.where} ({slot.lost}); {len(back)} record(s) go to the others")
+        try:
+            self._ray.kill(slot.handle, no_restart=True)
+        except Exception:
+            pass
+        return len(back)
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def close(self) -> None:
+        ray = self._ray
+        if ray is None:
+            return
+        for slot in self.actors:
+            if slot.handle is not None and slot.alive:
+                try:
+                    ray.kill(slot.handle, no_restart=True)
+                except Exception:
+                    pass
+        # A local instance we started goes down with this; on a shared cluster this only
+        # disconnects (and Ray frees our actors, which belong to this job). A connection the
+        # caller made stays theirs.
+        if self._owns_connection:
+            ray.shutdown()
+        self._ray = None
+
+    def __enter__(self) -> "RayScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _count(stats: BatchStats, grade: Grade) -> None:
+    # The same accounting as batch.score_file, so the summary reads the same.
+    reused = grade.extra.get("reused_prompt_tokens", 0)
+    stats.graded += 1
+    stats.errors += grade.error is not None
+    stats.forced += grade.forced
+    stats.prompt_tokens += grade.prompt_tokens - reused
+    stats.reused_prompt_tokens += reused
+    stats.completion_tokens += grade.completion_tokens
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    name = type(exc).__name__
+    last = next((line for line in reversed(text) if line.strip()), "")
+    return f"{name}: {last[:200]}" if last else name
+
+
+def score_file_ray(spec: JudgeSpec, input_path: str | Path, output_path: str | Path, *,
+                   address: str = "auto", actors: int | None = None,
+                   on_result: Callable[[Grade, BatchStats], None] | None = None,
+                   on_status: Callable[[str], None] | None = None, retry_errors: bool = False) -> RayRun:
+    """`score_file` over a Ray cluster: start engines, check the model everywhere, grade, shut down."""
+    with RayScorer(spec, address=address, actors=actors, on_status=on_status) as scorer:
+        scorer.start()
+        return scorer.score_file(input_path, output_path, on_result=on_result, retry_errors=retry_errors)

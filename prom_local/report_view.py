@@ -1,0 +1,187 @@
+"""Rich renderables for report.py's figures, shared by `report`, `compare` and the TUI.
+
+Only presentation lives here: every number comes from report.py, so the terminal, the TUI and a
+script calling report.py directly always agree.
+"""
+
+from __future__ import annotations
+
+from rich.color import Color
+from rich.console import Group, RenderableType
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+
+from .report import Agreement, Comparison, Summary
+from .rubrics import SCORES
+
+FIGURES = (
+    # (field, label); labels short enough for the TUI's side pane at 80 columns
+    ("n", "pairs"),
+    ("exact", "exact agreement"),
+    ("within1", "within 1"),
+    ("pearson", "Pearson r"),
+    ("spearman", "Spearman ρ"),
+    ("kendall", "Kendall τ"),
+    ("qwk", "quadratic κ"),
+)
+
+# The model card's heatmap shades counts from white to deep blue (matplotlib's "Blues").
+_LOW = (239, 243, 255)
+_HIGH = (8, 69, 148)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def figures_table(agree: Agreement, title: str | None = None, *, extra: Agreement | None = None,
+                  headers: tuple[str, str] = ("", "")) -> Table:
+    """The agreement figures; with `extra`, a second column (e.g. run B against gold)."""
+    show_header = extra is not None
+    table = Table(title=title, show_header=show_header, header_style="bold", box=None,
+                  pad_edge=False, title_justify="left", title_style="bold")
+    table.add_column("figure", no_wrap=True)
+    table.add_column(headers[0] or "value", justify="right", no_wrap=True)
+    if extra is not None:
+        table.add_column(headers[1], justify="right", no_wrap=True)
+    for key, label in FIGURES:
+        cells = [label, fmt(getattr(agree, key))]
+        if extra is not None:
+            cells.append(fmt(getattr(extra, key)))
+        table.add_row(*cells)
+    return table
+
+
+def figures_grid(agree: Agreement) -> Table:
+    """The same figures in two columns, for narrow panes (the TUI's at 80 columns)."""
+    table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 1, 0, 0))
+    for _ in range(2):
+        table.add_column(no_wrap=True, style="dim")
+        table.add_column(justify="right", no_wrap=True)
+    pairs = [("exact", agree.exact), ("within 1", agree.within1), ("Pearson", agree.pearson),
+             ("Spearman", agree.spearman), ("Kendall τ", agree.kendall), ("QWK", agree.qwk)]
+    for i in range(0, len(pairs), 2):
+        (l1, v1), (l2, v2) = pairs[i], pairs[i + 1]
+        table.add_row(l1, fmt(v1), "  " + l2, fmt(v2))
+    return table
+
+
+def _shade(count: int, top: int) -> Style:
+    if count == 0 or top == 0:
+        return Style(color="grey50")
+    t = 0.25 + 0.75 * count / top   # even a single count is visibly tinted
+    rgb = tuple(int(lo + (hi - lo) * t) for lo, hi in zip(_LOW, _HIGH))
+    foreground = "black" if t < 0.55 else "white"
+    return Style(bgcolor=Color.from_rgb(*rgb), color=foreground, bold=True)
+
+
+def heatmap(agree: Agreement, *, rows: str = "gold", cols: str = "predicted",
+            title: str | None = None, unscored: int = 0) -> RenderableType:
+    """The confusion counts as a shaded grid: `rows` scores down the side, `cols` across the top,
+    the diagonal (agreement) underlined. Like the model card's gold-vs-predicted heatmap; 30 columns
+    wide, so it fits the TUI's side pane at 80 columns."""
+    counts = agree.confusion or [[0] * 5 for _ in SCORES]
+    top = max((max(r) for r in counts), default=0)
+    table = Table(box=None, padding=(0, 0), show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("", justify="right", no_wrap=True, style="bold")
+    for s in SCORES:
+        table.add_column(f"{s:^5}", justify="center", no_wrap=True, header_style="bold")
+    table.add_column("   Σ", justify="right", no_wrap=True, style="dim", header_style="dim")
+    for s, row in zip(SCORES, counts):
+        cells: list[Text] = [Text(f"{s} ")]
+        for c, value in zip(SCORES, row):
+            text = Text(f"{value:^5}" if value < 100000 else " many", style=_shade(value, top))
+            if c == s:
+                text.stylize("underline")
+            cells.append(text)
+        cells.append(Text(f"{sum(row):>4}"))
+        table.add_row(*cells)
+    totals = [sum(counts[r][c] for r in range(5)) for c in range(5)]
+    table.add_row(Text("Σ ", style="dim"), *[Text(f"{t:^5}", style="dim") for t in totals],
+                  Text(f"{sum(totals):>4}", style="dim"))
+    heading = Text(title or "", style="bold")
+    heading.append(("\n" if title else "") + f"{rows} ↓  {cols} →", style="dim")
+    parts: list[RenderableType] = [heading, table]
+    if unscored:
+        parts.append(Text(f"+{unscored} with no predicted score", style="yellow"))
+    return Group(*parts)
+
+
+def histogram_line(summary: Summary, *, narrow: bool = False) -> Text:
+    text = Text("scores ", style="bold")
+    text.append("  ".join(f"{s}:{summary.histogram[s]}" for s in SCORES))
+    text.append(("\n" if narrow else "  ") + f"mean {fmt(summary.mean_score)}", style="dim")
+    return text
+
+
+def counts_line(summary: Summary) -> Text:
+    return Text(f"rows {summary.rows} · scored {summary.scored} · forced {summary.forced} · "
+                f"errors {summary.errors}")
+
+
+def summary_view(summary: Summary, *, title: str | None = None, compact: bool = False) -> RenderableType:
+    """What `prom-local report` prints and, `compact`, the batch screen's agreement pane shows."""
+    parts: list[RenderableType] = []
+    if title:
+        parts.append(Text(title, style="bold"))
+    if summary.gold is None:
+        parts += [counts_line(summary), histogram_line(summary), Text("")]
+        parts.append(Text("No gold scores: agreement figures need a gold score in the input "
+                          "(orig_score, score or gold_score).", style="dim"))
+        return Group(*parts)
+    if compact:
+        # The figures and the heatmap first: they are why this pane is open.
+        parts += [Text(f"agreement with gold (n={summary.gold.n})", style="bold"),
+                  figures_grid(summary.gold), Text(""),
+                  heatmap(summary.gold, unscored=summary.unscored_with_gold), Text(""),
+                  counts_line(summary), histogram_line(summary, narrow=True)]
+        return Group(*parts)
+    parts += [counts_line(summary), histogram_line(summary), Text("")]
+    parts.append(figures_table(summary.gold, "agreement with gold"))
+    parts.append(Text(""))
+    parts.append(heatmap(summary.gold, title="gold vs predicted", unscored=summary.unscored_with_gold))
+    return Group(*parts)
+
+
+def comparison_view(cmp: Comparison, name_a: str = "A", name_b: str = "B") -> RenderableType:
+    parts: list[RenderableType] = [
+        Text(f"records in both: {cmp.common}   only in {name_a}: {len(cmp.only_a)}   "
+             f"only in {name_b}: {len(cmp.only_b)}   unscored: {name_a} {cmp.unscored_a}, "
+             f"{name_b} {cmp.unscored_b}"),
+    ]
+    if cmp.gold_mismatch:
+        parts.append(Text(f"{cmp.gold_mismatch} records have different gold scores in the two files: "
+                          "they were probably not scored from the same input", style="yellow"))
+    parts.append(Text(""))
+    parts.append(figures_table(cmp.agreement, f"agreement of {name_a} with {name_b}"))
+    parts.append(Text(""))
+    parts.append(heatmap(cmp.agreement, rows=name_a, cols=name_b, title=f"{name_a} vs {name_b}"))
+    if cmp.gold_a is not None and cmp.gold_b is not None:
+        parts.append(Text(""))
+        parts.append(figures_table(cmp.gold_a, "each run against gold", extra=cmp.gold_b,
+                                   headers=(name_a, name_b)))
+    parts.append(Text(""))
+    if not cmp.disagreements:
+        parts.append(Text("No record has different scores in the two runs."))
+        return Group(*parts)
+    table = Table(title="records that disagree most", title_justify="left", title_style="bold",
+                  header_style="bold")
+    table.add_column("id", overflow="fold")
+    table.add_column(name_a, justify="right")
+    table.add_column(name_b, justify="right")
+    table.add_column("gap", justify="right")
+    table.add_column(f"E[{name_a}]", justify="right")
+    table.add_column(f"E[{name_b}]", justify="right")
+    table.add_column("gold", justify="right")
+    for d in cmp.disagreements:
+        table.add_row(d.id, str(d.a), str(d.b), str(d.gap),
+                      "-" if d.expected_a is None else f"{d.expected_a:.2f}",
+                      "-" if d.expected_b is None else f"{d.expected_b:.2f}",
+                      "-" if d.gold is None else str(d.gold))
+    parts.append(table)
+    return Group(*parts)

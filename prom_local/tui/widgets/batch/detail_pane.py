@@ -1,0 +1,74 @@
+"""The detail pane: one result's score, probabilities, feedback and error, and the record itself."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from ....rubrics import SCORES
+from ..probability_bars import ProbabilityBars
+
+PREVIEW = 400
+
+
+def header(row: dict) -> Text:
+    text = Text()
+    text.append(f"#{row['id']}", style="bold")
+    if row.get("pending"):
+        text.append("  not graded yet", style="dim")
+        return text
+    score, gold = row.get("score"), row.get("gold_score")
+    text.append("  score ", style="dim")
+    text.append("-" if score is None else str(score), style="bold")
+    if gold is not None:
+        text.append("  gold ", style="dim")
+        text.append(str(gold), style="bold red" if score is not None and score != gold else "bold green")
+    if row.get("forced"):
+        text.append("  forced", style="bold yellow")
+    if row.get("expected_score") is not None:
+        text.append(f"  E={row['expected_score']:.2f}", style="dim")
+    return text
+
+
+def body(row: dict, record) -> Text:
+    text = Text()
+    if row.get("error"):
+        text.append(row["error"] + "\n\n", style="red")
+    feedback = row.get("feedback")
+    if feedback:
+        text.append("Feedback\n", style="bold")
+        text.append(feedback + "\n\n")
+    if record is not None:
+        for label, value in (("Instruction", record.instruction), ("Response", record.response)):
+            text.append(f"{label}\n", style="bold dim")
+            shown = value if len(value) <= PREVIEW else value[:PREVIEW] + "…"
+            text.append(shown + "\n\n", style="dim")
+    return text
+
+
+class DetailPane(VerticalScroll):
+    def compose(self) -> ComposeResult:
+        yield Static(Text("Select a row to see its feedback.", style="dim"), id="detail-header")
+        yield ProbabilityBars(id="detail-probabilities")
+        yield Static("", id="detail-body")
+
+    def on_mount(self) -> None:
+        self.show(None)
+
+    def show(self, row: dict | None, record=None) -> None:
+        bars = self.query_one("#detail-probabilities", ProbabilityBars)
+        if row is None:
+            self.query_one("#detail-header", Static).update(Text("Select a row to see its feedback.", style="dim"))
+            bars.show(None, None)
+            bars.display = False
+            self.query_one("#detail-body", Static).update("")
+            return
+        self.query_one("#detail-header", Static).update(header(row))
+        probs = row.get("probabilities")
+        values = tuple(float(probs[str(s)]) for s in SCORES) if isinstance(probs, dict) else None
+        bars.display = values is not None
+        bars.show(values, row.get("score"))
+        self.query_one("#detail-body", Static).update(body(row, record))
+        self.scroll_home(animate=False)

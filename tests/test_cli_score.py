@@ -1,0 +1,143 @@
+"""`prom-local score` end to end through the real CLI: rows, error rows, exit codes, summary,
+and resume after a real SIGKILL with no duplicate and no gap."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, run_cli, short_record, write_jsonl
+
+FAST = ["--max-tokens", "6", "--ctx", "1024", "--gpu-layers", "0"]
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def test_score_file_with_bad_rows(tmp_path, smollm2):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        short_record(1, score=2), "{broken", short_record(2, score=4),
+        {"id": "no-response", "instruction": "q", "rubric": {}}, short_record(1)])   # last: duplicate id r1
+    out = tmp_path / "out.jsonl"
+    result = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST,
+                     "--summary-json", str(tmp_path / "summary.json"))
+    assert result.returncode == 2, result.stderr          # 2: some records were error rows
+    rows = _rows(out)
+    assert [r["id"] for r in rows] == ["r1", "2", "r2", "no-response", "r1@line5"]
+    assert [r["error"] is None for r in rows] == [True, False, True, False, False]
+    assert f"{src}:2: invalid JSON" in rows[1]["error"]
+    assert f"{src}:4: field 'response'" in rows[3]["error"]
+    assert "duplicate id 'r1' (first on line 1)" in rows[4]["error"]
+    for row in (rows[0], rows[2]):
+        assert row["score"] in (1, 2, 3, 4, 5) and abs(sum(row["probabilities"].values()) - 1) < 1e-4
+        assert row["prompt_tokens"] > 0 and row["completion_tokens"] <= 6 and row["seconds"] > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rows"] == 5 and summary["errors"] == 3 and summary["gold"]["n"] == 2
+    assert "agreement with gold" in result.stderr and "Traceback" not in result.stderr
+    assert "gold vs predicted" in result.stderr   # the heatmap, as `prom-local report` draws it
+
+
+def test_resume_after_sigkill_has_no_duplicate_and_no_gap(tmp_path, smollm2):
+    records = [short_record(i) for i in range(6)]
+    src = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out), "--model", str(smollm2),
+           *FAST, "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(_rows(out))
+    assert 2 <= done_before < 6, "the kill should land mid-run"
+    # A torn write on top, as a kill inside write() would leave:
+    with out.open("ab") as handle:
+        handle.write(b'{"id": "r5", "score": ')
+    result = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
+    assert result.returncode == 0, result.stderr
+    ids = [r["id"] for r in _rows(out)]
+    assert ids == [f"r{i}" for i in range(6)]            # exactly once each, in order
+    assert "torn last line" in result.stderr
+    assert f"({done_before} already there)" in result.stderr
+    again = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
+    assert again.returncode == 0 and len(_rows(out)) == 6
+
+
+def test_stdin_to_stdout(tmp_path, smollm2):
+    lines = json.dumps(short_record(1), ensure_ascii=False) + "\n"
+    result = run_cli("score", "-", "--model", str(smollm2), *FAST, "--quiet", input=lines)
+    assert result.returncode == 0, result.stderr
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["id"] == "r1" and row["score"] in (1, 2, 3, 4, 5)
+
+
+def test_missing_model_says_how_to_get_it(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [short_record(1)])
+    store = tmp_path / "store"
+    result = run_cli("score", str(src), "--models-dir", str(store), "--model", "prometheus-ko:Q8_0")
+    assert result.returncode == 3
+    assert "prometheus-ko:Q8_0 is not in the model store" in result.stderr
+    assert "prom-local convert nayohan/llama3-8b-it-prometheus-ko" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli("score", str(src), "--model", str(tmp_path / "nope.gguf"))
+    assert result.returncode == 3 and "nope.gguf: no such model file" in result.stderr
+    not_gguf = tmp_path / "fake.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 not a gguf")
+    result = run_cli("score", str(src), "--model", str(not_gguf))
+    assert result.returncode == 3 and "not a GGUF file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_grade_and_info_commands(smollm2):
+    result = run_cli("grade", "--model", str(smollm2), *FAST, "--json", "-i", "2 더하기 2는?", "-r", "4입니다.",
+                     "--rubric-preset", "helpfulness")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout.splitlines()[-1])
+    assert row["score"] in (1, 2, 3, 4, 5)
+    assert result.stdout.startswith(row["output"])        # the feedback was streamed first
+    piped = run_cli("grade", "--model", str(smollm2), *FAST, "--json",
+                    input=json.dumps(short_record(1), ensure_ascii=False))
+    assert piped.returncode == 0 and json.loads(piped.stdout.splitlines()[-1])["id"] == "r1"
+    bad = run_cli("grade", "--model", str(smollm2), input="{nope")
+    assert bad.returncode == 2 and "<stdin>:1: invalid JSON" in bad.stderr
+    info = run_cli("info", str(smollm2), "--json")
+    data = json.loads(info.stdout)
+    assert data["architecture"] == "llama" and data["quant"] == "Q4_1" and data["chat_template"] is True
+    assert data["layers"] == 30 and data["context_length"] == 8192 and data["gpu_offload_supported"] is False
+
+
+def test_retry_errors_regrades_fixed_records(tmp_path, smollm2):
+    src = write_jsonl(tmp_path / "in.jsonl", [short_record(1), {"id": "r2", "instruction": "q"}])
+    out = tmp_path / "out.jsonl"
+    first = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
+    assert first.returncode == 2 and _rows(out)[1]["error"]
+    write_jsonl(src, [short_record(1), short_record(2)])          # the user fixes line 2
+    same = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
+    assert same.returncode == 2 and _rows(out)[1]["error"]       # plain resume keeps the error row
+    fixed = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST, "--retry-errors")
+    assert fixed.returncode == 0, fixed.stderr
+    rows = _rows(out)
+    assert [r["id"] for r in rows] == ["r1", "r2"] and rows[1]["error"] is None and rows[1]["score"] in range(1, 6)
+    assert "removed 1 error rows" in fixed.stderr
+
+
+def test_ctrl_c_keeps_rows_and_says_how_to_resume(tmp_path, smollm2):
+    src = write_jsonl(tmp_path / "in.jsonl", [short_record(i) for i in range(6)])
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out),
+                             "--model", str(smollm2), *FAST], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and (not out.exists() or not out.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "re-run the same command to resume" in stderr and "Traceback" not in stderr
+    rows = _rows(out)
+    assert 1 <= len(rows) < 6 and len({r["id"] for r in rows}) == len(rows)
