@@ -288,3 +288,13 @@ def test_choose_parallel_from_memory():
     assert choose_parallel(LLAMA3_8B_Q4, n_ctx=8192, gpu=False, free_bytes=22 * gib)[0] == 4
     assert choose_parallel(LLAMA3_8B_Q4, n_ctx=8192, gpu=False, free_bytes=9 * gib)[0] == 2
     assert choose_parallel(LLAMA3_8B_Q4, n_ctx=2048, gpu=False, free_bytes=None)[0] == 4
+
+
+def test_ray_scorer_accepts_parallel_auto():
+    """`score --ray` without --parallel: each engine chooses; the driver must not need the number
+    before the engines have loaded."""
+    from prom_local.distributed import JudgeSpec, RayScorer
+
+    scorer = RayScorer(JudgeSpec(engine=EngineConfig(n_parallel=None)))
+    assert scorer.n_parallel is None and scorer.chunk_size == 8
+    assert RayScorer(JudgeSpec(engine=EngineConfig(n_parallel=6))).chunk_size == 12
