@@ -255,8 +255,11 @@ class RayScorer:
         self.spec = spec
         self.address = address
         self.n_actors = actors
-        self.n_parallel = max(1, spec.engine.n_parallel)
-        self.chunk_size = chunk_size or max(8, 2 * self.n_parallel)
+        # None (--parallel auto): each engine picks from its own free memory; the chunk size then
+        # follows the smallest choice once the engines have loaded (see _load_engines).
+        self.n_parallel = max(1, spec.engine.n_parallel) if spec.engine.n_parallel else None
+        self._chunk_size = chunk_size
+        self.chunk_size = chunk_size or max(8, 2 * (self.n_parallel or 1))
         self.say = on_status or (lambda message: None)
         self.actors: list[ActorSlot] = []
         self.model: dict = {}
@@ -362,6 +365,9 @@ class RayScorer:
             if "error" in result:
                 _raise_user_error(result, f"on {slot.where}")
             slot.engine = result
+        if self.n_parallel is None:
+            self.n_parallel = min(max(1, int(slot.engine.get("n_parallel") or 1)) for slot in self.actors)
+            self.chunk_size = self._chunk_size or max(8, 2 * self.n_parallel)
         self.say(f"model: {self.model['name'] or self.model['path']} sha256 {self.model['sha256'][:12]}…, "
                  f"{len(self.actors)} engine(s) loaded")
 

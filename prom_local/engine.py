@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import ContextOverflow, ModelLoadError, ModelNotFound
-from .offload import ModelShape, OffloadPlan, fewer_layers, free_gpu_memory, plan_offload
+from .offload import (ModelShape, OffloadPlan, available_memory, choose_parallel, fewer_layers,
+                      free_gpu_memory, plan_offload)
 
 try:  # Imported lazily by the CLI's `--help`; a missing binding is reported when a model is opened.
     import llama_cpp as _ll
@@ -296,15 +297,44 @@ class ErrorEvent:
 
 # ----------------------------------------------------------------------------------------------
 # The engine.
+#
+# Scheduling, in one paragraph: when a slot is free, requests are read a few at a time into a
+# look-ahead window (input order). A free slot takes the window's request that shares the longest
+# prefix with what is cached or being computed, unless the oldest request has been passed over
+# n_parallel times (so output, which the judge writes in input order, is never held back long).
+# A new request first *waits* while an older one is still computing a prefix they share, then
+# copies that KV instead of computing the same tokens in parallel. Each round decodes one token of
+# every generating sequence together, and a chunk of the oldest unfinished prompt.
+
+IDLE, WAITING, RUNNING = "idle", "waiting", "running"
+# Waiting for another sequence's prefix is only worth it when it saves at least this many tokens.
+MIN_WAIT_GAIN = 32
+
+
+class _Job:
+    """A request inside the engine: its tokens as an array (prefix matching runs on every admission)."""
+
+    __slots__ = ("req", "arr", "index")
+
+    def __init__(self, req: GenRequest, index: int):
+        self.req = req
+        self.arr = np.asarray(req.tokens, dtype=np.int64)
+        self.index = index
+
 
 class _Slot:
     """One sequence of the context: what its KV cache holds and where its request stands."""
 
-    def __init__(self, seq_id: int):
+    def __init__(self, seq_id: int, capacity: int):
         self.seq_id = seq_id
-        self.cached: list[int] = []      # tokens whose KV is in this sequence, positions 0..n-1
-        self.req: GenRequest | None = None
+        self.buf = np.zeros(capacity, dtype=np.int64)  # tokens whose KV is in this sequence...
+        self.n = 0                                        # ...at positions 0..n-1
+        self.state = IDLE
+        self.job: _Job | None = None
+        self.admitted = 0                # admission number: older requests get the prefill budget first
+        self.last_used = 0
         self.pending: list[int] = []     # tokens to feed before the next logits
+        self.prefilling = False          # pending is (part of) the prompt or a forced continuation
         self.generated: list[int] = []
         self.text_bytes = bytearray()
         self.text = ""
@@ -317,10 +347,29 @@ class _Slot:
         self.started = 0.0
         self.first_token: float | None = None
         self.budget = 0                  # max tokens this sequence may generate
+        self.counted_wait = False
 
     @property
     def busy(self) -> bool:
-        return self.req is not None
+        return self.state != IDLE
+
+    @property
+    def req(self) -> GenRequest | None:
+        return self.job.req if self.job is not None else None
+
+    @property
+    def cached(self) -> list[int]:
+        return self.buf[:self.n].tolist()
+
+    def shared(self, arr: np.ndarray, limit: int) -> int:
+        """Tokens of `arr` (up to limit) whose KV this sequence holds right now."""
+        return _common_prefix(self.buf[:self.n], arr, limit)
+
+    def will_share(self, arr: np.ndarray, limit: int) -> int:
+        """Tokens of `arr` whose KV this sequence holds or is about to compute (its prompt)."""
+        if self.job is None:
+            return self.shared(arr, limit)
+        return max(self.shared(arr, limit), _common_prefix(self.job.arr, arr, limit))
 
 
 @dataclass
@@ -328,9 +377,26 @@ class EngineConfig:
     n_ctx: int | None = None             # per sequence; None = min(8192, trained context)
     gpu_layers: int | None = None        # None = auto, -1 = all, 0 = CPU, N = N layers
     n_threads: int | None = None
-    n_parallel: int = 1
+    n_parallel: int | None = 1           # sequences in flight; None = choose from memory (auto)
     n_batch: int = 512
     verbose: bool = False
+    # Requests read ahead of the free slots, to start those that share a cached prefix first.
+    # None = 4 x n_parallel; 1 = strictly in input order (always so with n_parallel 1).
+    lookahead: int | None = None
+    # llama.cpp's flash attention. None = off on CPU (see _make_context), llama.cpp's own choice
+    # (on) with GPU layers.
+    flash_attn: bool | None = None
+    # Put prompt chunks in the same batch as generated tokens. None = on a GPU only (see _round).
+    mix_prompts: bool | None = None
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    batch_tokens: int = 0        # tokens decoded, prompt and generated
+    prompt_tokens: int = 0       # prompt tokens of finished requests
+    reused_tokens: int = 0       # of which taken from the KV cache instead of computed
+    waits: int = 0               # requests that waited for another sequence's prefix
 
 
 class Engine:
@@ -343,24 +409,42 @@ class Engine:
         check_gguf_file(path)
         probe = LlamaModel(path, vocab_only=True)
         self.n_ctx = self.config.n_ctx or min(8192, probe.n_ctx_train)
+        self.n_parallel = self._choose_parallel(probe)
         self.plan = self._plan(probe)
         self._say(self.plan.reason)
         self.model, self.plan = self._load_with_retry(path, self.plan)
         probe.close()
-        self.n_parallel = max(1, self.config.n_parallel)
         self.ctx = self._make_context()
         self._mem = _ll.llama_get_memory(self.ctx)
-        self.slots = [_Slot(i) for i in range(self.n_parallel)]
+        self.slots = [_Slot(i, self.n_ctx) for i in range(self.n_parallel)]
         self.n_batch = max(self.config.n_batch, self.n_parallel)
         self._batch = _ll.llama_batch_init(self.n_batch, 0, 1)
         self._lock = threading.Lock()
+        ahead = self.config.lookahead
+        self.lookahead = 1 if self.n_parallel == 1 else max(1, ahead if ahead is not None else 4 * self.n_parallel)
+        self.stats = EngineStats()
+        self._admissions = 0
+        mix = self.config.mix_prompts
+        self.mix_prompts = self.plan.n_gpu_layers != 0 if mix is None else bool(mix)
 
     # -- loading --------------------------------------------------------------------------------
+    def _choose_parallel(self, probe: LlamaModel) -> int:
+        if self.config.n_parallel is not None:
+            return max(1, int(self.config.n_parallel))
+        on_gpu = self.config.gpu_layers != 0 and gpu_offload_supported()
+        free = free_gpu_memory() if on_gpu else None
+        if on_gpu and free is None:
+            on_gpu = False  # plan_offload will run on CPU too
+        n, reason = choose_parallel(probe.shape(), n_ctx=self.n_ctx, gpu=on_gpu,
+                                    free_bytes=free if on_gpu else available_memory())
+        self._say(reason)
+        return n
+
     def _plan(self, probe: LlamaModel) -> OffloadPlan:
         wanted = self.config.gpu_layers
         supported = gpu_offload_supported()
         if wanted is None:
-            return plan_offload(probe.shape(), n_ctx=self.n_ctx * max(1, self.config.n_parallel),
+            return plan_offload(probe.shape(), n_ctx=self.n_ctx * self.n_parallel,
                                 free_bytes=free_gpu_memory() if supported else None,
                                 gpu_supported=supported)
         if wanted == 0:
@@ -388,17 +472,33 @@ class Engine:
 
     def _make_context(self):
         params = _ll.llama_context_default_params()
-        # One unified KV cache shared by all sequences: a copied prefix then shares cells instead of
-        # duplicating them, so prefix reuse costs no memory.
+        # One KV stream per sequence (not llama.cpp's unified cache): attention then reads only a
+        # sequence's own cells. With a unified cache every token's attention also walks the other
+        # sequences' cells, which on CPU made prompts ~30% and generated tokens ~70% slower at
+        # 4 x 1,300 tokens; it also made results depend on where other sequences' cells lie.
+        # Sharing a prefix is then a copy of the source stream (llama.cpp copies whole streams,
+        # a memcpy far cheaper than recomputing the prefix), trimmed to the shared part.
+        # Each sequence is kept within n_ctx tokens, so no stream can fill up.
         params.n_ctx = self.n_ctx * self.n_parallel
         params.n_seq_max = self.n_parallel
-        params.kv_unified = True
+        params.kv_unified = False
         params.n_batch = max(self.config.n_batch, self.n_parallel)
         params.n_ubatch = min(params.n_batch, 512)
         threads = self.config.n_threads or len(os.sched_getaffinity(0))
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
+        flash = self.config.flash_attn
+        if flash is None and self.plan.n_gpu_layers == 0:
+            # On CPU, flash attention makes a token's result depend on how its prompt was cut into
+            # batches (logits moved by up to ~0.5 on SmolLM2 when a reused prefix ends elsewhere),
+            # so outputs would depend on what happened to be cached and on --parallel. Without it,
+            # a prefix taken from the cache gives exactly the cold result, and speed is the same
+            # (faster generation, slightly slower prompts). It is also llama-cpp-python's default.
+            flash = False
+        if flash is not None:
+            params.flash_attn_type = (_ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash
+                                      else _ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         ctx = _ll.llama_init_from_model(self.model._model, params)
         if not ctx:
             raise ModelLoadError(f"{self.model.path}: could not create a llama.cpp context of "
@@ -427,57 +527,139 @@ class Engine:
         A request that cannot run (prompt too long) yields an ErrorEvent and the rest go on.
         """
         with self._lock:
-            yield from self._generate(iter(requests))
+            try:
+                yield from self._generate(iter(requests))
+            finally:
+                # An abandoned generator (caller stopped early, or an exception) leaves no request in
+                # a slot; the KV cache stays and is reused by the next call.
+                for slot in self.slots:
+                    if slot.busy:
+                        self._release(slot)
 
-    def _generate(self, queue: Iterator[GenRequest]):
+    def _generate(self, source: Iterator[GenRequest]):
+        window: collections.deque[_Job] = collections.deque()
         exhausted = False
+        arrivals = 0
+        skips = 0  # times the oldest waiting request was passed over
         while True:
-            # Refill free slots: a finished sequence's slot takes the next record at once.
+            # Read ahead only when a slot is free: a source that blocks for its next item (a queue
+            # fed by a remote driver) then stalls nobody who could be decoding.
+            free = any(not s.busy for s in self.slots)
+            while free and not exhausted and len(window) < self.lookahead:
+                req = next(source, None)
+                if req is None:
+                    exhausted = True
+                    break
+                try:
+                    self.check_fits(len(req.tokens), req.params.max_tokens)
+                except ContextOverflow as exc:
+                    yield ErrorEvent(req.tag, exc)
+                    continue
+                window.append(_Job(req, arrivals))
+                arrivals += 1
+
+            # Cancellation is checked between steps, never mid-decode.
+            for job in [j for j in window if _cancelled(j.req)]:
+                window.remove(job)
+                yield DoneEvent(self._unstarted_output(job.req))
             for slot in self.slots:
-                while not slot.busy and not exhausted:
-                    req = next(queue, None)
-                    if req is None:
-                        exhausted = True
-                        break
-                    try:
-                        self.check_fits(len(req.tokens), req.params.max_tokens)
-                    except ContextOverflow as exc:
-                        yield ErrorEvent(req.tag, exc)
-                        continue
-                    self._assign(slot, req)
-            active = [s for s in self.slots if s.busy]
-            if not active:
-                return
-            for slot in active:  # cancellation is checked between steps, never mid-decode
-                if slot.req.cancel is not None and slot.req.cancel.is_set():
+                if slot.busy and _cancelled(slot.req):
                     slot.finish_reason = "cancelled"
                     yield DoneEvent(self._release(slot))
-            active = [s for s in self.slots if s.busy]
-            if not active:
+
+            while window and any(not s.busy for s in self.slots):
+                if skips >= self.n_parallel:
+                    job = window.popleft()
+                else:
+                    job = self._pick(window)
+                    window.remove(job)
+                skips = 0 if job.index == min([job.index] + [j.index for j in window]) else skips + 1
+                self._admit(self._choose_slot(job, window), job)
+
+            for slot in sorted((s for s in self.slots if s.state == WAITING), key=lambda s: s.admitted):
+                self._start(slot)
+
+            runnable = [s for s in self.slots if s.state == RUNNING and s.pending]
+            if not runnable:
+                if not any(s.busy for s in self.slots) and not window and exhausted:
+                    return
+                waiting = [s for s in self.slots if s.state == WAITING]
+                if waiting:  # unreachable by construction (the oldest never waits); never hang
+                    self._start(min(waiting, key=lambda s: s.admitted), force=True)
                 continue
-            outputs = self._step(active)
-            for slot, index in outputs:
+            yield from self._round(runnable)
+
+    def _round(self, runnable: list[_Slot]):
+        """One round of decoding: a token for every generating sequence, and prompt chunks (oldest
+        request first, so a prefix others wait for is ready soonest)."""
+        generating = [(s, 1) for s in runnable if not s.prefilling]
+        prompts = sorted((s for s in runnable if s.prefilling), key=lambda s: s.admitted)
+        if self.mix_prompts:
+            # One batch for all. llama.cpp still splits it into micro-batches of equal tokens per
+            # sequence, but a prompt's first token then fills its gap in the generating range,
+            # which on a GPU saves a pass over the weights per round.
+            items, room = generating, self.n_batch - len(generating)
+            for slot in prompts:
+                take = min(len(slot.pending), room)
+                if take <= 0:
+                    break
+                items.append((slot, take))
+                room -= take
+            for slot, index in self._decode(items):
+                yield from self._after_logits(slot, index)
+            return
+        # Apart: generating tokens together, then one chunk of one prompt on its own. On a CPU this
+        # costs nothing (llama.cpp would split a mixed batch into the same pieces), and each prompt
+        # is cut where --parallel 1 cuts it (n_batch tokens from the reused prefix on), which
+        # keeps the arithmetic, and so the outputs, the same as --parallel 1's.
+        if generating:
+            for slot, index in self._decode(generating):
+                yield from self._after_logits(slot, index)
+        # (again: a sequence that just ended may now have a forced continuation to feed)
+        prompts = [s for s in self.slots if s.state == RUNNING and s.prefilling and s.pending]
+        if prompts:
+            slot = min(prompts, key=lambda s: s.admitted)
+            for slot, index in self._decode([(slot, min(len(slot.pending), self.n_batch))]):
                 yield from self._after_logits(slot, index)
 
-    def _assign(self, slot: _Slot, req: GenRequest) -> None:
-        tokens = req.tokens
-        # Longest prefix already in the cache: this slot's own, or another sequence's to copy.
-        # At least one prompt token is always decoded, since its logits start generation.
-        limit = len(tokens) - 1
-        best_src, best_n = slot, _common_prefix(slot.cached, tokens, limit)
-        for other in self.slots:
-            if other is not slot:
-                n = _common_prefix(other.cached, tokens, limit)
-                if n > best_n:
-                    best_src, best_n = other, n
-        if best_src is slot:
-            _ll.llama_memory_seq_rm(self._mem, slot.seq_id, best_n, -1)
-        else:
-            _ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
-            _ll.llama_memory_seq_cp(self._mem, best_src.seq_id, slot.seq_id, 0, best_n)
-        slot.cached = list(tokens[:best_n])
-        slot.req = req
-        slot.pending = list(tokens[best_n:])
+    # -- scheduling -----------------------------------------------------------------------------
+    def _pick(self, window: collections.deque[_Job]) -> _Job:
+        """The request whose prompt shares the most with what is cached or being computed."""
+        busy = [s for s in self.slots if s.busy or s.n]
+        best, best_n = window[0], -1
+        for job in window:
+            limit = len(job.arr) - 1
+            n = max((s.will_share(job.arr, limit) for s in busy), default=0)
+            if n > best_n:  # ties: the oldest
+                best, best_n = job, n
+        return best
+
+    def _choose_slot(self, job: _Job, window: Iterable[_Job]) -> _Slot:
+        """A free slot for job: its own cache if that is the best match, else the free slot whose
+        cache the coming requests need least (so shared prefixes outlive the records that made them)."""
+        free = [s for s in self.slots if not s.busy]
+        limit = len(job.arr) - 1
+        own = max(free, key=lambda s: (s.shared(job.arr, limit), -s.last_used))
+        best_anywhere = max(s.shared(job.arr, limit) for s in self.slots)
+        if own.n and own.shared(job.arr, limit) == best_anywhere and best_anywhere > 0:
+            return own
+        others = [j for j in window if j is not job]
+
+        def usefulness(slot: _Slot) -> tuple[int, int]:
+            need = max((slot.shared(j.arr, len(j.arr) - 1) for j in others), default=0)
+            return need, slot.last_used
+
+        return min(free, key=usefulness)
+
+    def _admit(self, slot: _Slot, job: _Job) -> None:
+        req = job.req
+        self._admissions += 1
+        slot.job = job
+        slot.state = WAITING
+        slot.admitted = self._admissions
+        slot.last_used = self._admissions
+        slot.pending = []
+        slot.prefilling = True
         slot.generated = []
         slot.text_bytes = bytearray()
         slot.text = ""
@@ -485,12 +667,45 @@ class Engine:
         slot.forcing = False
         slot.appended = ""
         slot.finish_reason = ""
-        slot.reused = best_n
+        slot.reused = 0
         slot.started = time.perf_counter()
         slot.first_token = None
         slot.budget = max(0, min(req.params.max_tokens,
-                                 self.n_ctx - len(tokens) - CONTINUATION_RESERVE))
+                                 self.n_ctx - len(req.tokens) - CONTINUATION_RESERVE))
         slot.sampler = self._make_sampler(req.params)
+
+    def _start(self, slot: _Slot, force: bool = False) -> None:
+        """Give a waiting request its KV prefix and start its prompt, or let it wait for a prefix
+        that an older request is computing right now."""
+        arr = slot.job.arr
+        limit = len(arr) - 1
+        # Another sequence may share a longer prefix; this slot's own cache wins ties (no copy).
+        src, have = slot, slot.shared(arr, limit)
+        for other in self.slots:
+            if other is not slot:
+                n = other.shared(arr, limit)
+                if n > have:
+                    src, have = other, n
+        if not force:
+            coming = max((o.will_share(arr, limit) for o in self.slots
+                          if o.busy and o is not slot and o.admitted < slot.admitted), default=0)
+            if coming >= have + MIN_WAIT_GAIN:
+                if not slot.counted_wait:
+                    self.stats.waits += 1
+                    slot.counted_wait = True
+                return
+        slot.counted_wait = False
+        if src is not slot:
+            # Whole-stream copy (the only kind llama.cpp does across streams; the data moves at the
+            # start of the next decode, before that batch writes anything), then trim below.
+            _ll.llama_memory_seq_cp(self._mem, src.seq_id, slot.seq_id, -1, -1)
+            slot.buf[:src.n] = src.buf[:src.n]
+            slot.n = src.n
+        _ll.llama_memory_seq_rm(self._mem, slot.seq_id, have, -1)
+        slot.n = have
+        slot.reused = have
+        slot.pending = list(slot.job.req.tokens[have:])
+        slot.state = RUNNING
 
     def _make_sampler(self, p: SamplingParams):
         chain = _ll.llama_sampler_chain_init(_ll.llama_sampler_chain_default_params())
@@ -508,18 +723,17 @@ class Engine:
         _ll.llama_sampler_chain_add(chain, _ll.llama_sampler_init_dist(p.seed & 0xFFFFFFFF))
         return chain
 
-    def _step(self, active: list[_Slot]) -> list[tuple[_Slot, int]]:
-        """Fill one batch from every active sequence and decode it; return who got logits where."""
+    # -- decoding -------------------------------------------------------------------------------
+    def _decode(self, items: list[tuple[_Slot, int]]) -> list[tuple[_Slot, int]]:
+        """Decode the next `take` pending tokens of each (slot, take); return who got logits where."""
         batch = self._batch
         n = 0
         wants: list[tuple[_Slot, int]] = []
-        # Generating sequences first (one token each) so long prompts never starve them.
-        order = sorted(active, key=lambda s: len(s.pending) > 1)
-        for slot in order:
-            take = min(len(slot.pending), self.n_batch - n)
-            if take <= 0:
-                continue
-            pos0 = len(slot.cached)
+        # By sequence id: llama.cpp cuts a batch over several KV streams into micro-batches of
+        # consecutive sequence ids, so any other order costs extra passes over the weights.
+        items = sorted(items, key=lambda item: item[0].seq_id)
+        for slot, take in items:
+            pos0 = slot.n
             for j in range(take):
                 batch.token[n] = slot.pending[j]
                 batch.pos[n] = pos0 + j
@@ -527,15 +741,22 @@ class Engine:
                 batch.seq_id[n][0] = slot.seq_id
                 batch.logits[n] = 0
                 n += 1
-            slot.cached.extend(slot.pending[:take])
-            del slot.pending[:take]
-            if not slot.pending:
+            if take == len(slot.pending):
                 batch.logits[n - 1] = 1
                 wants.append((slot, n - 1))
         batch.n_tokens = n
         rc = _ll.llama_decode(self.ctx, batch)
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc}" + (f": {_LOG.tail(3)}" if _LOG.tail() else ""))
+            # 1 = no room in the KV cache: impossible while every sequence stays within n_ctx, so
+            # this is a bug; llama.cpp has restored the cache, and our bookkeeping was not advanced.
+            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {n} tokens from "
+                               f"{len(items)} sequences" + (f": {_LOG.tail(3)}" if _LOG.tail() else ""))
+        for slot, take in items:
+            slot.buf[slot.n:slot.n + take] = slot.pending[:take]
+            slot.n += take
+            del slot.pending[:take]
+        self.stats.steps += 1
+        self.stats.batch_tokens += n
         return wants
 
     def _logits(self, index: int) -> np.ndarray:
@@ -550,6 +771,7 @@ class Engine:
 
     def _after_logits(self, slot: _Slot, index: int):
         req = slot.req
+        slot.prefilling = False
         if slot.forcing:
             final = self._probe(slot, index) if req.probe_ids else None
             yield DoneEvent(self._release(slot, final))
@@ -581,10 +803,13 @@ class Engine:
         slot.finish_reason = reason
         extra = slot.req.on_finish(slot.text) if slot.req.on_finish else None
         if extra:
-            slot.forcing = True
-            slot.appended = self.model.detokenize(extra)
-            slot.pending = ([unfed] if unfed is not None else []) + list(extra)
-            return
+            pending = ([unfed] if unfed is not None else []) + list(extra)
+            if slot.n + len(pending) <= self.n_ctx:  # always, with continuations up to the reserve
+                slot.forcing = True
+                slot.prefilling = True
+                slot.appended = self.model.detokenize(extra)
+                slot.pending = pending
+                return
         yield DoneEvent(self._release(slot))
 
     def _release(self, slot: _Slot, final: np.ndarray | None = None) -> GenOutput:
@@ -597,12 +822,23 @@ class Engine:
             reused_prompt_tokens=slot.reused, probes=slot.probes, appended=slot.appended,
             final_probe=final, seconds=time.perf_counter() - slot.started,
             first_token_seconds=slot.first_token)
-        if slot.pending:  # tokens never decoded (cancelled mid-prompt) are not in the cache
-            slot.pending = []
-        _ll.llama_sampler_free(slot.sampler)
+        self.stats.prompt_tokens += len(req.tokens)
+        self.stats.reused_tokens += slot.reused
+        # Tokens never decoded (cancelled mid-prompt) are not in the cache; what was decoded stays
+        # there (slot.buf[:n]) for the next request to reuse.
+        slot.pending = []
+        slot.prefilling = False
+        if slot.sampler is not None:
+            _ll.llama_sampler_free(slot.sampler)
         slot.sampler = None
-        slot.req = None
+        slot.job = None
+        slot.state = IDLE
+        slot.counted_wait = False
         return out
+
+    def _unstarted_output(self, req: GenRequest) -> GenOutput:
+        return GenOutput(tag=req.tag, text="", tokens=[], finish_reason="cancelled",
+                         prompt_tokens=len(req.tokens), reused_prompt_tokens=0, probes=[])
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:
@@ -621,10 +857,14 @@ class Engine:
         self.close()
 
 
+def _cancelled(req: GenRequest) -> bool:
+    return req.cancel is not None and req.cancel.is_set()
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     n = min(len(a), len(b), limit)
     # numpy compares long prompts far faster than a Python loop.
-    if n == 0:
+    if n <= 0:
         return 0
-    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
     return int(diff[0]) if diff.size else n

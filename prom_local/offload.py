@@ -129,3 +129,50 @@ def free_gpu_memory() -> int | None:
         return int(out.splitlines()[0].strip()) * MiB
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
+
+
+# How many records to keep in flight when --parallel is not given. On a GPU, batching the generated
+# tokens of many sequences is where the speed comes from; on a CPU batching barely helps (the gain
+# there is sharing prefixes), so a few sequences are enough and memory is better left alone.
+PARALLEL_CAP_GPU = 16
+PARALLEL_CAP_CPU = 4
+# Share of free RAM the KV cache may take on a CPU (the weights are mmapped and need page cache).
+CPU_KV_SHARE = 0.5
+
+
+def choose_parallel(shape: ModelShape, *, n_ctx: int, gpu: bool, free_bytes: int | None,
+                    reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> tuple[int, str]:
+    """(sequences in flight, why): as many as the KV cache of n_ctx tokens each fits, up to a cap.
+
+    `free_bytes` is free GPU memory when `gpu`, else available RAM; the weights come out of it first.
+    """
+    per_seq = shape.n_layer * shape.kv_bytes_per_layer(n_ctx)
+    cap = PARALLEL_CAP_GPU if gpu else PARALLEL_CAP_CPU
+    where = "GPU" if gpu else "CPU"
+    gib = lambda b: f"{b / 1024**3:.1f} GiB"  # noqa: E731
+    if free_bytes is None:
+        n = min(cap, 4)
+        return n, f"--parallel {n} (auto, {where}: free memory unknown)"
+    if gpu:
+        budget = free_bytes - reserve_bytes - shape.file_bytes
+    else:
+        budget = int((free_bytes - shape.file_bytes) * CPU_KV_SHARE)
+    n = int(max(1, min(cap, budget // per_seq if per_seq > 0 else cap)))
+    return n, (f"--parallel {n} (auto, {where}: at most {cap}; KV cache {n} x {n_ctx} tokens = "
+               f"{gib(n * per_seq)}, {gib(max(budget, 0))} to spare)")
+
+
+def available_memory() -> int | None:
+    """RAM the system could give us now (MemAvailable), in bytes; None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None

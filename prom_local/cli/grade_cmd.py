@@ -62,6 +62,8 @@ def register(app: typer.Typer) -> None:
                             (score1, score2, score3, score4, score5), rubric_preset)
         source = "<stdin>" if instruction is None and response is None else "<arguments>"
         record = record_from_mapping(data, line=1, source=source)
+        if opts.parallel is None:  # one record: more sequences would only reserve KV cache
+            opts.parallel = 1
         with opts.judge() as judge:
             result = judge.grade(record, on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         sys.stdout.write("\n")

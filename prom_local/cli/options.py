@@ -33,8 +33,11 @@ CtxOpt = Annotated[Optional[int], typer.Option(
 GpuLayersOpt = Annotated[str, typer.Option(
     "--gpu-layers", "-ngl", help="auto (fit free GPU memory), all, 0 for CPU, or a number of layers.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all).")]
-ParallelOpt = Annotated[int, typer.Option(
-    "--parallel", "-p", min=1, help="Records decoded together in one context.")]
+ParallelOpt = Annotated[Optional[int], typer.Option(
+    "--parallel", "-p", min=1, show_default="auto",
+    help="Records in flight at once, decoded together in one llama.cpp context (shared prefixes "
+         "are computed once). Default: as many as the KV cache fits in free memory, at most 4 on "
+         "CPU and 16 on GPU; the choice is printed.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed (used when --temperature > 0).")]
 TempOpt = Annotated[float, typer.Option("--temperature", help="0 = greedy, deterministic.")]
 TopPOpt = Annotated[float, typer.Option("--top-p")]
@@ -52,7 +55,7 @@ ENGINE_OPTIONS: dict[str, tuple[object, object]] = {
     "ctx": (CtxOpt, None),
     "gpu_layers": (GpuLayersOpt, "auto"),
     "threads": (ThreadsOpt, None),
-    "parallel": (ParallelOpt, 1),
+    "parallel": (ParallelOpt, None),
     "seed": (SeedOpt, 0),
     "temperature": (TempOpt, 0.0),
     "top_p": (TopPOpt, 1.0),
@@ -71,7 +74,7 @@ class EngineOptions:
     ctx: int | None = None
     gpu_layers: str = "auto"
     threads: int | None = None
-    parallel: int = 1
+    parallel: int | None = None          # None = auto (Engine chooses and says why)
     seed: int = 0
     temperature: float = 0.0
     top_p: float = 1.0
