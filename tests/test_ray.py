@@ -35,10 +35,10 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 # the tests stay polite on a shared 2-core machine.
 FAST = ["--max-tokens", "6", "--ctx", "1024", "--gpu-layers", "0", "--threads", "1"]
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
-# Fields that must be identical to a local run. With one sequence at a time (--parallel 1) and the
-# same thread count, the probabilities are identical too, whatever prefix each engine had cached.
-# With --parallel 2 they depend on which sequences llama.cpp decoded together, which differs between
-# a local run and engines fed by a driver: there only text and score must match exactly.
+# Fields that must be identical to a local run. The CLI runs (same --parallel, auto, and thread
+# count) also compare probabilities to 1e-6: the engine keeps results independent of which records
+# share a decode step. The lost-actor run (tests/ray_kill_driver.py, --parallel 2 while a node dies)
+# allows 0.1 on probabilities: what it must show is every record written once with the same text.
 EXACT = ("id", "score", "output", "feedback", "forced", "finish_reason", "prompt_tokens",
          "completion_tokens", "error")
 
