@@ -1,7 +1,8 @@
 """Records per minute: the local engine vs `score --ray` with 1 and with more engines.
 
-    PYTHONPATH=. python benchmarks/scaling.py [--model PATH] [--records 24] [--max-tokens 16]
-                                              [--parallel 2] [--threads 1] [--actors 1,2] [--repeat 1]
+    PYTHONPATH=. python benchmarks/scaling.py [--model PATH|NAME:QUANT] [--records 24] [--max-tokens 16]
+                                              [--parallel 2] [--threads 1] [--gpu-layers 0]
+                                              [--actors 1,2] [--repeat 1] [--address HOST:PORT]
 
 Every configuration grades the same records with the same model and sampling, in one process, one
 after another (alternating when --repeat > 1, so that a change in machine load hits all of them),
@@ -27,6 +28,8 @@ from pathlib import Path
 from prom_local.batch import score_file
 from prom_local.engine import EngineConfig, SamplingParams
 from prom_local.judge import Judge
+from prom_local.models import resolve_model
+from prom_local.offload import parse_gpu_layers
 
 RUBRIC = {"criteria": "응답은 질문에 정확하게 답하는가?", "score1_description": "틀렸다.",
           "score2_description": "대부분 틀렸다.", "score3_description": "부분적으로 맞다.",
@@ -54,7 +57,7 @@ def default_model() -> str:
 
 def run_local(model: str, src: Path, out: Path, engine: EngineConfig, sampling: SamplingParams) -> dict:
     started = time.perf_counter()
-    with Judge(model, engine=engine, sampling=sampling) as judge:
+    with Judge(resolve_model(model).path, engine=engine, sampling=sampling) as judge:
         loaded = time.perf_counter()
         stats = score_file(judge, src, out)
         done = time.perf_counter()
@@ -62,12 +65,12 @@ def run_local(model: str, src: Path, out: Path, engine: EngineConfig, sampling: 
 
 
 def run_ray(model: str, src: Path, out: Path, engine: EngineConfig, sampling: SamplingParams,
-            actors: int) -> dict:
+            actors: int, address: str) -> dict:
     from prom_local.distributed import JudgeSpec, RayScorer
 
     spec = JudgeSpec(model=model, engine=engine, sampling=sampling)
     started = time.perf_counter()
-    with RayScorer(spec, address="local", actors=actors) as scorer:
+    with RayScorer(spec, address=address, actors=actors) as scorer:
         scorer.start()
         loaded = time.perf_counter()
         run = scorer.score_file(src, out)
@@ -84,10 +87,15 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--gpu-layers", default="0", help="As for score (default 0: CPU only).")
     ap.add_argument("--actors", default="1,2", help="Ray engine counts to measure, comma-separated.")
     ap.add_argument("--threads", type=int, default=1,
                     help="llama.cpp threads per engine (1 keeps runs comparable on a shared machine).")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--address", default="local",
+                    help="Ray cluster for the Ray runs (HOST:PORT); default a local instance. With a "
+                         "cluster, give --model as a store name or a path every node has; the local "
+                         "run still runs here.")
     args = ap.parse_args()
 
     model = args.model or default_model()
@@ -100,7 +108,7 @@ def main() -> None:
     from prom_local.distributed import connect, import_ray
 
     t0 = time.perf_counter()
-    connect("local")  # one local instance for all Ray runs; RayScorer leaves it up between them
+    connect(args.address)  # one connection for all Ray runs; RayScorer leaves it up between them
     ray_start_s = time.perf_counter() - t0
     ray = import_ray()
 
@@ -113,13 +121,13 @@ def main() -> None:
             configs += [(f"ray x{n}", n, args.threads) for n in actor_counts]
             for label, n, threads in configs:
                 out = tmp / f"out-{label.replace(' ', '')}-{rep}.jsonl"
-                engine = EngineConfig(n_ctx=args.ctx, gpu_layers=0, n_parallel=args.parallel,
-                                      n_threads=threads)
+                engine = EngineConfig(n_ctx=args.ctx, gpu_layers=parse_gpu_layers(args.gpu_layers),
+                                      n_parallel=args.parallel, n_threads=threads)
                 if n is None:
                     r = run_local(model, src, out, engine, sampling)
                     r["threads"] = [threads]
                 else:
-                    r = run_ray(model, src, out, engine, sampling, n)
+                    r = run_ray(model, src, out, engine, sampling, n, args.address)
                 assert r["graded"] == args.records, (label, r)
                 results.setdefault(label, []).append(r)
                 print(f"  {label:8s} rep {rep + 1}: {r['graded'] / r['grading_s'] * 60:7.1f} records/min "
@@ -133,7 +141,8 @@ def main() -> None:
     base = rate(results["local"])
     print(f"\nmodel {Path(model).name}, {args.records} records, --max-tokens {args.max_tokens}, "
           f"--parallel {args.parallel}, {cpus} CPUs, median of {args.repeat}; "
-          f"local Ray instance start: {ray_start_s:.1f} s (not in the rates)\n")
+          f"Ray {'local instance start' if args.address == 'local' else 'connect'}: {ray_start_s:.1f} s "
+          "(not in the rates)\n")
     print("| run | engines | threads/engine | records/min | vs local | setup s (load, actors) |")
     print("|---|---|---|---|---|---|")
     for label, rs in results.items():
