@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -134,6 +135,7 @@ def main() -> None:
                       f"(grading {r['grading_s']:.1f} s, setup {r['setup_s']:.1f} s)", flush=True)
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     def rate(rs: list[dict]) -> float:
         return statistics.median(r["graded"] / r["grading_s"] * 60 for r in rs)
