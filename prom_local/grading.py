@@ -9,25 +9,49 @@ from typing import Sequence
 
 from .rubrics import SCORES
 
-# The card's pattern is r'\[RESULT\]\s+([0-5])'. Made robust: optional colon and any whitespace
-# (newlines, indentation) after the marker, only 1..5 counts, and "10" or "4.5" is not a "1" or a "4".
-SCORE_PATTERN = re.compile(r"\[RESULT\]\s*:?\s*([1-5])(?![\d.]\d)(?!\d)")
+# The card's pattern is r'\[RESULT\]\s+([0-5])'. We accept what a judge evidently means after the
+# marker, in any case: "[RESULT] 4", "[Result]: 4", "[RESULT: 4]", "[RESULT] Score: 4", "[RESULT] (4)",
+# "[RESULT] 4/5", "[RESULT] 4 out of 5", "[RESULT] score of 4". Never a false positive: only 1..5,
+# not "10", "4.5", "3-4", "4/10" or "4 out of 10", and not a marker in quotes (a verdict quoted from
+# the graded response, which is untrusted text). Without a marker nothing counts, unlike
+# prometheus-eval's parser: the rubric the model reads is full of "Score 4:" lines.
+_MARKER = r"\[\s*RESULT\s*(?:\]|:)"
+_DECORATION = r"[\s:*]*(?:(?:score\s+of|score|result)\s*:?\s*)?[(\[]?\s*"
+SCORE_PATTERN = re.compile(
+    _MARKER + _DECORATION
+    + r"(?P<score>[1-5])(?!\d)(?![.,]\d)(?![ \t]*[-~–][ \t]*\d)"
+    + r"(?:\s*/\s*(?P<over>\d+)|\s+out\s+of\s+(?P<outof>\d+))?",
+    re.IGNORECASE)
 FEEDBACK_PREFIX = re.compile(r"^\s*Feedback\s*:\s*", re.IGNORECASE)
-MARKER_AT_END = re.compile(r"\[RESULT\]\s*:?\s*$")
+# The output so far ends where the score digit comes next: the engine probes P(1..5) there.
+MARKER_AT_END = re.compile(_MARKER + _DECORATION + r"$", re.IGNORECASE)
+_OPENING_QUOTES = "\"'`\u201c\u2018\u300c\u300e"
+_CLOSING_QUOTES = "\"'`\u201d\u2019\u300d\u300f"
+
+
+def _is_verdict(text: str, match: re.Match[str]) -> bool:
+    scale = match.group("over") or match.group("outof")
+    if scale is not None and int(scale) != 5:
+        return False
+    # A quote mark right against the marker or the score: `"[RESULT] 5"` is cited, not concluded.
+    before = text[match.start() - 1: match.start()]
+    after = text[match.end():].lstrip(")]*")[:1]
+    return not ((before and before in _OPENING_QUOTES) or (after and after in _CLOSING_QUOTES))
 
 
 def find_score(text: str) -> re.Match[str] | None:
-    """The last valid `[RESULT] N` in text: when a model restates its verdict, the final one counts."""
+    """The last valid verdict in text: when a model restates its verdict, the final one counts."""
     last = None
-    for last in SCORE_PATTERN.finditer(text):
-        pass
+    for match in SCORE_PATTERN.finditer(text):
+        if _is_verdict(text, match):
+            last = match
     return last
 
 
 def extract_score(text: str) -> int | None:
     """The score in a judge's output, or None when it holds no valid `[RESULT] 1..5`."""
     match = find_score(text)
-    return int(match.group(1)) if match else None
+    return int(match.group("score")) if match else None
 
 
 def split_feedback(text: str) -> str:

@@ -67,9 +67,10 @@ class ScoreTokens:
 
 
 def _wants_probe(text: str) -> bool:
-    # Cheap test first: this runs after every generated token.
-    tail = text[-24:]
-    return "[RESULT]" in tail and MARKER_AT_END.search(tail) is not None
+    # Cheap test first: this runs after every generated token. 48 characters hold the longest
+    # marker with decorations ("[RESULT] score of (").
+    tail = text[-48:]
+    return "result" in tail.lower() and MARKER_AT_END.search(tail) is not None
 
 
 class Judge:
@@ -125,8 +126,8 @@ class Judge:
             grade.forced = True
             return grade
         match = find_score(out.text)
-        grade.score = int(match.group(1))
-        at = [p for p in out.probes if match.start() <= p[0] <= match.start(1)]
+        grade.score = int(match.group("score"))
+        at = [p for p in out.probes if match.start() <= p[0] <= match.start("score")]
         if at:
             grade.probabilities, grade.score_mass = self.score_tokens.per_score(at[-1][1])
         return grade

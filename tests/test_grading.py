@@ -13,6 +13,7 @@ from prom_local.grading import Grade, expected_score, extract_score, split_feedb
     ("[RESULT] 4\nmore text [RESULT] (an integer)", 4),       # a trailing marker without a score
     ("[RESULT] 5.", 5),
     ("[RESULT] 5/5", 5),
+    ("[result] 4", 4),                                        # any case of the marker
 ])
 def test_extract_score(text, score):
     assert extract_score(text) == score
@@ -20,7 +21,7 @@ def test_extract_score(text, score):
 
 @pytest.mark.parametrize("text", [
     "", "no marker at all", "[RESULT]", "[RESULT] 0", "[RESULT] 6", "[RESULT] 10", "[RESULT] 4.5",
-    "Score 4: the rubric text", "[RESULT] (an integer number between 1 and 5)", "[result] 4",
+    "Score 4: the rubric text", "[RESULT] (an integer number between 1 and 5)",
 ])
 def test_no_valid_score(text):
     assert extract_score(text) is None
