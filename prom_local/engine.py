@@ -140,6 +140,7 @@ class LlamaModel:
         self.n_vocab = _ll.llama_vocab_n_tokens(self._vocab)
         self.metadata = self._read_metadata()
         self._piece_cache: dict[int, bytes] = {}
+        self._control_texts: tuple[str, ...] | None = None
 
     def _read_metadata(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -190,8 +191,8 @@ class LlamaModel:
 
     # -- tokenizer ----------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
-        """Tokens of text. `special=True` turns written special tokens (<|eot_id|>) into their ids,
-        which is what a rendered chat prompt needs; record text never reaches here unrendered."""
+        """Tokens of text. `special=True` turns written special tokens (<|eot_id|>) into their ids;
+        prompts go through prompt_tokens, which uses it only for what the chat template wrote."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
         while True:
@@ -215,6 +216,22 @@ class LlamaModel:
 
     def detokenize(self, tokens: Iterable[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def special_text(self, which: str) -> str:
+        """The text of the bos/eos token ("<|begin_of_text|>"), for rendering chat templates."""
+        token_id = self.metadata.get(f"tokenizer.ggml.{which}_token_id")
+        return self.token_bytes(int(token_id)).decode("utf-8", "replace") if token_id else ""
+
+    def control_token_texts(self) -> tuple[str, ...]:
+        """Texts that tokenizing with special=True turns into control ids (<|eot_id|>, <|im_start|>):
+        the tokens llama.cpp treats that way are those marked control or unknown."""
+        if self._control_texts is None:
+            wanted = _ll.LLAMA_TOKEN_ATTR_CONTROL | _ll.LLAMA_TOKEN_ATTR_UNKNOWN
+            self._control_texts = tuple(
+                text for token in range(self.n_vocab)
+                if _ll.llama_vocab_get_attr(self._vocab, token) & wanted
+                and (text := self.token_bytes(token).decode("utf-8", "replace")))
+        return self._control_texts
 
     def is_eog(self, token: int) -> bool:
         return bool(_ll.llama_vocab_is_eog(self._vocab, token))

@@ -13,11 +13,11 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .chat_template import render_chat
 from .engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, LlamaModel,
                      SamplingParams, TokenEvent)
 from .errors import InputError, PromLocalError
 from .grading import MARKER_AT_END, Grade, find_score, normalise, split_feedback
+from .prompt_tokens import render_prompt, tokenize_prompt
 from .prompts import PromptProfile, get_profile
 from .records import Record
 from .rubrics import SCORES, Rubric
@@ -94,7 +94,8 @@ class Judge:
         return render_prompt(record, self.profile, self.model)
 
     def tokenize_prompt(self, record: Record) -> list[int]:
-        return self.model.tokenize(self.render(record), special=True)
+        """Prompt ids; record text is always plain text, never control tokens (see prompt_tokens)."""
+        return tokenize_prompt(record, self.profile, self.model)
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
     def _request(self, record: Record, cancel: threading.Event | None = None) -> GenRequest:
@@ -219,24 +220,6 @@ def _as_rubric(rubric: str | Mapping[str, str] | Rubric) -> Rubric:
     if isinstance(rubric, str):
         return Rubric.parse(rubric)
     return Rubric.from_mapping(rubric)
-
-
-def render_prompt(record: Record, profile: PromptProfile, model: LlamaModel | None = None) -> str:
-    """The full text the model sees, special tokens included: the GGUF's own chat template when it
-    has one, else the profile's (so text renders with no model file at all)."""
-    template = (model.chat_template if model is not None else None) or profile.chat_template
-    bos = eos = ""
-    if model is not None and model.chat_template:
-        bos = _special_text(model, "bos")
-        eos = _special_text(model, "eos")
-    else:
-        bos = profile.bos_token
-    return render_chat(template, profile.messages(record), bos_token=bos, eos_token=eos)
-
-
-def _special_text(model: LlamaModel, which: str) -> str:
-    token_id = model.metadata.get(f"tokenizer.ggml.{which}_token_id")
-    return model.token_bytes(int(token_id)).decode("utf-8", "replace") if token_id else ""
 
 
 __all__ = ["Judge", "ScoreTokens", "render_prompt", "InputError"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from typing import Callable
 
 from .records import Record
 from .rubrics import Rubric
@@ -79,16 +80,18 @@ class PromptProfile:
     def chat_template(self) -> str:
         return builtin_chat_template(self.chat_template_name)
 
-    def user_message(self, record: Record) -> str:
+    def user_message(self, record: Record, wrap: Callable[[str], str] = str) -> str:
+        """The user turn. `wrap` is applied to every value taken from the record (prompt_tokens
+        uses it to mark record text, which must never become control tokens)."""
         values = {"instruction": record.instruction, "response": record.response,
                   "reference_answer": record.reference_answer or "", **record.rubric.as_dict()}
         template = self.user_with_reference if record.has_reference else self.user_without_reference
         # str.format substitutes values without re-reading them, so braces inside records are safe.
-        return template.format(**values)
+        return template.format(**{key: wrap(value) for key, value in values.items()})
 
-    def messages(self, record: Record) -> list[dict[str, str]]:
+    def messages(self, record: Record, wrap: Callable[[str], str] = str) -> list[dict[str, str]]:
         return [{"role": "system", "content": self.system},
-                {"role": "user", "content": self.user_message(record)}]
+                {"role": "user", "content": self.user_message(record, wrap)}]
 
 
 _PROFILES: dict[str, PromptProfile] = {}

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from card_prompt import card_prompts
 from conftest import run_cli, write_jsonl
 from prom_local.judge import render_prompt
+from prom_local.prompt_tokens import tokenize_prompt
 from prom_local.prompts import get_profile
 from prom_local.records import record_from_mapping
 
@@ -109,7 +110,7 @@ def test_llama_cpp_token_ids_equal_transformers_on_random_records(fields, tiny_l
     the real Llama 3 tokenizer) is the id sequence transformers' apply_chat_template produces."""
     model, profile = tiny_llama3_gguf
     record = record_from_mapping(fields, line=1)
-    ours = model.tokenize(render_prompt(record, profile, model), special=True)
+    ours = tokenize_prompt(record, profile, model)
     sample = {f"orig_{k}": v for k, v in fields.items()}
     system, with_ref, without_ref = card_prompts(sample)
     expected = llama3_tokenizer.apply_chat_template(

@@ -10,7 +10,7 @@ import typer
 
 from ..engine import read_model_info
 from ..errors import InputError
-from ..judge import render_prompt
+from ..prompt_tokens import render_pieces, tokenize_pieces
 from ..models import resolve_model
 from ..prompts import get_profile
 from ..records import read_records
@@ -36,10 +36,10 @@ def register(app: typer.Typer) -> None:
                 errors += 1
                 row = {"id": item.record_id, "error": str(item)}
             else:
-                prompt = render_prompt(item, prof, llama)
-                row = {"id": item.id, "prompt": prompt}
+                pieces = render_pieces(item, prof, llama)
+                row = {"id": item.id, "prompt": "".join(text for text, _ in pieces)}
                 if llama is not None:
-                    row["tokens"] = llama.tokenize(prompt, special=True)
+                    row["tokens"] = tokenize_pieces(llama, pieces)
                     row["n_tokens"] = len(row["tokens"])
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         if errors:
