@@ -15,7 +15,12 @@ from .options import ModelsDirOpt, err_console
 
 
 def describe(path) -> dict:
-    return {"path": str(path), "size_bytes": path.stat().st_size, **gguf_summary(path),
+    """The GGUF summary under the names `info --json` has always printed, plus what this build can do."""
+    s = gguf_summary(path)
+    return {"path": str(path), "name": s["name"], "architecture": s["architecture"], "quant": s["quant"],
+            "size_bytes": path.stat().st_size, "context_length": s["context_length"], "layers": s["layers"],
+            "vocab_size": s["n_vocab"], "tokenizer": s["tokenizer_model"], "tokenizer_pre": s["tokenizer_pre"],
+            "chat_template": s["chat_template_sha256"] is not None,
             "gpu_offload_supported": gpu_offload_supported()}
 
 
