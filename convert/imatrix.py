@@ -19,15 +19,13 @@ import ctypes
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ._proc import wait_with_rusage
+from ._proc import run_child, worker_command
 
 _PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
 GGML_TYPE_F32 = 0
@@ -114,40 +112,28 @@ def compute(model_path: Path, texts: list[str], out: Path, *, n_ctx: int = 4096,
 
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)
-    pkg_root = str(Path(__file__).resolve().parent.parent)
-    boot = (f"import sys; sys.path.insert(0, {pkg_root!r}); from convert.imatrix import _worker; "
-            "sys.exit(_worker(sys.argv[1:]))")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as handle:
         json.dump({"texts": texts, "dataset": dataset}, handle, ensure_ascii=False)
         texts_path = handle.name
-    cmd = [sys.executable, "-c", boot, str(model_path), texts_path, str(partial), str(n_ctx), str(threads or 0)]
-    started = time.perf_counter()
-    tail: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = worker_command("convert.imatrix", str(model_path), texts_path, str(partial), str(n_ctx),
+                         str(threads or 0))
+
+    def on_line(line: str) -> None:
+        m = _PROGRESS.match(line)
+        if m and on_progress is not None:
+            on_progress(int(m.group(1)), int(m.group(2)))
+
     try:
-        assert proc.stderr is not None and proc.stdout is not None
-        for line in proc.stderr:
-            tail.append(line.rstrip())
-            del tail[:-20]
-            m = _PROGRESS.match(line)
-            if m and on_progress is not None:
-                on_progress(int(m.group(1)), int(m.group(2)))
-        summary = proc.stdout.read()
-        status, rss = wait_with_rusage(proc)
-    except BaseException:
-        proc.kill()
-        wait_with_rusage(proc)
-        partial.unlink(missing_ok=True)
-        raise
+        run = run_child(cmd, partial=partial, capture_stdout=True, on_line=on_line, keep=20)
     finally:
         os.unlink(texts_path)
-    if status != 0 or not partial.exists():
+    if run.status != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
-        raise ConvertError(f"computing the importance matrix on {model_path} failed (exit status {status}): "
-                           + " / ".join(t for t in tail[-4:] if t))
+        raise ConvertError(f"computing the importance matrix on {model_path} failed (exit status {run.status}): "
+                           + " / ".join(t.strip() for t in run.tail[-4:] if t.strip()))
     partial.replace(out)
-    info = json.loads(summary)
-    return ImatrixResult(time.perf_counter() - started, rss, info["tokens"], info["chunks"], info["entries"])
+    info = json.loads(run.stdout)
+    return ImatrixResult(run.seconds, run.peak_rss_bytes, info["tokens"], info["chunks"], info["entries"])
 
 
 def load(path: Path) -> dict[str, "object"]:

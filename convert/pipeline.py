@@ -9,45 +9,19 @@ modified or truncated. Free disk is checked before each stage against an estimat
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from prom_local.errors import ConvertError, DiskSpaceError
-from prom_local.models import DEFAULT_PROFILE, gguf_name, registry, store_dir
+from prom_local import manifest as mf
+from prom_local.errors import ConvertError
+from prom_local.model_info import gguf_summary
+from prom_local.models import DEFAULT_PROFILE, gguf_name, registry, store_dir, validate_name
+from prom_local.stages import Reporter, Stage, check_free, hash_with_progress, human
 
-from . import gguf16, manifest as mf, source as src
+from . import gguf16, source as src
 from .quantize import IMATRIX_IGNORED, estimate_bytes, parse_quant, quantize
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class Reporter:
-    """Progress sink; the CLI draws it with rich. This base class is silent (library use, tests)."""
-
-    def note(self, text: str) -> None: ...
-
-    def start(self, stage: str, text: str, total: float | None = None) -> None: ...
-
-    def update(self, completed: float | None = None, *, total: float | None = None,
-               text: str | None = None) -> None: ...
-
-    def done(self, text: str) -> None: ...
-
-
-@dataclass
-class Stage:
-    stage: str                 # download | convert | imatrix | quantize | hash | verify | cleanup
-    target: str                # file (or repo) the stage is about
-    status: str                # ran | skipped
-    seconds: float = 0.0
-    peak_rss_bytes: int | None = None
-    detail: str = ""
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -61,33 +35,6 @@ class ConvertReport:
     def as_dict(self) -> dict:
         return {"name": self.name, "store": str(self.store), "manifest": str(self.manifest_path),
                 "files": self.manifest.get("files", {}), "stages": [s.as_dict() for s in self.stages]}
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def check_free(path: Path, needed: int, what: str) -> int:
-    """Raise DiskSpaceError unless the filesystem holding `path` has `needed` bytes free."""
-    probe = Path(path).absolute()
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < needed:
-        raise DiskSpaceError(f"{what} needs about {human(needed)} free in {probe}, but only {human(free)} "
-                             "is free; free some space (or use --out on a bigger disk) and re-run to resume")
-    return free
-
-
-def validate_name(name: str) -> str:
-    if not _NAME.match(name) or ":" in name:
-        raise ConvertError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only "
-                           "(it becomes a folder and the part before ':' in --model NAME:QUANT)")
-    return name
 
 
 def default_name(source: src.Source) -> str:
@@ -107,25 +54,6 @@ def _profile_for(name: str, explicit: str | None) -> str:
     except KeyError as exc:
         raise ConvertError(f"--profile: {exc.args[0]}") from None
     return profile
-
-
-def _gguf_info(path: Path) -> dict:
-    """What the runtime will see: architecture, tokenizer, chat template (vocab-only load, no weights)."""
-    import hashlib
-
-    from prom_local.engine import read_model_info
-
-    model = read_model_info(path)
-    try:
-        meta = model.metadata
-        template = model.chat_template
-        return {"architecture": model.architecture, "n_vocab": model.n_vocab,
-                "context_length": model.n_ctx_train, "layers": model.n_layer,
-                "tokenizer_model": meta.get("tokenizer.ggml.model"),
-                "tokenizer_pre": meta.get("tokenizer.ggml.pre"),
-                "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None}
-    finally:
-        model.close()
 
 
 def convert_model(source: str, *, revision: str | None = None, name: str | None = None,
@@ -195,23 +123,16 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
                    "with another importance matrix")
             say.note(f"{path}: made {why}: making it again")
         else:
-            size = path.stat().st_size
-            say.start("verify", path.name, total=size)
-            t0 = time.perf_counter()
-            done = 0
-
-            def tick(n: int) -> None:
-                nonlocal done
-                done += n
-                say.update(done)
-
-            digest = mf.sha256_file(path, tick) if size == entry.get("size") else None
+            if path.stat().st_size == entry.get("size"):
+                digest, seconds = hash_with_progress(path, say, "verify")
+            else:
+                say.start("verify", path.name)
+                digest, seconds = None, 0.0
             ok = digest == entry.get("sha256")
             say.done(f"{path.name} matches the manifest" if ok else
                      f"{path.name} differs from the manifest ({'size' if digest is None else 'sha256'}"
                      "; truncated or modified): making it again")
-            stages.append(Stage("verify", path.name, "ran", time.perf_counter() - t0,
-                                detail="ok" if ok else "mismatch"))
+            stages.append(Stage("verify", path.name, "ran", seconds, detail="ok" if ok else "mismatch"))
         memo[quant] = ok
         return ok
 
@@ -290,7 +211,7 @@ def convert_model(source: str, *, revision: str | None = None, name: str | None 
                                 "(--keep-f16 keeps it)"))
     first = next((path_of(q) for q in wanted if path_of(q).exists()), None)
     if first is not None:
-        manifest["gguf"] = _gguf_info(first)
+        manifest["gguf"] = {k: v for k, v in gguf_summary(first).items() if k != "quant"}
     path = _save(root, name, manifest, origin, profile)
     return ConvertReport(name, root, path, manifest, stages)
 
@@ -358,18 +279,7 @@ def _imatrix_stage(path: Path, f16_path: Path, f16_sha256: str, manifest: dict, 
 
 
 def _hash_stage(path: Path, say: Reporter, stages: list[Stage]) -> str:
-    size = path.stat().st_size
-    say.start("hash", path.name, total=size)
-    t0 = time.perf_counter()
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        say.update(done)
-
-    digest = mf.sha256_file(path, tick)
-    seconds = time.perf_counter() - t0
+    digest, seconds = hash_with_progress(path, say, "hash")
     say.done(f"{path.name}: sha256 {digest[:16]}…")
     stages.append(Stage("hash", path.name, "ran", seconds))
     return digest

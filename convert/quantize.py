@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ._proc import wait_with_rusage
+from prom_local.model_info import ftype_table
+
+from ._proc import run_child, worker_command
 
 # Types that llama.cpp refuses (or quantizes badly) without an importance matrix.
 NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"}
@@ -35,19 +35,7 @@ BITS_PER_WEIGHT = {
     "IQ2_XS": 2.5, "IQ2_XXS": 2.3, "IQ1_M": 2.0, "IQ1_S": 1.8, "TQ1_0": 1.7, "TQ2_0": 2.1,
 }
 
-_PROGRESS = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
-
-
-def ftype_table() -> dict[str, int]:
-    """Every llama_ftype the linked llama.cpp knows, by the name people use (Q4_K_M, Q8_0, BF16...)."""
-    import llama_cpp
-
-    table = {}
-    for key in dir(llama_cpp):
-        for prefix in ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_"):
-            if key.startswith(prefix):
-                table[key[len(prefix):]] = int(getattr(llama_cpp, key))
-    return table
+_PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
 
 
 def parse_quant(name: str) -> str:
@@ -60,8 +48,9 @@ def parse_quant(name: str) -> str:
         raise ConvertError(f"--quant {name!r}: not a llama.cpp quantization type "
                            f"(known: {', '.join(sorted(table))})")
     if wanted in NEEDS_IMATRIX:
-        raise ConvertError(f"--quant {wanted}: llama.cpp needs an importance matrix for this type, "
-                           "which this command does not compute; pick e.g. Q4_K_M, Q5_K_M, Q6_K or Q8_0")
+        raise ConvertError(f"--quant {wanted}: llama.cpp needs an importance matrix for this type, and "
+                           "convert does not offer these very low-bit types (not even with --imatrix-data); "
+                           "pick e.g. Q4_K_M, Q5_K_M, Q6_K or Q8_0")
     return wanted
 
 
@@ -86,47 +75,33 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None, im
 
     partial = dst.with_name(dst.name + ".partial")
     partial.unlink(missing_ok=True)
-    # The child must import this very package (a checkout's or the installed one), ahead of
-    # anything named `convert` in the current directory, which `python -m` would put first.
-    pkg_root = str(Path(__file__).resolve().parent.parent)
-    boot = (f"import sys; sys.path.insert(0, {pkg_root!r}); from convert.quantize import _worker; "
-            "sys.exit(_worker(sys.argv[1:]))")
-    cmd = [sys.executable, "-c", boot, str(src), str(partial), quant, str(threads or 0),
-           str(imatrix) if imatrix else ""]
-    env = dict(os.environ)
-    started = time.perf_counter()
-    log: list[bytes] = []
+    cmd = worker_command("convert.quantize", str(src), str(partial), quant, str(threads or 0),
+                         str(imatrix) if imatrix else "")
     used_imatrix = False
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            del log[:-40]
-            used_imatrix = used_imatrix or b"have importance matrix data" in line
-            m = _PROGRESS.match(line)
-            if m and on_progress is not None:
-                on_progress(int(m.group(1)), int(m.group(2)))
-        status, rss = wait_with_rusage(proc)
-    except BaseException:
-        proc.kill()
-        wait_with_rusage(proc)
-        partial.unlink(missing_ok=True)
-        raise
+
+    def on_line(line: str) -> None:
+        nonlocal used_imatrix
+        used_imatrix = used_imatrix or "have importance matrix data" in line
+        m = _PROGRESS.match(line)
+        if m and on_progress is not None:
+            on_progress(int(m.group(1)), int(m.group(2)))
+
+    run = run_child(cmd, partial=partial, on_line=on_line)
+    status, log = run.status, run.tail
     if status == 0 and imatrix and not used_imatrix:
         status = -1
-        log.append(b"llama.cpp did not report using the importance matrix")
+        log.append("llama.cpp did not report using the importance matrix")
     if status != 0:
         partial.unlink(missing_ok=True)
         reason = _reason(log)
         raise ConvertError(f"quantizing {src} to {quant} failed"
                            + (f": {reason}" if reason else f" (exit status {status})"))
     partial.replace(dst)
-    return QuantizeResult(time.perf_counter() - started, rss)
+    return QuantizeResult(run.seconds, run.peak_rss_bytes)
 
 
-def _reason(log: list[bytes]) -> str:
-    text = [line.decode("utf-8", "replace").strip() for line in log]
+def _reason(log: list[str]) -> str:
+    text = [line.strip() for line in log]
     picked = [t for t in text if "failed" in t or "error" in t.lower()] or text[-3:]
     return " / ".join(dict.fromkeys(t for t in picked if t))[:1000]
 

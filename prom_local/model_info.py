@@ -1,30 +1,55 @@
 """What a loaded model is, in the words people use: name, quant type, size, GPU layers, backend.
 
 Plain data for the TUI's model panel (and anything else that shows a loaded Judge), derived from
-the GGUF's metadata and the engine's offload plan.
+the GGUF's metadata and the engine's offload plan; and the one summary of a GGUF file.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import build_backend
+from .engine import build_backend, read_model_info
 from .models import ResolvedModel
 
-# llama.cpp's general.file_type enum -> the names people use (llama_ftype in llama.h).
-FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-              11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-              17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
-              23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
-              29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0"}
+@functools.lru_cache(maxsize=1)
+def ftype_table() -> dict[str, int]:
+    """Every llama_ftype the linked llama.cpp knows, by the name people use (Q4_K_M, Q8_0, BF16...)."""
+    import llama_cpp
+
+    table = {}
+    for key in dir(llama_cpp):
+        for prefix in ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_"):
+            if key.startswith(prefix):
+                table[key[len(prefix):]] = int(getattr(llama_cpp, key))
+    return table
 
 
 def quant_from_metadata(metadata: dict[str, str]) -> str | None:
+    """general.file_type (llama_ftype) -> its name; None when absent or unknown to this llama.cpp."""
     ftype = metadata.get("general.file_type")
-    if ftype is None:
+    if ftype is None or not ftype.isdigit():
         return None
-    return FILE_TYPES.get(int(ftype), ftype) if ftype.isdigit() else ftype
+    return next((name for name, value in ftype_table().items() if value == int(ftype)), None)
+
+
+def gguf_summary(path: str | Path) -> dict:
+    """What a GGUF is, from its metadata alone (a vocab-only load reads no weights). The one summary
+    `info` prints and `pull`/`convert` record in the store manifest ("gguf", without the quant)."""
+    model = read_model_info(path)
+    try:
+        meta = model.metadata
+        template = model.chat_template
+        return {"name": meta.get("general.name"), "architecture": model.architecture,
+                "quant": quant_from_metadata(meta), "context_length": model.n_ctx_train,
+                "layers": model.n_layer, "n_vocab": model.n_vocab,
+                "tokenizer_model": meta.get("tokenizer.ggml.model"),
+                "tokenizer_pre": meta.get("tokenizer.ggml.pre"),
+                "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None}
+    finally:
+        model.close()
 
 
 def human_size(n_bytes: int) -> str:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from platformdirs import user_data_path
 
-from .errors import ModelNotFound
+from .errors import ConvertError, ModelNotFound
 
 DEFAULT_MODEL = "prometheus-ko"
 DEFAULT_PROFILE = "prometheus-ko"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def registry() -> dict[str, dict]:
@@ -35,6 +37,14 @@ def store_dir(explicit: str | Path | None = None) -> Path:
     if (local / "registry.json").exists():
         return local
     return user_data_path("prom-local") / "models"
+
+
+def validate_name(name: str) -> str:
+    """A store name given to convert or pull (--name): it becomes a folder and NAME in NAME:QUANT."""
+    if not _NAME.match(name) or ":" in name:
+        raise ConvertError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only "
+                           "(it becomes a folder and the part before ':' in --model NAME:QUANT)")
+    return name
 
 
 def gguf_name(name: str, quant: str) -> str:

@@ -25,14 +25,16 @@ class ModelShape:
     n_head_kv: int
     n_ff: int
     n_vocab: int
-    tied_embeddings: bool = False
 
     def _layer_params(self) -> int:
         kv = self.n_embd * self.n_head_kv // max(self.n_head, 1)
         return 2 * self.n_embd * self.n_embd + 2 * self.n_embd * kv + 3 * self.n_embd * self.n_ff
 
     def _non_layer_params(self) -> int:
-        return (1 if self.tied_embeddings else 2) * self.n_vocab * self.n_embd
+        # Token embeddings and output head: Llama 3 has both. A model that ties them (SmolLM2) stores
+        # one, so its layer_bytes comes out low; engine.py's out-of-memory retry with fewer layers
+        # covers a plan that was too hopeful.
+        return 2 * self.n_vocab * self.n_embd
 
     @property
     def layer_bytes(self) -> int:

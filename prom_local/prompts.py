@@ -7,7 +7,7 @@ ships today; `register_profile` adds more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Callable
@@ -73,8 +73,6 @@ class PromptProfile:
     # What follows the feedback in the trained output ("{feedback}\n  [RESULT] {score}"); the forced
     # score fallback appends it to an output that ended without a score.
     score_continuation: str = "\n  [RESULT] "
-    description: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def chat_template(self) -> str:
@@ -109,16 +107,12 @@ def get_profile(name: str) -> PromptProfile:
         raise KeyError(f"unknown prompt profile {name!r} (known: {known})") from None
 
 
-def profile_names() -> list[str]:
-    return sorted(_PROFILES)
-
-
+# nayohan/llama3-8b-it-prometheus-ko: Korean Feedback-Collection, absolute grading.
 register_profile(PromptProfile(
     name="prometheus-ko",
     system=PROMETHEUS_KO_SYSTEM,
     user_with_reference=PROMETHEUS_KO_USER_WITH_REFERENCE,
     user_without_reference=PROMETHEUS_KO_USER_NO_REFERENCE,
-    description="nayohan/llama3-8b-it-prometheus-ko: Korean Feedback-Collection, absolute grading",
 ))
 
-__all__ = ["PromptProfile", "get_profile", "register_profile", "profile_names", "Rubric"]
+__all__ = ["PromptProfile", "get_profile", "register_profile", "Rubric"]

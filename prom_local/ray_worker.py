@@ -11,7 +11,6 @@ therefore not a barrier: results come back as they finish, whichever batch they 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import socket
@@ -22,22 +21,16 @@ from pathlib import Path
 from .engine import EngineConfig, SamplingParams
 from .errors import ModelNotFound, PromLocalError
 from .grading import Grade
+from .manifest import sha256_file
 from .records import Record
 
 # How long the engine may wait for the next record when the inbox is empty before it ends the
 # current stream and finishes what it holds. While it waits, its other slots are not decoding, so
 # this stays short; the driver keeps the inbox ahead of the engine so it is rarely reached.
 FEED_IDLE_SECONDS = 0.05
-_STOP = object()
-_HASH_CHUNK = 4 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+# Put in the outbox when the engine thread dies, so that an exchange waiting for results wakes up
+# and reports the failure at once.
+_FAILED = object()
 
 
 def _user_error(exc: PromLocalError) -> dict:
@@ -47,25 +40,19 @@ def _user_error(exc: PromLocalError) -> dict:
 
 
 def _pull(spec: str, store: Path | None) -> None:
-    """Fetch a store model with the project's pull code when this install has it."""
     from .models import store_dir
+    from .pull import pull_gguf
 
-    where = store_dir(store)
-    try:
-        from convert.pull import pull_gguf  # type: ignore[import-not-found]
-    except ImportError:
-        raise ModelNotFound(f"{spec} is not in this node's model store ({where}), and this prom-local has "
-                            "no `pull` to fetch it: copy the GGUF into that store (or run `prom-local pull "
-                            f"{spec}` there), or give --model a path on a shared filesystem") from None
     try:
         pull_gguf(spec, store=store)
     except PromLocalError as exc:
-        raise ModelNotFound(f"{spec} is not in this node's model store ({where}), and pulling it "
+        raise ModelNotFound(f"{spec} is not in this node's model store ({store_dir(store)}), and pulling it "
                             f"failed: {exc}") from None
 
 
 class EngineWorker:
-    """A Judge behind a queue. One per Ray actor; every method is called by the driver."""
+    """A Judge behind a queue. One per Ray actor; every method is called by the driver. There is no
+    close(): the driver ends an actor with ray.kill, and the process's exit frees the model."""
 
     def __init__(self) -> None:
         self._judge = None
@@ -139,7 +126,7 @@ class EngineWorker:
         try:
             item = self._outbox.get(timeout=wait)
             while True:
-                if item is _STOP:
+                if item is _FAILED:
                     break
                 out.append(item)
                 item = self._outbox.get_nowait()
@@ -153,13 +140,11 @@ class EngineWorker:
         try:
             while True:
                 first = self._inbox.get()
-                if first is _STOP:
-                    return
                 for grade in self._judge.grade_stream(self._feed(first)):
                     self._outbox.put(grade)
         except BaseException as exc:  # surfaced to the driver by the next exchange
             self._failure = exc
-            self._outbox.put(_STOP)
+            self._outbox.put(_FAILED)
 
     def _feed(self, first: Record):
         yield first
@@ -168,15 +153,4 @@ class EngineWorker:
                 item = self._inbox.get(timeout=FEED_IDLE_SECONDS)
             except queue.Empty:
                 return  # the engine finishes what it holds; the next record starts a new stream
-            if item is _STOP:
-                self._inbox.put(_STOP)  # seen again by _run, which then exits
-                return
             yield item
-
-    def close(self) -> None:
-        self._inbox.put(_STOP)
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        if self._judge is not None:
-            self._judge.close()
-            self._judge = None

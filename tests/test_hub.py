@@ -196,8 +196,8 @@ def test_convert_hub_repo_offline_interrupted_then_resumed(tiny_llama3_checkpoin
     assert not (model_dir / "tiny-llama3.Q8_0.gguf").exists()
     assert not list(model_dir.glob("*.partial"))
 
-    # Resume, through `python -m convert` this time: the F16 is verified, only quantizing runs.
-    result = subprocess.run([sys.executable, "-m", "convert", *cmd[4:]], env=env, cwd=REPO_ROOT,
+    # Resume with the same command: the F16 is verified, only quantizing runs.
+    result = subprocess.run(cmd, env=env, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     stages = {(s["stage"], s["target"]): s["status"] for s in json.loads(result.stdout)["stages"]}

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .options import err_console
+from .options import StoreOutOpt, err_console
 
 DEFAULT_QUANTS = ["Q4_K_M", "Q8_0"]
 
@@ -92,9 +92,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[Optional[str], typer.Option(
             "--name", help="Store name (default: the registry's name for a known checkpoint, "
             "else the checkpoint's).")] = None,
-        out: Annotated[Optional[Path], typer.Option(
-            "--out", "--models-dir", help="Model store folder (default ./models in a checkout, else "
-            "$PROM_LOCAL_MODELS or the user data dir).")] = None,
+        out: StoreOutOpt = None,
         outtype: Annotated[str, typer.Option(
             "--outtype", help="16-bit type of the intermediate GGUF: f16 or bf16.")] = "f16",
         keep_f16: Annotated[bool, typer.Option(

@@ -8,32 +8,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..engine import gpu_offload_supported, read_model_info
-from ..model_info import FILE_TYPES
+from ..engine import gpu_offload_supported
+from ..model_info import gguf_summary
 from ..models import resolve_model
 from .options import ModelsDirOpt, err_console
 
+
 def describe(path) -> dict:
-    model = read_model_info(path)
-    meta = model.metadata
-    arch = model.architecture
-    ftype = meta.get("general.file_type")
-    info = {
-        "path": str(path),
-        "name": meta.get("general.name"),
-        "architecture": arch,
-        "quant": FILE_TYPES.get(int(ftype), ftype) if ftype and ftype.isdigit() else ftype,
-        "size_bytes": path.stat().st_size,
-        "context_length": model.n_ctx_train,
-        "layers": model.n_layer,
-        "vocab_size": model.n_vocab,
-        "tokenizer": meta.get("tokenizer.ggml.model"),
-        "tokenizer_pre": meta.get("tokenizer.ggml.pre"),
-        "chat_template": bool(model.chat_template),
-        "gpu_offload_supported": gpu_offload_supported(),
-    }
-    model.close()
-    return info
+    """The GGUF summary under the names `info --json` has always printed, plus what this build can do."""
+    s = gguf_summary(path)
+    return {"path": str(path), "name": s["name"], "architecture": s["architecture"], "quant": s["quant"],
+            "size_bytes": path.stat().st_size, "context_length": s["context_length"], "layers": s["layers"],
+            "vocab_size": s["n_vocab"], "tokenizer": s["tokenizer_model"], "tokenizer_pre": s["tokenizer_pre"],
+            "chat_template": s["chat_template_sha256"] is not None,
+            "gpu_offload_supported": gpu_offload_supported()}
 
 
 def register(app: typer.Typer) -> None:

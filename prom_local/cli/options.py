@@ -1,13 +1,20 @@
-"""Options shared by several commands, defined once, and the one place that builds a Judge."""
+"""The engine's command-line options, declared once, and the one place that builds a Judge.
+
+Each `Flag` below is one option: its flags, help, CLI type and which `EngineConfig` or
+`SamplingParams` field it sets. Its default is that field's default (those dataclasses stay the one
+source of defaults), except where a Flag says otherwise and why. From this table come the typer
+options of every command that runs the model (`with_engine_options`), the `EngineOptions` holder
+they fill, and the library's `EngineConfig` and `SamplingParams`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -20,102 +27,127 @@ from ..offload import parse_gpu_layers
 # soft_wrap: long paths in messages stay on one line (greppable), tables still fit the terminal.
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="GGUF path, or a store name like prometheus-ko or prometheus-ko:Q8_0.",
-    envvar="PROM_LOCAL_MODEL", show_default="prometheus-ko")]
-ModelsDirOpt = Annotated[Optional[Path], typer.Option(
-    "--models-dir", help="Model store folder (default ./models in a checkout, else $PROM_LOCAL_MODELS "
-    "or the user data dir).")]
-ProfileOpt = Annotated[Optional[str], typer.Option(
-    "--profile", help="Prompt profile (default: the model's, else prometheus-ko).")]
-CtxOpt = Annotated[Optional[int], typer.Option(
-    "--ctx", help="Context size per record in tokens (default: min(8192, the model's trained context)).")]
-GpuLayersOpt = Annotated[str, typer.Option(
-    "--gpu-layers", "-ngl", help="auto (fit free GPU memory), all, 0 for CPU, or a number of layers.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all).")]
-ParallelOpt = Annotated[Optional[int], typer.Option(
-    "--parallel", "-p", min=1, show_default="auto",
-    help="Records in flight at once, decoded together in one llama.cpp context (shared prefixes "
-         "are computed once). Default: as many as the KV cache fits in free memory, at most 4 on "
-         "CPU and 16 on GPU; the choice is printed.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed (used when --temperature > 0).")]
-TempOpt = Annotated[float, typer.Option("--temperature", help="0 = greedy, deterministic.")]
-TopPOpt = Annotated[float, typer.Option("--top-p")]
-TopKOpt = Annotated[int, typer.Option("--top-k", help="0 = off.")]
-RepeatOpt = Annotated[float, typer.Option("--repeat-penalty", help="1.0 = off.")]
-MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most new tokens per feedback.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log.")]
+_FIELD = object()  # "the default of the dataclass field this flag sets"
 
 
-ENGINE_OPTIONS: dict[str, tuple[object, object]] = {
-    # name: (annotation, default) -- added to every command that runs the model
-    "model": (ModelOpt, None),
-    "models_dir": (ModelsDirOpt, None),
-    "profile": (ProfileOpt, None),
-    "ctx": (CtxOpt, None),
-    "gpu_layers": (GpuLayersOpt, "auto"),
-    "threads": (ThreadsOpt, None),
-    "parallel": (ParallelOpt, None),
-    "seed": (SeedOpt, 0),
-    "temperature": (TempOpt, 0.0),
-    "top_p": (TopPOpt, 1.0),
-    "top_k": (TopKOpt, 0),
-    "repeat_penalty": (RepeatOpt, 1.0),
-    "max_tokens": (MaxTokensOpt, 512),
-    "verbose": (VerboseOpt, False),
-}
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    name: str                                   # parameter name and EngineOptions attribute
+    flags: tuple[str, ...]
+    help: str
+    type: Any                                   # what the command line parses
+    into: tuple[type, str] | None = None        # (EngineConfig | SamplingParams, field) it sets
+    default: Any = _FIELD
+    parse: Callable[[Any], Any] | None = None   # command-line value -> field value (ValueError = bad)
+    option: dict = dataclasses.field(default_factory=dict)   # more typer.Option settings
+
+    @property
+    def cli_default(self) -> Any:
+        if self.default is not _FIELD:
+            return self.default
+        cls, name = self.into  # type: ignore[misc]
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+    def annotated(self, *aliases: str) -> Any:
+        """The typer annotation of this option (`aliases`: more spellings, for one command)."""
+        return Annotated[self.type, typer.Option(*self.flags, *aliases, help=self.help, **self.option)]
+
+    def value_for_field(self, value: Any) -> Any:
+        try:
+            return self.parse(value) if self.parse else value
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=self.flags[0]) from None
 
 
-@dataclass
-class EngineOptions:
-    model: str | None = None
-    models_dir: Path | None = None
-    profile: str | None = None
-    ctx: int | None = None
-    gpu_layers: str = "auto"
-    threads: int | None = None
-    parallel: int | None = None          # None = auto (Engine chooses and says why)
-    seed: int = 0
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repeat_penalty: float = 1.0
-    max_tokens: int = 512
-    verbose: bool = False
+def _gpu_layers(value: str | int | None) -> int | None:
+    return None if value is None else parse_gpu_layers(value)
+
+
+ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
+    Flag("model", ("--model", "-m"), "GGUF path, or a store name like prometheus-ko or prometheus-ko:Q8_0.",
+         Optional[str], default=None, option=dict(envvar="PROM_LOCAL_MODEL", show_default="prometheus-ko")),
+    Flag("models_dir", ("--models-dir",), "Model store folder (default ./models in a checkout, else "
+         "$PROM_LOCAL_MODELS or the user data dir).", Optional[Path], default=None),
+    Flag("profile", ("--profile",), "Prompt profile (default: the model's, else prometheus-ko).",
+         Optional[str], default=None),
+    Flag("ctx", ("--ctx",), "Context size per record in tokens (default: min(8192, the model's trained "
+         "context)).", Optional[int], into=(EngineConfig, "n_ctx")),
+    Flag("gpu_layers", ("--gpu-layers", "-ngl"), "auto (fit free GPU memory), all, 0 for CPU, or a number "
+         "of layers.", Optional[str], into=(EngineConfig, "gpu_layers"), parse=_gpu_layers,
+         option=dict(show_default="auto")),
+    Flag("threads", ("--threads", "-t"), "CPU threads (default: all).", Optional[int],
+         into=(EngineConfig, "n_threads")),
+    # The library's default is one sequence (what a caller of Engine expects); the CLI sizes it
+    # from free memory instead, and says what it chose.
+    Flag("parallel", ("--parallel", "-p"), "Records in flight at once, decoded together in one llama.cpp "
+         "context (shared prefixes are computed once). Default: as many as the KV cache fits in free "
+         "memory, at most 4 on CPU and 16 on GPU; the choice is printed.", Optional[int],
+         into=(EngineConfig, "n_parallel"), default=None, option=dict(min=1, show_default="auto")),
+    Flag("seed", ("--seed",), "Sampling seed (used when --temperature > 0).", int,
+         into=(SamplingParams, "seed")),
+    Flag("temperature", ("--temperature",), "0 = greedy, deterministic.", float,
+         into=(SamplingParams, "temperature")),
+    Flag("top_p", ("--top-p",), "Sample only from the most likely tokens whose probabilities add up to "
+         "this (1.0 = off).", float, into=(SamplingParams, "top_p")),
+    Flag("top_k", ("--top-k",), "Sample only from this many most likely tokens (0 = off).", int,
+         into=(SamplingParams, "top_k")),
+    Flag("repeat_penalty", ("--repeat-penalty",), "1.0 = off.", float, into=(SamplingParams, "repeat_penalty")),
+    Flag("max_tokens", ("--max-tokens",), "Most new tokens per feedback.", int,
+         into=(SamplingParams, "max_tokens")),
+    Flag("verbose", ("--verbose",), "Show llama.cpp's own log.", bool, into=(EngineConfig, "verbose")),
+)
+FLAGS = {flag.name: flag for flag in ENGINE_FLAGS}
+
+# For commands that take only some of these options. The model store's option is shared by every
+# command that reads or writes the store; convert and pull also spell it --out.
+ModelOpt = FLAGS["model"].annotated()
+ModelsDirOpt = FLAGS["models_dir"].annotated()
+StoreOutOpt = FLAGS["models_dir"].annotated("--out")
+ProfileOpt = FLAGS["profile"].annotated()
+
+
+class _EngineOptionsBase:
+    def _build(self, cls: type) -> Any:
+        return cls(**{flag.into[1]: flag.value_for_field(getattr(self, flag.name))
+                      for flag in ENGINE_FLAGS if flag.into and flag.into[0] is cls})
 
     def engine_config(self) -> EngineConfig:
-        try:
-            layers = parse_gpu_layers(self.gpu_layers)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        return EngineConfig(n_ctx=self.ctx, gpu_layers=layers, n_threads=self.threads,
-                            n_parallel=self.parallel, verbose=self.verbose)
+        return self._build(EngineConfig)
 
     def sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              repeat_penalty=self.repeat_penalty, seed=self.seed, max_tokens=self.max_tokens)
+        return self._build(SamplingParams)
 
     def judge(self, *, quiet: bool = False, on_status: Callable[[str], None] | None = None) -> Judge:
-        resolved = resolve_model(self.model, self.models_dir)
+        resolved = resolve_model(self.model, self.models_dir)  # type: ignore[attr-defined]
         engine = self.engine_config()
         say = on_status or ((lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]")))
         say(f"model: {resolved.path}")
-        return Judge(resolved.path, profile=self.profile or resolved.profile, engine=engine,
-                     sampling=self.sampling_params(), on_status=say)
+        return Judge(resolved.path, profile=self.profile or resolved.profile,  # type: ignore[attr-defined]
+                     engine=engine, sampling=self.sampling_params(), on_status=say)
+
+
+# The values of every engine option, as given on the command line (one attribute per Flag, with
+# its default); engine_config() / sampling_params() turn them into the library's objects.
+EngineOptions = dataclasses.make_dataclass(
+    "EngineOptions", [(f.name, f.type, dataclasses.field(default=f.cli_default)) for f in ENGINE_FLAGS],
+    bases=(_EngineOptionsBase,))
+EngineOptions.__module__ = __name__
 
 
 def with_engine_options(func: Callable) -> Callable:
-    """Give a command every engine option without repeating them: the wrapper's signature (which
-    typer reads) is the command's own parameters plus ENGINE_OPTIONS, collected into `opts`."""
+    """Give a command every engine option without repeating them. typer builds a command's options
+    from its function's signature, so the wrapper's signature is the command's own parameters plus
+    one per Flag; the wrapper collects those into `opts: EngineOptions`. (typer has no public way
+    to add options to a command other than its signature.)"""
     hints = typing.get_type_hints(func, include_extras=True)  # resolves postponed annotations
     own = [p.replace(annotation=hints.get(name, p.annotation))
            for name, p in inspect.signature(func).parameters.items() if name != "opts"]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
-             for name, (ann, default) in ENGINE_OPTIONS.items()]
+    extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.cli_default,
+                               annotation=f.annotated()) for f in ENGINE_FLAGS]
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        opts = EngineOptions(**{name: kwargs.pop(name) for name in ENGINE_OPTIONS})
+        opts = EngineOptions(**{name: kwargs.pop(name) for name in FLAGS})
         return func(*args, opts=opts, **kwargs)
 
     wrapper.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .convert_cmd import RichReporter, interrupt_means_resume, stage_table
-from .options import err_console
+from .options import StoreOutOpt, err_console
 
 
 def register(app: typer.Typer) -> None:
@@ -24,16 +23,14 @@ def register(app: typer.Typer) -> None:
             "--quant", help="Quant label in the store (default: from the file name or the GGUF).")] = None,
         name: Annotated[Optional[str], typer.Option("--name", help="Store name.")] = None,
         revision: Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit.")] = None,
-        out: Annotated[Optional[Path], typer.Option(
-            "--out", "--models-dir", help="Model store folder (default ./models in a checkout, else "
-            "$PROM_LOCAL_MODELS or the user data dir).")] = None,
+        out: StoreOutOpt = None,
         force: Annotated[bool, typer.Option("--force", help="Replace a file of the same name:quant.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest entry as JSON.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
     ) -> None:
         """Download a published GGUF (through the Hugging Face cache; HF_HUB_OFFLINE=1 uses only the
         cache), check its sha256 against the hub's, and add it to the store with a manifest entry."""
-        from convert.pull import pull_gguf
+        from ..pull import pull_gguf
 
         with interrupt_means_resume(), RichReporter(quiet) as reporter:
             report = pull_gguf(target, file, revision=revision, quant=quant, name=name, source_key=source,

@@ -11,7 +11,6 @@ import typer
 
 from ..model_info import describe_judge
 from ..models import resolve_model
-from ..offload import parse_gpu_layers
 from .options import EngineOptions, with_engine_options
 
 
@@ -42,10 +41,7 @@ def register(app: typer.Typer) -> None:
         *, opts: EngineOptions,
     ) -> None:
         """Interactive grading and batch review in the terminal (F1 lists the keys)."""
-        try:
-            parse_gpu_layers(opts.gpu_layers)  # fail here, not in a worker thread
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--gpu-layers") from None
+        opts.engine_config()  # a bad option fails here, not in the app's worker thread
         from ..tui import PromLocalApp   # Textual loads only for this command
 
         PromLocalApp(make_loader(opts), model=opts.model, models_dir=opts.models_dir,

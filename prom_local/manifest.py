@@ -1,4 +1,5 @@
-"""sha256 of store files and the per-model manifest (models/<name>/manifest.json).
+"""sha256 of store files and the per-model manifest (models/<name>/manifest.json), written by
+`pull` (prom_local/pull.py) and `convert` (convert/pipeline.py).
 
 The manifest is the store's memory: what each GGUF was made from and by which tools, and the sha256
 that resume and `pull` check files against. It is rewritten atomically after every stage, so a
@@ -17,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from prom_local.models import manifest_path, read_manifest
+from .models import manifest_path, read_manifest
 
 MANIFEST_FORMAT = 1
 _ORDER = ("format", "name", "profile", "source", "created", "updated", "tools", "gguf", "files")
@@ -25,6 +26,7 @@ _CHUNK = 8 << 20
 
 
 def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """The file's sha256 (hex), read in chunks; `on_bytes(n)` after each chunk, for progress."""
     h = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):

@@ -1,5 +1,8 @@
 """`prom-local pull`: a ready GGUF from the hub into the store, sha256-verified, with a manifest entry.
 
+Part of the library (not of convert/, which makes GGUFs from checkpoints) because a Ray worker pulls
+a missing store model on its own node (ray_worker.py); it needs huggingface-hub, never torch.
+
 The file goes through huggingface-hub's cache (`hf_hub_download`: HF_HOME, tokens, resumable
 downloads and HF_HUB_OFFLINE all apply) and is then hard-linked (or copied) into the store. The
 expected sha256 is the hub's LFS sha256 from `HfApi().model_info(files_metadata=True)`; offline, the
@@ -16,13 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prom_local.errors import DownloadError, IntegrityError, PromLocalError
-from prom_local.models import DEFAULT_PROFILE, gguf_name, registry, split_spec, store_dir
-
 from . import manifest as mf
-from .pipeline import Reporter, Stage, check_free, human, validate_name
-from .quantize import ftype_table
-from .source import hub_error, is_connection_error, offline_message
+from .errors import DownloadError, IntegrityError, ModelLoadError, ModelNotFound, PromLocalError
+from .hub import hub_error, is_connection_error, offline_message
+from .model_info import ftype_table, gguf_summary
+from .models import DEFAULT_PROFILE, gguf_name, registry, split_spec, store_dir, validate_name
+from .stages import Reporter, Stage, check_free, hash_with_progress, human
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -162,18 +164,10 @@ def pull_gguf(target: str, file: str | None = None, *, revision: str | None = No
                 raise PromLocalError(f"{dest} is already in the store (from "
                                      f"{origin.get('repo') or origin.get('path') or 'elsewhere'}); "
                                      "pass --force to replace it, or --name to keep both")
-            t0 = time.perf_counter()
-            say.start("verify", dest.name, total=dest.stat().st_size)
-            seen = 0
-
-            def tick(n: int) -> None:
-                nonlocal seen
-                seen += n
-                say.update(seen)
-
-            ok = mf.sha256_file(dest, tick) == entry.get("sha256")
+            digest, seconds = hash_with_progress(dest, say, "verify")
+            ok = digest == entry.get("sha256")
             say.done(f"{dest.name}: {'matches the manifest' if ok else 'differs from the manifest: pulling again'}")
-            stages.append(Stage("verify", dest.name, "ran", time.perf_counter() - t0, detail="ok" if ok else "mismatch"))
+            stages.append(Stage("verify", dest.name, "ran", seconds, detail="ok" if ok else "mismatch"))
             if ok:
                 return PullReport(spec.name, spec.quant, dest, mf.write(root, spec.name, manifest), entry, stages)
 
@@ -258,36 +252,17 @@ def _stage_copy(cached: Path, staging: Path, say: Reporter, stages: list[Stage])
     except OSError:
         shutil.copyfile(blob, staging)
         how = "copy"
-    size = staging.stat().st_size
-    say.start("hash", staging.name.removesuffix(".partial"), total=size)
-    seen = 0
-
-    def tick(n: int) -> None:
-        nonlocal seen
-        seen += n
-        say.update(seen)
-
-    digest = mf.sha256_file(staging, tick)
-    say.done(f"{staging.name.removesuffix('.partial')}: sha256 {digest[:16]}… ({how} from the HF cache)")
-    stages.append(Stage("hash", staging.name.removesuffix(".partial"), "ran", time.perf_counter() - t0, detail=how))
+    shown = staging.name.removesuffix(".partial")
+    digest, _ = hash_with_progress(staging, say, "hash", shown)
+    say.done(f"{shown}: sha256 {digest[:16]}… ({how} from the HF cache)")
+    stages.append(Stage("hash", shown, "ran", time.perf_counter() - t0, detail=how))
     return digest
 
 
-def _gguf_summary(path: Path, shown: Path) -> dict:
-    """Load the GGUF's metadata (no weights): proves it is a GGUF llama.cpp reads, and its type."""
-    from prom_local.engine import read_model_info
-    from prom_local.errors import ModelLoadError, ModelNotFound
 
+def _gguf_summary(path: Path, shown: Path) -> dict:
+    """The GGUF's summary (metadata only): proves it is a GGUF llama.cpp reads, and says its type."""
     try:
-        model = read_model_info(path)
+        return gguf_summary(path)
     except (ModelLoadError, ModelNotFound) as exc:
         raise IntegrityError(f"{shown}: llama.cpp cannot read this GGUF ({str(exc).split(': ', 1)[-1]})") from None
-    try:
-        ftype = model.metadata.get("general.file_type")
-        names = {v: k for k, v in ftype_table().items()}
-        return {"quant": names.get(int(ftype)) if ftype and ftype.isdigit() else None,
-                "architecture": model.architecture, "n_vocab": model.n_vocab,
-                "tokenizer_pre": model.metadata.get("tokenizer.ggml.pre"),
-                "has_chat_template": bool(model.chat_template)}
-    finally:
-        model.close()

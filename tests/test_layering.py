@@ -1,0 +1,71 @@
+"""Dependencies point one way: convert/ may use the library, the library never uses convert/, and
+only the CLI (prom_local/cli/, at the top) may use both. Checked statically, over the source files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every absolute module name `source` imports: import/from statements anywhere (inside
+    functions too) and importlib.import_module / __import__ with a literal name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__"):
+                found.add(node.args[0].value)
+    return found
+
+
+def is_within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def offenders(folder: Path, forbidden: str, *, skip: Path | None = None) -> list[str]:
+    out = []
+    for path in sorted(folder.rglob("*.py")):
+        if skip is not None and skip in path.parents:
+            continue
+        bad = sorted(m for m in imported_modules(path.read_text("utf-8")) if is_within(m, forbidden))
+        if bad:
+            out.append(f"{path.relative_to(ROOT)}: imports {', '.join(bad)}")
+    return out
+
+
+@pytest.mark.parametrize("source", [
+    "import convert",
+    "import convert.pull as p",
+    "def f():\n    from convert.pull import pull_gguf\n",
+    "import importlib\nimportlib.import_module('convert.pipeline')",
+    "__import__('convert')",
+])
+def test_the_scanner_sees_every_way_of_importing(source):
+    assert any(is_within(m, "convert") for m in imported_modules(source))
+
+
+def test_the_scanner_ignores_look_alikes():
+    source = "from .convert_cmd import x\nimport converters\nfrom prom_local.cli import convert_cmd\n"
+    assert not any(is_within(m, "convert") for m in imported_modules(source))
+
+
+def test_the_library_never_imports_convert():
+    library = ROOT / "prom_local"
+    assert (library / "ray_worker.py").exists()
+    assert offenders(library, "convert", skip=library / "cli") == []
+
+
+def test_convert_never_imports_the_cli():
+    assert (ROOT / "convert" / "pipeline.py").exists()
+    assert offenders(ROOT / "convert", "prom_local.cli") == []
