@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
+from .errors import UsageError
 from .records import Record
 from .rubrics import Rubric
 
@@ -103,7 +104,7 @@ def get_profile(name: str) -> PromptProfile:
         return _PROFILES[name]
     except KeyError:
         known = ", ".join(sorted(_PROFILES))
-        raise KeyError(f"unknown prompt profile {name!r} (known: {known})") from None
+        raise UsageError(f"unknown prompt profile {name!r} (known: {known})") from None
 
 
 def profile_names() -> list[str]:
