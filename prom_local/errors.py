@@ -80,7 +80,7 @@ class ResultsLocked(PromLocalError):
         self.pid = pid
         holder = f"pid {pid}" if pid is not None else "pid unknown"
         super().__init__(f"{path}: another prom-local run ({holder}) is writing this results file; "
-                         "wait for it to finish, or write to another -o file")
+                         "wait for it to finish, or write the results to another file")
 
 
 class ConvertError(PromLocalError):

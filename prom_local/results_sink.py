@@ -248,6 +248,8 @@ class ResultsSink:
             raise OutputError(f"{path}: is a directory; give the results a file name, e.g. {path / 'results.jsonl'}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise OutputError(f"{path}: a folder on its path is a file, not a folder") from None
         except OSError as exc:
             raise _os_error(path.parent, exc, "cannot create the folder for the results") from None
         self._lock = ResultsLock(path).acquire()

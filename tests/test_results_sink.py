@@ -130,8 +130,8 @@ def test_the_lock_dies_with_a_killed_process(tmp_path):
                                 env=ENV, capture_output=True, text=True, timeout=120)
         assert second.returncode == 9, second.stderr
         assert second.stderr.strip() == (f"prom-local: error: {path}: another prom-local run (pid {holder.pid}) "
-                                         "is writing this results file; wait for it to finish, or write to "
-                                         "another -o file")
+                                         "is writing this results file; wait for it to finish, or write the "
+                                         "results to another file")
     finally:
         holder.kill()   # SIGKILL: no chance to clean up
         holder.wait()

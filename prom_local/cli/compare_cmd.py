@@ -18,8 +18,9 @@ from .options import err_console
 def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare(
-        a: Annotated[Path, typer.Argument(help="Results JSONL of run A.")],
-        b: Annotated[Path, typer.Argument(help="Results JSONL of run B (same input).")],
+        # readable=False: the reader reports an unusable file itself, with exit code 4 (as `report`).
+        a: Annotated[Path, typer.Argument(help="Results JSONL of run A.", readable=False)],
+        b: Annotated[Path, typer.Argument(help="Results JSONL of run B (same input).", readable=False)],
         top: Annotated[int, typer.Option("--top", min=0, help="How many disagreeing records to list.")] = 10,
         as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead.")] = False,
     ) -> None:

@@ -16,7 +16,10 @@ from .options import err_console
 def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
-        results: Annotated[Path, typer.Argument(help="A results JSONL written by `score` or the TUI.")],
+        # readable=False: the reader says what is wrong with the file, with the same exit code (4)
+        # whether it is missing, a folder or unreadable.
+        results: Annotated[Path, typer.Argument(help="A results JSONL written by `score` or the TUI.",
+                                                readable=False)],
         png: Annotated[Optional[Path], typer.Option(
             "--png", help="Also save the gold-vs-predicted heatmap as a PNG (needs the plot extra).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead.")] = False,

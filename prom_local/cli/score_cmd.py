@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
         total = count_lines(input)
         if ray is None and actors is not None:
             raise typer.BadParameter("--actors needs --ray")
+        opts.engine_config()   # a bad --gpu-layers fails here, before any file or model is touched
         say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
         progress = Progress(
             TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
