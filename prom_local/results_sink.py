@@ -256,7 +256,10 @@ class ResultsSink:
         try:
             if self.retry_errors:
                 self.stats.retried = drop_error_rows(path)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # A new file is created by the first row, so a run that stops before any (a model that
+            # will not load) leaves nothing behind; the lock file already proved the folder writable.
+            if path.exists():
+                self._fd = self._open_for_append()
             state = scan_existing(path)
             if state.repaired_bytes:
                 os.ftruncate(self._fd, state.good_size)
@@ -293,9 +296,11 @@ class ResultsSink:
             raise OutputError("<stdout>: closed by the reader (broken pipe)") from None
 
     def _append(self, data: bytes) -> None:
-        assert self._fd is not None, "ResultsSink used before open()"
+        assert self._lock is not None, "ResultsSink used before open()"
         view = memoryview(data)
         try:
+            if self._fd is None:
+                self._fd = self._open_for_append()
             while view:   # a short write (the file size limit reached mid-line) writes the rest next
                 view = view[os.write(self._fd, view):]
             if self.durable:
@@ -305,7 +310,12 @@ class ResultsSink:
             raise self._failed from None
         self._good_size += len(data)
 
+    def _open_for_append(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
     def _write_failed(self, exc: OSError) -> OutputError:
+        if self._fd is None:   # the file could not even be created
+            return _os_error(self.path, exc, "cannot create the results file")
         try:
             os.ftruncate(self._fd, self._good_size)   # shrinking needs no free space
             os.fsync(self._fd)

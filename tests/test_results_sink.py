@@ -184,3 +184,13 @@ def test_a_refused_write_leaves_only_complete_rows_and_says_how_many(tmp_path):
                                   "re-run the same command: it resumes after them.")
     with ResultsSink(path) as sink:   # and the next run resumes after them
         assert sink.rows == len(rows) and sink.stats.repaired_bytes == 0
+
+
+def test_a_run_that_writes_nothing_leaves_no_file(tmp_path):
+    path = tmp_path / "new" / "out.jsonl"
+    with ResultsSink(path) as sink:
+        assert sink.done_ids == set()
+    assert not path.exists() and not lock_path(path).exists()
+    with ResultsSink(path) as sink:
+        sink.write(grade(1))
+    assert ids(path) == ["r1"]

@@ -112,7 +112,9 @@ def register(app: typer.Typer) -> None:
         from ..report_view import summary_view
 
         summary = None
-        if out != "-":
+        if out != "-" and not Path(out).exists():   # nothing to write (an empty input)
+            summary = summarise([])
+        elif out != "-":
             results = read_results(out)
             if results.repeated:
                 err_console.print(f"warning: {results.warning()}", style="yellow", markup=False)
