@@ -219,3 +219,19 @@ def test_a_full_file_system_mid_run_keeps_complete_rows_and_resumes(tmp_path, sm
     again = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"r{i}" for i in range(3)]
+
+
+def test_a_second_writer_is_refused_before_any_model_or_cluster_starts(files):
+    from prom_local.results_sink import ResultsSink
+
+    runner = CliRunner()
+    with ResultsSink(files["out"]) as first:
+        for extra in ([], ["--ray", "local"]):   # the local path and the Ray driver: the same sink
+            result = runner.invoke(app, ["score", files["in.jsonl"], "-o", files["out"], "-m", files["fake.gguf"],
+                                         *extra])
+            assert result.exit_code == 9, result.output
+            assert result.stderr.strip() == (
+                f"prom-local: error: {files['out']}: another prom-local run (pid {os.getpid()}) is writing this "
+                "results file; wait for it to finish, or write the results to another file")
+        assert first.rows == 0
+    assert not Path(files["out"]).exists()
