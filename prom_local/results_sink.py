@@ -205,10 +205,19 @@ def drop_error_rows(path: Path) -> int:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
+            _fsync_dir(path.parent)   # the rename itself survives a power cut
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _os_error(path, exc, "--retry-errors could not rewrite it (the file is unchanged)") from None
     return dropped
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------
