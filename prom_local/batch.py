@@ -8,43 +8,14 @@ exactly one row per input record.
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import InputError
 from .grading import Grade
 from .judge import Judge
-from .output import ResultWriter, drop_error_rows, load_existing
 from .records import Record, read_records
-
-
-@dataclass
-class BatchStats:
-    total_seen: int = 0        # input records read (including those already done)
-    skipped: int = 0           # already in the output file
-    graded: int = 0
-    errors: int = 0
-    forced: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    reused_prompt_tokens: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    repaired_bytes: int = 0
-    retried: int = 0           # error rows removed by --retry-errors
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def tokens_per_second(self) -> float:
-        return (self.prompt_tokens + self.completion_tokens) / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def generated_per_second(self) -> float:
-        return self.completion_tokens / self.elapsed if self.elapsed > 0 else 0.0
+from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
 
 
 def error_grade(err: InputError) -> Grade:
@@ -97,33 +68,23 @@ def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
         yield item
 
 
-def score_file(judge: Judge, input_path: str | Path, output_path: str | Path, *,
+def score_file(judge: Judge, input_path: str | Path, output: str | Path | ResultsSink, *,
                on_result: Callable[[Grade, BatchStats], None] | None = None,
                on_token: Callable[[Record, str], None] | None = None,
                retry_errors: bool = False,
                cancel: threading.Event | None = None) -> BatchStats:
-    """Grade what `output_path` does not hold yet. Setting `cancel` stops the run between decode
-    steps; records cut off are not written, so the next run grades them again."""
-    stats = BatchStats()
-    done_ids: set[str] = set()
-    if str(output_path) != "-":
-        if retry_errors:
-            stats.retried = drop_error_rows(Path(output_path))
-        state = load_existing(Path(output_path))
-        done_ids = state.done_ids
-        stats.repaired_bytes = state.repaired_bytes
-    with ResultWriter(output_path) as writer:
-        items = pending_items(input_path, done_ids, stats, cancel)
-        for grade in judge.grade_stream(items, on_token=on_token, cancel=cancel):
-            if grade.finish_reason == "cancelled":
-                continue
-            writer.write(grade.to_row())
-            stats.graded += 1
-            stats.errors += grade.error is not None
-            stats.forced += grade.forced
-            stats.prompt_tokens += grade.prompt_tokens - grade.extra.get("reused_prompt_tokens", 0)
-            stats.reused_prompt_tokens += grade.extra.get("reused_prompt_tokens", 0)
-            stats.completion_tokens += grade.completion_tokens
-            if on_result is not None:
-                on_result(grade, stats)
-    return stats
+    """Grade what the results file does not hold yet. `output` is a path (opened, locked and
+    closed here) or a ResultsSink the caller already holds open. Setting `cancel` stops the run
+    between decode steps; records cut off are not written, so the next run grades them again."""
+    if not isinstance(output, ResultsSink):
+        with ResultsSink(output, retry_errors=retry_errors) as sink:
+            return score_file(judge, input_path, sink, on_result=on_result, on_token=on_token, cancel=cancel)
+    sink = output
+    items = pending_items(input_path, sink.done_ids, sink.stats, cancel)
+    for grade in judge.grade_stream(items, on_token=on_token, cancel=cancel):
+        if grade.finish_reason == "cancelled":
+            continue
+        sink.write(grade)
+        if on_result is not None:
+            on_result(grade, sink.stats)
+    return sink.stats

@@ -2,8 +2,9 @@
 
 The unit of work is one engine (one GGUF open, its own `--parallel` slots) in one Ray actor: a GPU
 per actor where nodes have GPUs, else a share of a node's CPUs. The driver (the process running
-`score`) is the only writer of the results file, with the same rules as a local run: it skips ids
-already there, cuts a torn last line, and appends each row with flush + fsync the moment it arrives.
+`score`) is the only writer of the results file, through the same ResultsSink as a local run: it
+holds the file's lock, skips ids already there, cuts a torn last line, and appends each row with
+fsync the moment it arrives.
 So a killed driver resumes by re-running, and a lost actor costs only its in-flight records, which
 go back to the queue for the other actors: every record is written exactly once.
 
@@ -25,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .batch import BatchStats, pending_items
+from .batch import pending_items
 from .engine import EngineConfig, SamplingParams
 from .errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
                      PromLocalError)
 from .grading import Grade
-from .output import ResultWriter, drop_error_rows, load_existing
 from .records import Record
 from .ray_worker import EngineWorker
+from .results_sink import BatchStats, ResultsSink
 
 # How long an actor may wait to be placed (its node busy, its resources taken) before we give up.
 PLACEMENT_TIMEOUT_S = float(os.environ.get("PROM_LOCAL_RAY_PLACEMENT_TIMEOUT", "180"))
@@ -372,22 +373,21 @@ class RayScorer:
                  f"{len(self.actors)} engine(s) loaded")
 
     # -- scoring --------------------------------------------------------------------------------
-    def score_file(self, input_path: str | Path, output_path: str | Path, *,
+    def score_file(self, input_path: str | Path, output: str | Path | ResultsSink, *,
                    on_result: Callable[[Grade, BatchStats], None] | None = None,
                    retry_errors: bool = False) -> RayRun:
+        """Grade what the results file does not hold yet; `output` is a path or a ResultsSink the
+        caller holds open (the CLI takes the lock before starting the cluster)."""
+        if not isinstance(output, ResultsSink):
+            with ResultsSink(output, retry_errors=retry_errors) as sink:
+                return self.score_file(input_path, sink, on_result=on_result)
+        sink = output
         ray = self._ray
         if ray is None:
             self.start()
             ray = self._ray
-        stats = BatchStats()
-        done_ids: set[str] = set()
-        if str(output_path) != "-":
-            if retry_errors:
-                stats.retried = drop_error_rows(Path(output_path))
-            state = load_existing(Path(output_path))
-            done_ids = state.done_ids
-            stats.repaired_bytes = state.repaired_bytes
-        source = pending_items(input_path, done_ids, stats)
+        stats = sink.stats
+        source = pending_items(input_path, sink.done_ids, stats)
         queue: collections.deque[list[Record]] = collections.deque()
         exhausted = False
         requeued = 0
@@ -396,82 +396,80 @@ class RayScorer:
         calls: dict[object, ActorSlot] = {}
         started = time.perf_counter()
 
-        with ResultWriter(output_path) as writer:
-            def write(grade: Grade) -> None:
-                writer.write(grade.to_row())
-                _count(stats, grade)
-                if on_result is not None:
-                    on_result(grade, stats)
+        def write(grade: Grade) -> None:
+            sink.write(grade)
+            if on_result is not None:
+                on_result(grade, stats)
 
-            def read_ahead() -> None:
-                nonlocal exhausted
-                batch: list[Record] = []
-                while len(batch) < window:
-                    item = next(source, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    if isinstance(item, Grade):  # a bad input line: its error row, at once
-                        write(item)
-                        continue
-                    batch.append(item)
-                size = self.chunk_size
-                if exhausted:
-                    # The input's last records: smaller chunks, so that every engine gets a share.
-                    live = sum(a.alive for a in self.actors)
-                    size = max(1, min(size, -(-len(batch) // (2 * live))))
-                queue.extend(group_chunks(batch, size))
-
-            while True:
-                live = [a for a in self.actors if a.alive]
-                if not live:
-                    reasons = "; ".join(f"{a.where}: {a.lost}" for a in self.actors)
-                    raise ClusterError(f"every engine was lost ({reasons}). The rows written so far are "
-                                       "kept: re-run the same command to grade the rest.")
-                # Top up every engine that has no call in flight, one chunk each in turn, until a
-                # chunk's worth waits in its queue. Counted by what the engine has not yet taken,
-                # not by what it has not yet returned: it returns in its own input order, so
-                # finished records can wait behind a long one, and its slots must not run dry.
-                idle = [a for a in live if a.call is None]
-                sending: dict[int, list[Record]] = {a.index: [] for a in idle}
-                more = True
-                while more:
-                    more = False
-                    for slot in idle:
-                        if slot.queued + len(sending[slot.index]) >= self.chunk_size:
-                            continue
-                        if not queue and not exhausted:
-                            read_ahead()
-                        if not queue:
-                            break
-                        sending[slot.index].extend(queue.popleft())
-                        more = True
-                for slot in idle:
-                    batch = sending[slot.index]
-                    slot.inflight.update((r.id, r) for r in batch)
-                    slot.queued += len(batch)
-                    if not slot.inflight:
-                        continue  # nothing left for it
-                    slot.call = slot.handle.exchange.remote(batch, EXCHANGE_WAIT_S)
-                    calls[slot.call] = slot
-                if not calls:
-                    if not queue and exhausted:
-                        break
+        def read_ahead() -> None:
+            nonlocal exhausted
+            batch: list[Record] = []
+            while len(batch) < window:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                    break
+                if isinstance(item, Grade):  # a bad input line: its error row, at once
+                    write(item)
                     continue
-                ready, _ = ray.wait(list(calls), num_returns=1, timeout=EXCHANGE_WAIT_S * 5)
-                for ref in ready:
-                    slot = calls.pop(ref)
-                    slot.call = None
-                    try:
-                        grades, slot.queued = ray.get(ref)
-                    except Exception as exc:  # the actor died, or its engine failed
-                        requeued += self._lose(slot, exc, queue)
+                batch.append(item)
+            size = self.chunk_size
+            if exhausted:
+                # The input's last records: smaller chunks, so that every engine gets a share.
+                live = sum(a.alive for a in self.actors)
+                size = max(1, min(size, -(-len(batch) // (2 * live))))
+            queue.extend(group_chunks(batch, size))
+
+        while True:
+            live = [a for a in self.actors if a.alive]
+            if not live:
+                reasons = "; ".join(f"{a.where}: {a.lost}" for a in self.actors)
+                raise ClusterError(f"every engine was lost ({reasons}). The rows written so far are "
+                                   "kept: re-run the same command to grade the rest.")
+            # Top up every engine that has no call in flight, one chunk each in turn, until a
+            # chunk's worth waits in its queue. Counted by what the engine has not yet taken,
+            # not by what it has not yet returned: it returns in its own input order, so
+            # finished records can wait behind a long one, and its slots must not run dry.
+            idle = [a for a in live if a.call is None]
+            sending: dict[int, list[Record]] = {a.index: [] for a in idle}
+            more = True
+            while more:
+                more = False
+                for slot in idle:
+                    if slot.queued + len(sending[slot.index]) >= self.chunk_size:
                         continue
-                    for grade in grades:
-                        if slot.inflight.pop(grade.id, None) is None:
-                            continue  # not ours to write (cannot happen; never write twice)
-                        slot.graded += 1
-                        write(grade)
+                    if not queue and not exhausted:
+                        read_ahead()
+                    if not queue:
+                        break
+                    sending[slot.index].extend(queue.popleft())
+                    more = True
+            for slot in idle:
+                batch = sending[slot.index]
+                slot.inflight.update((r.id, r) for r in batch)
+                slot.queued += len(batch)
+                if not slot.inflight:
+                    continue  # nothing left for it
+                slot.call = slot.handle.exchange.remote(batch, EXCHANGE_WAIT_S)
+                calls[slot.call] = slot
+            if not calls:
+                if not queue and exhausted:
+                    break
+                continue
+            ready, _ = ray.wait(list(calls), num_returns=1, timeout=EXCHANGE_WAIT_S * 5)
+            for ref in ready:
+                slot = calls.pop(ref)
+                slot.call = None
+                try:
+                    grades, slot.queued = ray.get(ref)
+                except Exception as exc:  # the actor died, or its engine failed
+                    requeued += self._lose(slot, exc, queue)
+                    continue
+                for grade in grades:
+                    if slot.inflight.pop(grade.id, None) is None:
+                        continue  # not ours to write (cannot happen; never write twice)
+                    slot.graded += 1
+                    write(grade)
         return RayRun(stats=stats, actors=self.actors, requeued=requeued, model=self.model,
                       address=self.connected_to, setup_seconds=self.setup_seconds,
                       grading_seconds=time.perf_counter() - started)
@@ -515,29 +513,9 @@ class RayScorer:
         self.close()
 
 
-def _count(stats: BatchStats, grade: Grade) -> None:
-    # The same accounting as batch.score_file, so the summary reads the same.
-    reused = grade.extra.get("reused_prompt_tokens", 0)
-    stats.graded += 1
-    stats.errors += grade.error is not None
-    stats.forced += grade.forced
-    stats.prompt_tokens += grade.prompt_tokens - reused
-    stats.reused_prompt_tokens += reused
-    stats.completion_tokens += grade.completion_tokens
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     name = type(exc).__name__
     last = next((line for line in reversed(text) if line.strip()), "")
     return f"{name}: {last[:200]}" if last else name
 
-
-def score_file_ray(spec: JudgeSpec, input_path: str | Path, output_path: str | Path, *,
-                   address: str = "auto", actors: int | None = None,
-                   on_result: Callable[[Grade, BatchStats], None] | None = None,
-                   on_status: Callable[[str], None] | None = None, retry_errors: bool = False) -> RayRun:
-    """`score_file` over a Ray cluster: start engines, check the model everywhere, grade, shut down."""
-    with RayScorer(spec, address=address, actors=actors, on_status=on_status) as scorer:
-        scorer.start()
-        return scorer.score_file(input_path, output_path, on_result=on_result, retry_errors=retry_errors)

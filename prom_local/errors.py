@@ -4,9 +4,18 @@ from __future__ import annotations
 
 
 class PromLocalError(Exception):
-    """Base for errors that carry a message meant for the user, not a bug report."""
+    """Base for errors that carry a message meant for the user, not a bug report.
+
+    Each subclass has its own exit code; README's "Exit codes" section lists them all."""
 
     exit_code = 1
+
+
+class UsageError(PromLocalError):
+    """A name on the command line that means nothing here: an unknown prompt profile or rubric preset.
+    Exit code 2, as click uses for every other bad argument."""
+
+    exit_code = 2
 
 
 class InputError(PromLocalError):
@@ -55,7 +64,23 @@ class ContextOverflow(PromLocalError):
 
 
 class OutputError(PromLocalError):
+    """The results file cannot be used: not a prom-local results file, a directory, not writable, or
+    the disk filled up mid-run (the message then says how many rows are safe)."""
+
     exit_code = 4
+
+
+class ResultsLocked(PromLocalError):
+    """Another run is writing the same results file; two writers would interleave their rows."""
+
+    exit_code = 9
+
+    def __init__(self, path: str, pid: int | None):
+        self.path = path
+        self.pid = pid
+        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(f"{path}: another prom-local run ({holder}) is writing this results file; "
+                         "wait for it to finish, or write the results to another file")
 
 
 class ConvertError(PromLocalError):

@@ -126,9 +126,21 @@ class Grade:
 
     @classmethod
     def from_row(cls, row: dict) -> "Grade":
-        probs = row.get("probabilities")
+        """The Grade a results row was written from (to_row's inverse, up to its rounding)."""
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         data = {k: v for k, v in row.items() if k in known}
-        data["probabilities"] = tuple(float(probs[str(s)]) for s in SCORES) if probs else None
+        data["probabilities"] = row_probabilities(row)
         data["extra"] = {k: v for k, v in row.items() if k not in known and k != "expected_score"}
         return cls(**data)
+
+
+def row_probabilities(row: dict) -> tuple[float, ...] | None:
+    """P(score = 1..5) from a results row, as to_row writes them ({"1": p, ..., "5": p}); None when
+    the row has none, or ones prom-local did not write (a file edited by hand, another tool's)."""
+    probs = row.get("probabilities")
+    if not isinstance(probs, dict):
+        return None
+    try:
+        return tuple(float(probs[str(s)]) for s in SCORES)
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -12,6 +12,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Callable
 
+from .errors import UsageError
 from .records import Record
 from .rubrics import Rubric
 
@@ -104,7 +105,7 @@ def get_profile(name: str) -> PromptProfile:
         return _PROFILES[name]
     except KeyError:
         known = ", ".join(sorted(_PROFILES))
-        raise KeyError(f"unknown prompt profile {name!r} (known: {known})") from None
+        raise UsageError(f"unknown prompt profile {name!r} (known: {known})") from None
 
 
 # nayohan/llama3-8b-it-prometheus-ko: Korean Feedback-Collection, absolute grading.

@@ -132,6 +132,8 @@ def _open(path: str | Path) -> tuple[BinaryIO, str, bool]:
         raise InputError("no such file", source=str(p)) from None
     except IsADirectoryError:
         raise InputError("is a directory, expected a JSONL file", source=str(p)) from None
+    except OSError as exc:   # permission denied, and the like
+        raise InputError(f"cannot read it: {exc.strerror or exc}", source=str(p)) from None
 
 
 def read_records(path: str | Path) -> Iterator[Record | InputError]:

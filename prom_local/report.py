@@ -10,6 +10,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from .grading import expected_score, normalise, row_probabilities
 from .rubrics import SCORES
 
 
@@ -161,15 +162,8 @@ def filter_rows(rows: Iterable[dict], row_filter: RowFilter) -> list[dict]:
 
 def _expected(row: dict) -> float | None:
     """Expected score from a row's P(1..5); None when the row has no probabilities."""
-    probs = row.get("probabilities")
-    if not isinstance(probs, dict):
-        return None
-    try:
-        values = [float(probs[str(s)]) for s in SCORES]
-    except (KeyError, TypeError, ValueError):
-        return None
-    total = sum(values)
-    return sum(s * p for s, p in zip(SCORES, values)) / total if total > 0 else None
+    values = row_probabilities(row)
+    return expected_score(normalise(values)) if values and sum(values) > 0 else None
 
 
 @dataclass

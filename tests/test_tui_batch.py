@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from prom_local.output import read_rows
 from prom_local.report import is_disagreement, summarise
+from prom_local.results_sink import ResultsSink
 from prom_local.tui.widgets.batch.results_table import ResultsTable
 from tui_support import SHORT_RUBRIC, engine_options, make_app, settled_text, wait_for, wait_model
 
@@ -110,6 +112,15 @@ def test_stop_mid_run_then_resume_into_the_same_file(tmp_path, monkeypatch):
             assert 1 <= len(stopped) < 6
             assert not any(r.get("error") == "cancelled" for r in stopped)   # cut-off records are not written
             assert "^r resumes" in (await settled_text(pilot, app))
+            # Another run writing the same file (here: this process holding its sink): refused.
+            with ResultsSink(out):
+                await pilot.press("ctrl+r")
+                await wait_for(pilot, lambda: app.job is None, 30, "the refused run")
+                # (notifications are read from the app: toasts are not drawn in a headless test)
+                await wait_for(pilot, lambda: any(f"another prom-local run (pid {os.getpid()})" in n.message
+                                                  for n in app._notifications), 10, "the refusal")
+                assert "failed" in (await settled_text(pilot, app))
+            assert read_rows(out) == stopped
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: app.job is None, 90, "the resumed run")
             rows = read_rows(out)

@@ -11,14 +11,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import PromLocalError
-from ..output import read_rows
+from ..output import read_results
+from .options import err_console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare(
-        a: Annotated[Path, typer.Argument(help="Results JSONL of run A.")],
-        b: Annotated[Path, typer.Argument(help="Results JSONL of run B (same input).")],
+        # readable=False: the reader reports an unusable file itself, with exit code 4 (as `report`).
+        a: Annotated[Path, typer.Argument(help="Results JSONL of run A.", readable=False)],
+        b: Annotated[Path, typer.Argument(help="Results JSONL of run B (same input).", readable=False)],
         top: Annotated[int, typer.Option("--top", min=0, help="How many disagreeing records to list.")] = 10,
         as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead.")] = False,
     ) -> None:
@@ -26,17 +28,23 @@ def register(app: typer.Typer) -> None:
 
         Joins the files on record id and prints exact agreement, within 1, Pearson, Spearman,
         Kendall τ, quadratic-weighted κ, an A-vs-B heatmap, each run against gold when the input has
-        gold scores, and the records that disagree most.
+        gold scores, and the records that disagree most. An id written more than once in a file is
+        counted once, by its first row, with a warning.
         """
         # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
         from ..report import compare_rows
         from ..report_view import comparison_view
 
-        cmp = compare_rows(read_rows(a), read_rows(b), top=top)
+        runs = [read_results(a), read_results(b)]
+        for run in runs:   # each id counted once; say so, since the figures differ from a plain count
+            if run.repeated:
+                err_console.print(f"warning: {run.warning()}", style="yellow", markup=False)
+        cmp = compare_rows(runs[0].rows, runs[1].rows, top=top)
         if cmp.common == 0:
             raise PromLocalError(f"{a} and {b} share no record ids: were they scored from the same input?")
         if as_json:
-            print(json.dumps(cmp.as_dict(), indent=1, ensure_ascii=False))
+            print(json.dumps({**cmp.as_dict(), "repeated_ids_a": len(runs[0].repeated),
+                              "repeated_ids_b": len(runs[1].repeated)}, indent=1, ensure_ascii=False))
             return
         console = Console(highlight=False)
         console.print(f"[bold]A[/bold] = {escape(str(a))}\n[bold]B[/bold] = {escape(str(b))}")

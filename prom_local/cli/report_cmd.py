@@ -9,19 +9,25 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ..output import read_rows
+from ..output import read_results
 from .options import err_console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
-        results: Annotated[Path, typer.Argument(help="A results JSONL written by `score` or the TUI.")],
+        # readable=False: the reader says what is wrong with the file, with the same exit code (4)
+        # whether it is missing, a folder or unreadable.
+        results: Annotated[Path, typer.Argument(help="A results JSONL written by `score` or the TUI.",
+                                                readable=False)],
         png: Annotated[Optional[Path], typer.Option(
             "--png", help="Also save the gold-vs-predicted heatmap as a PNG (needs the plot extra).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead.")] = False,
     ) -> None:
         """Agreement with gold and a gold-vs-predicted heatmap for a scored file.
+
+        An id written more than once (files joined by hand, or two runs that appended to the same
+        file before results files were locked) is counted once, by its first row, with a warning.
 
         Prints the score histogram, then exact agreement, within 1, Pearson, Spearman, Kendall τ and
         quadratic-weighted κ against the input's gold scores, and the heatmap of gold (rows) against
@@ -31,9 +37,13 @@ def register(app: typer.Typer) -> None:
         from ..report import summarise
         from ..report_view import summary_view
 
-        summary = summarise(read_rows(results))
+        read = read_results(results)
+        if read.repeated:   # counted once each; say so, since the figures differ from a plain count
+            err_console.print(f"warning: {read.warning()}", style="yellow", markup=False)
+        summary = summarise(read.rows)
         if as_json:
-            print(json.dumps(summary.as_dict(), indent=1, ensure_ascii=False))
+            print(json.dumps({**summary.as_dict(), "repeated_ids": len(read.repeated)}, indent=1,
+                             ensure_ascii=False))
         else:
             Console(highlight=False).print(summary_view(summary, title=str(results)))
         if png is not None:

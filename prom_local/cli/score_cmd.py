@@ -9,12 +9,23 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..batch import BatchStats, default_output, score_file
+from ..batch import default_output, score_file
+from ..errors import OutputError
 from ..grading import Grade
-from ..output import read_rows
+from ..output import read_results
+from ..records import read_records
+from ..results_sink import BatchStats, ResultsSink
 from .options import EngineOptions, err_console, with_engine_options
 
 EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
+
+
+def check_input(path: str) -> None:
+    """Fail on an input that cannot be read before loading a model (which takes a while)."""
+    if path != "-":
+        items = read_records(path)
+        next(items, None)   # opens the file: InputError when missing, a folder, not readable
+        items.close()
 
 
 def count_lines(path: str) -> int | None:
@@ -51,13 +62,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Grade every record of a JSONL file; one output row per record, resumable after a kill.
 
-        Exit codes: 0 all records scored; 2 the results file has error rows (bad input, too long);
-        3 model missing or unloadable; 4 output file unusable; 130 interrupted (re-run to resume).
+        Exit codes: 0 all records scored; 2 the results file has error rows (bad input, too long),
+        or a bad argument; 3 model missing or unloadable; 4 output file unusable, or the disk filled
+        up (re-run to resume); 9 another run is writing OUTPUT; 130 interrupted (re-run to resume).
         """
         out = output or default_output(input)
         total = count_lines(input)
         if ray is None and actors is not None:
             raise typer.BadParameter("--actors needs --ray")
+        opts.engine_config()   # a bad --gpu-layers fails here, before any file or model is touched
         say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
         progress = Progress(
             TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
@@ -71,15 +84,17 @@ def register(app: typer.Typer) -> None:
                                   f"({stats.generated_per_second:,.1f} gen)")
 
         try:
-            if ray is None:
-                judge = opts.judge(quiet=quiet)
-                with judge, progress:
-                    progress.start_task(task)
-                    stats = score_file(judge, input, out, on_result=on_result, retry_errors=retry_errors)
-                    progress.update(task, completed=stats.skipped + stats.graded)
-            else:
-                stats = _score_on_ray(input, out, ray, actors, opts, progress, task, on_result,
-                                      retry_errors, say)
+            # The lock before anything slow: a second writer of OUT is refused at once.
+            with ResultsSink(out, retry_errors=retry_errors) as sink:
+                check_input(input)
+                if ray is None:
+                    judge = opts.judge(quiet=quiet)
+                    with judge, progress:
+                        progress.start_task(task)
+                        stats = score_file(judge, input, sink, on_result=on_result)
+                        progress.update(task, completed=stats.skipped + stats.graded)
+                else:
+                    stats = _score_on_ray(input, sink, ray, actors, opts, progress, task, on_result, say)
         except KeyboardInterrupt:
             # typer would turn this into a silent exit; rows written so far are already durable.
             progress.stop()
@@ -96,7 +111,14 @@ def register(app: typer.Typer) -> None:
         from ..report import summarise
         from ..report_view import summary_view
 
-        summary = summarise(read_rows(out)) if out != "-" else None
+        summary = None
+        if out != "-" and not Path(out).exists():   # nothing to write (an empty input)
+            summary = summarise([])
+        elif out != "-":
+            results = read_results(out)
+            if results.repeated:
+                err_console.print(f"warning: {results.warning()}", style="yellow", markup=False)
+            summary = summarise(results.rows)
         if not quiet:
             err_console.print(f"wrote {stats.graded} rows to {out}"
                               + (f" ({stats.skipped} already there)" if stats.skipped else ""))
@@ -107,14 +129,18 @@ def register(app: typer.Typer) -> None:
             if summary is not None:
                 err_console.print(summary_view(summary))
         if summary_json is not None and summary is not None:
-            summary_json.write_text(json.dumps(summary.as_dict(), indent=1))
+            try:
+                summary_json.write_text(json.dumps(summary.as_dict(), indent=1))
+            except OSError as exc:
+                raise OutputError(f"{summary_json}: cannot write the summary ({exc.strerror or exc}); "
+                                  f"the rows are safe in {out}") from None
         # The exit code describes the results file as it now stands, resumed rows included.
         if (summary.errors if summary is not None else stats.errors):
             raise typer.Exit(EXIT_RECORD_ERRORS)
 
 
-def _score_on_ray(input, out, address, actors, opts: EngineOptions, progress, task, on_result,
-                  retry_errors, say) -> BatchStats:
+def _score_on_ray(input, sink: ResultsSink, address, actors, opts: EngineOptions, progress, task, on_result,
+                  say) -> BatchStats:
     from ..distributed import JudgeSpec, RayScorer
 
     spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
@@ -124,7 +150,7 @@ def _score_on_ray(input, out, address, actors, opts: EngineOptions, progress, ta
         scorer.start()  # one progress bar for all engines, shown once they are all up
         with progress:
             progress.start_task(task)
-            run = scorer.score_file(input, out, on_result=on_result, retry_errors=retry_errors)
+            run = scorer.score_file(input, sink, on_result=on_result)
             progress.update(task, completed=run.stats.skipped + run.stats.graded)
     say("engines: " + ", ".join(f"{a.where} {a.graded}" + (" (lost)" if a.lost else "") for a in run.actors)
         + (f"; {run.requeued} record(s) re-queued from lost engines" if run.requeued else ""))

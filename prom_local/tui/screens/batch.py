@@ -15,11 +15,12 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
-from ...batch import BatchStats, default_output, duplicate_row_id, score_file
+from ...batch import default_output, duplicate_row_id, score_file
 from ...errors import InputError, PromLocalError
-from ...output import read_rows
+from ...output import read_results
 from ...records import Record, read_records
 from ...report import RowFilter, filter_rows
+from ...results_sink import BatchStats
 from ..messages import (BatchActivity, BatchFinished, BatchOpened, BatchOpenFailed, BatchRow, Progress)
 from ..widgets.batch.agreement_pane import AgreementPane
 from ..widgets.batch.detail_pane import DetailPane
@@ -41,15 +42,19 @@ def _progress(stats: BatchStats) -> Progress:
 
 
 def load_batch(input_path: Path, output_path: Path) -> tuple[list[Record | InputError], list[dict], str | None]:
-    """The input's records (or the error for each bad line) and the rows already scored."""
+    """The input's records (or the error for each bad line) and the rows already scored, each id
+    once; the note says what the reader had to leave out."""
     items = list(read_records(input_path))   # raises InputError when the file itself is unusable
-    note = None
+    notes = []
     rows: list[dict] = []
     if output_path.exists():
-        rows = read_rows(output_path, skip_torn_tail=True)
+        results = read_results(output_path, skip_torn_tail=True)
+        rows = results.rows
+        if results.repeated:
+            notes.append(results.warning())
         if output_path.stat().st_size and not output_path.read_bytes().endswith(b"\n"):
-            note = "the results file ends in a torn line; the next run cuts it off and redoes that record"
-    return items, rows, note
+            notes.append("the results file ends in a torn line; the next run cuts it off and redoes that record")
+    return items, rows, "\n".join(notes) or None
 
 
 class BatchScreen(Screen):

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from ....rubrics import SCORES
+from ....grading import row_probabilities
 from ..probability_bars import ProbabilityBars
 
 PREVIEW = 400
@@ -66,8 +66,7 @@ class DetailPane(VerticalScroll):
             self.query_one("#detail-body", Static).update("")
             return
         self.query_one("#detail-header", Static).update(header(row))
-        probs = row.get("probabilities")
-        values = tuple(float(probs[str(s)]) for s in SCORES) if isinstance(probs, dict) else None
+        values = row_probabilities(row)
         bars.display = values is not None
         bars.show(values, row.get("score"))
         self.query_one("#detail-body", Static).update(body(row, record))
