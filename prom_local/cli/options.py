@@ -95,9 +95,11 @@ class EngineOptions:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                               repeat_penalty=self.repeat_penalty, seed=self.seed, max_tokens=self.max_tokens)
 
-    def judge(self, *, quiet: bool = False, on_status: Callable[[str], None] | None = None) -> Judge:
+    def judge(self, *, quiet: bool = False, on_status: Callable[[str], None] | None = None,
+              need_tokens: int | None = None) -> Judge:
         resolved = resolve_model(self.model, self.models_dir)
         engine = self.engine_config()
+        engine.need_tokens = need_tokens  # the longest record's prompt + max tokens, when known
         say = on_status or ((lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]")))
         say(f"model: {resolved.path}")
         return Judge(resolved.path, profile=self.profile or resolved.profile, engine=engine,

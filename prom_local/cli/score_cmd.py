@@ -11,7 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..batch import BatchStats, default_output, score_file
 from ..grading import Grade
+from ..models import resolve_model
 from ..output import read_rows
+from ..workload import pending_work
 from .options import EngineOptions, err_console, with_engine_options
 
 EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
@@ -72,7 +74,11 @@ def register(app: typer.Typer) -> None:
 
         try:
             if ray is None:
-                judge = opts.judge(quiet=quiet)
+                # KV memory sized to the records this run will grade (prompts tokenized with the
+                # vocabulary only), so --parallel auto and --gpu-layers auto choose from the real need.
+                resolved = resolve_model(opts.model, opts.models_dir)
+                work = pending_work(input, out, resolved.path, opts.profile or resolved.profile, opts.max_tokens)
+                judge = opts.judge(quiet=quiet, need_tokens=work.need_tokens if work else None)
                 with judge, progress:
                     progress.start_task(task)
                     stats = score_file(judge, input, out, on_result=on_result, retry_errors=retry_errors)
