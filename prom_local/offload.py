@@ -16,6 +16,11 @@ MiB = 1024 * 1024
 DEFAULT_RESERVE_BYTES = 768 * MiB
 
 
+def human_bytes(n: int) -> str:
+    """GiB with one decimal, or MiB below a GiB (small models' KV caches would all read 0.0 GiB)."""
+    return f"{n / 1024**3:.1f} GiB" if abs(n) >= 1024**3 else f"{n / MiB:.0f} MiB"
+
+
 @dataclass(frozen=True)
 class ModelShape:
     file_bytes: int
@@ -73,7 +78,7 @@ def plan_offload(shape: ModelShape, *, n_ctx: int, free_bytes: int | None, gpu_s
     budget = free_bytes - reserve_bytes
     per_layer = shape.layer_bytes + shape.kv_bytes_per_layer(n_ctx)
     full = shape.n_layer * per_layer + shape.output_bytes
-    gib = lambda b: f"{b / 1024**3:.1f} GiB"  # noqa: E731
+    gib = human_bytes
     if budget >= full:
         return OffloadPlan(-1, shape.n_layer, shape.n_layer,
                            f"all {shape.n_layer} layers fit on the GPU ({gib(full)} of {gib(free_bytes)} free)")
@@ -193,7 +198,7 @@ def choose_parallel(shape: ModelShape, *, n_ctx: int, gpu: bool, free_bytes: int
     per_seq = shape.n_layer * shape.kv_bytes_per_layer(n_ctx)
     cap = PARALLEL_CAP_GPU if gpu else PARALLEL_CAP_CPU
     where = "GPU" if gpu else "CPU"
-    gib = lambda b: f"{b / 1024**3:.1f} GiB"  # noqa: E731
+    gib = human_bytes
     if free_bytes is None:
         n = min(cap, 4)
         return n, f"--parallel {n} (auto, {where}: free memory unknown)"

@@ -7,8 +7,8 @@ import sys
 import typer
 
 from ..errors import PromLocalError
-from . import (compare_cmd, convert_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd, render_cmd, report_cmd,
-               score_cmd, tui_cmd)
+from . import (bench_cmd, compare_cmd, convert_cmd, doctor_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd,
+               render_cmd, report_cmd, score_cmd, tui_cmd)
 
 app = typer.Typer(
     name="prom-local",
@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 # Order = order in --help: the main job first, then model management, then review tools.
 for module in (score_cmd, grade_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd, pull_cmd,
-               models_cmd, info_cmd):
+               models_cmd, info_cmd, doctor_cmd, bench_cmd):
     module.register(app)
 
 
