@@ -53,7 +53,7 @@ def show(diag: Diagnosis) -> None:
             row("", f"{m.get('name') or '?'}: {m.get('architecture')} {m.get('quant') or ''}, "
                 f"{_gib(m['size_bytes'])}, {m['layers']} layers, trained context {m['trained_context']:,}")
     if diag.context:
-        row("context", diag.context["reason"])
+        row("context", diag.context["reason"].removeprefix("context "))
     if diag.plan:
         p = diag.plan
         row("plan", p["offload_reason"])
