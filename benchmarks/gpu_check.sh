@@ -18,7 +18,8 @@
 #
 # Environment: GPU_CHECK_WORK (default .gpu-check), GPU_CHECK_LOG (default $GPU_CHECK_WORK/gpu_check.log),
 # GPU_CHECK_WHEELS, GPU_CHECK_PYTHON (the base interpreter, default python3). GPU_CHECK_SKIP_BUILD=1 uses
-# GPU_CHECK_PYTHON as it is instead of building (to rehearse steps 2-3 on a CPU machine).
+# GPU_CHECK_PYTHON as it is instead of building, and GPU_CHECK_BENCH=0 skips the bench runs (to rehearse
+# the rest on a CPU machine, where bench on 16 records would take long).
 # Exit status: 0 when every step passed, else the number of failed steps.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -129,6 +130,7 @@ step "prom-local doctor"
 run doctor "$PY" -m prom_local doctor -m "$MODEL"
 run doctor-json "$PY" -m prom_local doctor -m "$MODEL" --json
 
+if [[ "${GPU_CHECK_BENCH:-1}" == 0 ]]; then step "bench: skipped (GPU_CHECK_BENCH=0)"; finish; fi
 step "prom-local bench: every layer on the GPU, one of two, none"
 BENCH=(-m "$MODEL" --records 16 --max-tokens 64)
 run bench-all "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 1,4,16
