@@ -29,7 +29,8 @@ ModelsDirOpt = Annotated[Optional[Path], typer.Option(
 ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", help="Prompt profile (default: the model's, else prometheus-ko).")]
 CtxOpt = Annotated[Optional[int], typer.Option(
-    "--ctx", help="Context size per record in tokens (default: min(8192, the model's trained context)).")]
+    "--ctx", help="Context per record in tokens, and its cap (default: score, bench and doctor size it to "
+    "the longest record + --max-tokens; otherwise min(8192, the model's trained context)).")]
 GpuLayersOpt = Annotated[str, typer.Option(
     "--gpu-layers", "-ngl", help="auto (fit free GPU memory), all, 0 for CPU, or a number of layers.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all).")]
