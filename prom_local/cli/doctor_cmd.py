@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..doctor import EXIT_MODEL, Diagnosis, diagnose, parse_size
+from ..doctor import Diagnosis, diagnose, parse_size
 from ..errors import PromLocalError
 from ..models import resolve_model
 from ..offload import parse_gpu_layers
@@ -126,4 +126,3 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(diag.exit_code)
 
 
-__all__ = ["register", "EXIT_MODEL"]
