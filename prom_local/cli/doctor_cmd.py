@@ -124,5 +124,3 @@ def register(app: typer.Typer) -> None:
             show(diag)
         if diag.exit_code:
             raise typer.Exit(diag.exit_code)
-
-
