@@ -79,9 +79,15 @@ def test_bench_command_on_the_builtin_records(smollm2):
 
 
 def test_bench_refuses_bad_settings_and_non_models(tmp_path):
-    proc = run_cli("bench", "--parallel", "1,zero")
-    assert proc.returncode == 2 and "--parallel" in proc.stderr
+    # In-process (no interpreter start per call); `main()` turns PromLocalError into its exit code.
+    from typer.testing import CliRunner
+
+    from prom_local.cli import app
+    from prom_local.errors import ModelLoadError
+    result = CliRunner().invoke(app, ["bench", "--parallel", "1,zero"])
+    assert result.exit_code == 2 and "--parallel" in result.output
     bad = tmp_path / "x.gguf"
     bad.write_text("not a model")
-    proc = run_cli("bench", "-m", str(bad), *FAST)
-    assert proc.returncode == 3 and "not a GGUF file" in proc.stderr and "Traceback" not in proc.stderr
+    result = CliRunner().invoke(app, ["bench", "-m", str(bad), *FAST])
+    assert isinstance(result.exception, ModelLoadError) and result.exception.exit_code == 3
+    assert "not a GGUF file" in str(result.exception)
