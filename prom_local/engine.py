@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import ContextOverflow, ModelLoadError, ModelNotFound
-from .offload import (ModelShape, OffloadPlan, available_memory, choose_parallel, fewer_layers,
+from .offload import (ModelShape, OffloadPlan, available_memory, choose_parallel, context_size, fewer_layers,
                       free_gpu_memory, plan_offload)
 
 try:  # Imported lazily by the CLI's `--help`; a missing binding is reported when a model is opened.
@@ -392,6 +392,9 @@ class _Slot:
 @dataclass
 class EngineConfig:
     n_ctx: int | None = None             # per sequence; None = min(8192, trained context)
+    # Tokens the longest record of the work needs (prompt + max new tokens), when the caller knows:
+    # n_ctx is then sized to it, with n_ctx (or the trained context) as the cap (offload.context_size).
+    need_tokens: int | None = None
     gpu_layers: int | None = None        # None = auto, -1 = all, 0 = CPU, N = N layers
     n_threads: int | None = None
     n_parallel: int | None = 1           # sequences in flight; None = choose from memory (auto)
@@ -425,7 +428,9 @@ class Engine:
         path = Path(model_path)
         check_gguf_file(path)
         probe = LlamaModel(path, vocab_only=True)
-        self.n_ctx = self.config.n_ctx or min(8192, probe.n_ctx_train)
+        self.n_ctx, why = context_size(self.config.need_tokens, ctx=self.config.n_ctx,
+                                       trained=probe.n_ctx_train, reserve=CONTINUATION_RESERVE)
+        self._say(why)
         self.n_parallel = self._choose_parallel(probe)
         self.plan = self._plan(probe)
         self._say(self.plan.reason)

@@ -16,6 +16,11 @@ MiB = 1024 * 1024
 DEFAULT_RESERVE_BYTES = 768 * MiB
 
 
+def human_bytes(n: int) -> str:
+    """GiB with one decimal, or MiB below a GiB (small models' KV caches would all read 0.0 GiB)."""
+    return f"{n / 1024**3:.1f} GiB" if abs(n) >= 1024**3 else f"{n / MiB:.0f} MiB"
+
+
 @dataclass(frozen=True)
 class ModelShape:
     file_bytes: int
@@ -75,7 +80,7 @@ def plan_offload(shape: ModelShape, *, n_ctx: int, free_bytes: int | None, gpu_s
     budget = free_bytes - reserve_bytes
     per_layer = shape.layer_bytes + shape.kv_bytes_per_layer(n_ctx)
     full = shape.n_layer * per_layer + shape.output_bytes
-    gib = lambda b: f"{b / 1024**3:.1f} GiB"  # noqa: E731
+    gib = human_bytes
     if budget >= full:
         return OffloadPlan(-1, shape.n_layer, shape.n_layer,
                            f"all {shape.n_layer} layers fit on the GPU ({gib(full)} of {gib(free_bytes)} free)")
@@ -83,6 +88,11 @@ def plan_offload(shape: ModelShape, *, n_ctx: int, free_bytes: int | None, gpu_s
     if layers == 0:
         return OffloadPlan(0, 0, shape.n_layer,
                            f"not even one layer fits in {gib(free_bytes)} free GPU memory: running on CPU")
+    if layers == shape.n_layer:
+        return OffloadPlan(int(layers), int(layers), shape.n_layer,
+                           f"all {shape.n_layer} layers fit on the GPU but not the output head "
+                           f"({gib(shape.output_bytes)}), which runs on the CPU ({gib(free_bytes)} free, "
+                           f"{gib(full)} needed for everything)")
     return OffloadPlan(int(layers), int(layers), shape.n_layer,
                        f"{layers} of {shape.n_layer} layers fit on the GPU ({gib(free_bytes)} free, "
                        f"{gib(per_layer)} per layer with KV cache)")
@@ -106,6 +116,16 @@ def fewer_layers(current: int, n_layer: int) -> int:
     """The next try after an out-of-memory load: drop a quarter of the layers (at least one)."""
     on_gpu = n_layer if current < 0 else current
     return max(0, on_gpu - max(1, on_gpu // 4))
+
+
+def retry_layers(n_gpu_layers: int, n_layer: int) -> list[int]:
+    """Every n_gpu_layers the engine tries after a load at `n_gpu_layers` runs out of memory, down
+    to the CPU (0): the retry sequence, spelled out for the start-up line and for tests."""
+    tries, current = [], n_gpu_layers
+    while current != 0:
+        current = fewer_layers(current, n_layer)
+        tries.append(current)
+    return tries
 
 
 def visible_gpu(env: dict | None = None) -> str | None:
@@ -133,6 +153,35 @@ def free_gpu_memory() -> int | None:
         return None
 
 
+# The per-sequence context is rounded up to this many tokens (llama.cpp pads KV cells to 256 anyway),
+# so a handful of extra prompt tokens does not change the plan.
+CTX_STEP = 256
+# Without --ctx, no sequence gets more than this, even when the model was trained on more.
+DEFAULT_CTX_CAP = 8192
+
+
+def context_size(need_tokens: int | None, *, ctx: int | None, trained: int, reserve: int) -> tuple[int, str]:
+    """(tokens of KV cache per sequence, why): sized to the work when its need is known.
+
+    `need_tokens` is the longest prompt of the work plus the new tokens it may generate; `reserve`
+    is the room the engine keeps after them (the forced-score continuation). Unknown need (stdin,
+    library callers that do not say) keeps the old default, min(8192, trained). --ctx, or else
+    the trained context, caps it; records that need more become error rows with their size.
+    """
+    cap = ctx or trained
+    cap_why = f"--ctx {ctx:,}" if ctx else f"the model's trained context {trained:,}"
+    if need_tokens is None:
+        n = ctx or min(DEFAULT_CTX_CAP, trained)
+        return n, f"context {n:,} tokens per sequence ({'--ctx' if ctx else 'default'}; work size unknown)"
+    want = -(-(need_tokens + reserve) // CTX_STEP) * CTX_STEP
+    if want > cap:
+        return cap, (f"context {cap:,} tokens per sequence (capped by {cap_why}; the longest record needs "
+                     f"{need_tokens + reserve:,}: records that do not fit become error rows)")
+    return want, (f"context {want:,} tokens per sequence, sized to the work (longest record "
+                  f"{need_tokens:,} tokens with --max-tokens, +{reserve} reserve, rounded up to {CTX_STEP}; "
+                  f"cap {cap_why})")
+
+
 # How many records to keep in flight when --parallel is not given. On a GPU, batching the generated
 # tokens of many sequences is where the speed comes from; on a CPU batching barely helps (the gain
 # there is sharing prefixes), so a few sequences are enough and memory is better left alone.
@@ -151,7 +200,7 @@ def choose_parallel(shape: ModelShape, *, n_ctx: int, gpu: bool, free_bytes: int
     per_seq = shape.n_layer * shape.kv_bytes_per_layer(n_ctx)
     cap = PARALLEL_CAP_GPU if gpu else PARALLEL_CAP_CPU
     where = "GPU" if gpu else "CPU"
-    gib = lambda b: f"{b / 1024**3:.1f} GiB"  # noqa: E731
+    gib = human_bytes
     if free_bytes is None:
         n = min(cap, 4)
         return n, f"--parallel {n} (auto, {where}: free memory unknown)"
@@ -161,7 +210,7 @@ def choose_parallel(shape: ModelShape, *, n_ctx: int, gpu: bool, free_bytes: int
         budget = int((free_bytes - shape.file_bytes) * CPU_KV_SHARE)
     n = int(max(1, min(cap, budget // per_seq if per_seq > 0 else cap)))
     return n, (f"--parallel {n} (auto, {where}: at most {cap}; KV cache {n} x {n_ctx} tokens = "
-               f"{gib(n * per_seq)}, {gib(max(budget, 0))} to spare)")
+               f"{gib(n * per_seq)} of {gib(max(budget, 0))} available for it)")
 
 
 def available_memory() -> int | None:
@@ -178,3 +227,46 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """What Engine decides for a model (its --parallel and --gpu-layers, each given or auto), and
+    where that puts the memory: the doctor's plan, from given figures."""
+
+    n_ctx: int                 # per sequence
+    n_parallel: int
+    parallel_reason: str
+    offload: OffloadPlan
+    kv_bytes: int              # the whole KV cache: n_parallel sequences of n_ctx tokens
+    gpu_bytes: int             # weights and KV cache on the GPU (estimate, without the compute reserve)
+    host_bytes: int            # weights and KV cache left in RAM (estimate)
+
+
+def auto_plan(shape: ModelShape, *, n_ctx: int, gpu_supported: bool, gpu_free: int | None,
+              ram_free: int | None, gpu_layers: int | None = None, parallel: int | None = None) -> AutoPlan:
+    """The engine's choices (Engine._choose_parallel, then Engine._plan), from given memory figures:
+    --parallel first, from the KV cache per sequence, then the layers that fit beside that cache."""
+    on_gpu = gpu_layers != 0 and gpu_supported and gpu_free is not None
+    if parallel is None:
+        n, why = choose_parallel(shape, n_ctx=n_ctx, gpu=on_gpu, free_bytes=gpu_free if on_gpu else ram_free)
+    else:
+        n, why = max(1, parallel), f"--parallel {max(1, parallel)} (given)"
+    if gpu_layers is None:
+        plan = plan_offload(shape, n_ctx=n_ctx * n, free_bytes=gpu_free if gpu_supported else None,
+                            gpu_supported=gpu_supported)
+    elif gpu_layers == 0:
+        plan = OffloadPlan(0, 0, shape.n_layer, "--gpu-layers 0: running on CPU")
+    elif not gpu_supported:
+        plan = OffloadPlan(0, 0, shape.n_layer, f"--gpu-layers {gpu_layers} asked, but this llama.cpp build "
+                           "has no GPU offload: running on CPU")
+    else:
+        on = shape.n_layer if gpu_layers < 0 else min(gpu_layers, shape.n_layer)
+        plan = OffloadPlan(gpu_layers, on, shape.n_layer, f"{on} of {shape.n_layer} layers on the GPU (given)")
+    kv_layer = shape.kv_bytes_per_layer(n_ctx * n)
+    # llama.cpp puts the output head on the GPU only when every layer and one more are asked for.
+    head = plan.n_gpu_layers < 0 or plan.n_gpu_layers > shape.n_layer
+    gpu = plan.layers_on_gpu * (shape.layer_bytes + kv_layer) + (shape.output_bytes if head else 0)
+    weights_on_gpu = plan.layers_on_gpu * shape.layer_bytes + (shape.output_bytes if head else 0)
+    host = shape.file_bytes - weights_on_gpu + (shape.n_layer - plan.layers_on_gpu) * kv_layer
+    return AutoPlan(n_ctx, n, why, plan, shape.n_layer * kv_layer, gpu, host)

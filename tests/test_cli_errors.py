@@ -106,6 +106,14 @@ CASES = {
     "models": [
         (["models", "--models-dir", "{a-file}"], 1, "Not a directory"),
     ],
+    "doctor": [   # a model doctor cannot use is its verdict, not an error: tests/test_doctor.py
+        (["doctor", "--memory-budget", "lots"], 2, "--memory-budget"),
+        (["doctor", "--gpu-layers", "lots"], 2, "--gpu-layers"),
+    ],
+    "bench": [
+        (["bench", "-m", "{fake.gguf}"], 3, "not a GGUF file"),
+        (["bench", "--parallel", "1,zero"], 2, "--parallel"),
+    ],
     "info": [
         (["info", "{fake.gguf}"], 3, "not a GGUF file"),
         (["info", "{missing}.gguf"], 3, "no such model file"),

@@ -70,8 +70,9 @@ ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
          "$PROM_LOCAL_MODELS or the user data dir).", Optional[Path], default=None),
     Flag("profile", ("--profile",), "Prompt profile (default: the model's, else prometheus-ko).",
          Optional[str], default=None),
-    Flag("ctx", ("--ctx",), "Context size per record in tokens (default: min(8192, the model's trained "
-         "context)).", Optional[int], into=(EngineConfig, "n_ctx")),
+    Flag("ctx", ("--ctx",), "Context per record in tokens, and its cap (default: score, bench and doctor "
+         "size it to the longest record + --max-tokens; otherwise min(8192, the model's trained context)).",
+         Optional[int], into=(EngineConfig, "n_ctx")),
     Flag("gpu_layers", ("--gpu-layers", "-ngl"), "auto (fit free GPU memory), all, 0 for CPU, or a number "
          "of layers.", Optional[str], into=(EngineConfig, "gpu_layers"), parse=_gpu_layers,
          option=dict(show_default="auto")),
@@ -104,6 +105,13 @@ ModelOpt = FLAGS["model"].annotated()
 ModelsDirOpt = FLAGS["models_dir"].annotated()
 StoreOutOpt = FLAGS["models_dir"].annotated("--out")
 ProfileOpt = FLAGS["profile"].annotated()
+# For commands (doctor, bench) that take a few engine options with defaults of their own.
+CtxOpt = FLAGS["ctx"].annotated()
+GpuLayersOpt = FLAGS["gpu_layers"].annotated()
+ThreadsOpt = FLAGS["threads"].annotated()
+ParallelOpt = FLAGS["parallel"].annotated()
+MaxTokensOpt = FLAGS["max_tokens"].annotated()
+VerboseOpt = FLAGS["verbose"].annotated()
 
 
 class _EngineOptionsBase:
@@ -117,9 +125,11 @@ class _EngineOptionsBase:
     def sampling_params(self) -> SamplingParams:
         return self._build(SamplingParams)
 
-    def judge(self, *, quiet: bool = False, on_status: Callable[[str], None] | None = None) -> Judge:
+    def judge(self, *, quiet: bool = False, on_status: Callable[[str], None] | None = None,
+              need_tokens: int | None = None) -> Judge:
         resolved = resolve_model(self.model, self.models_dir)  # type: ignore[attr-defined]
         engine = self.engine_config()
+        engine.need_tokens = need_tokens  # the longest record's prompt + max tokens, when known
         say = on_status or ((lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]")))
         say(f"model: {resolved.path}")
         return Judge(resolved.path, profile=self.profile or resolved.profile,  # type: ignore[attr-defined]

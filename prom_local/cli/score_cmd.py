@@ -15,6 +15,8 @@ from ..grading import Grade
 from ..output import read_results
 from ..records import read_records
 from ..results_sink import BatchStats, ResultsSink
+from ..models import resolve_model
+from ..workload import pending_work
 from .options import EngineOptions, err_console, with_engine_options
 
 EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
@@ -88,7 +90,12 @@ def register(app: typer.Typer) -> None:
             with ResultsSink(out, retry_errors=retry_errors) as sink:
                 check_input(input)
                 if ray is None:
-                    judge = opts.judge(quiet=quiet)
+                    # KV memory sized to the records this run will grade (prompts tokenized with the
+                    # vocabulary only), so --parallel auto and --gpu-layers auto choose from the real need.
+                    resolved = resolve_model(opts.model, opts.models_dir)
+                    work = pending_work(input, out, resolved.path, opts.profile or resolved.profile,
+                                        opts.max_tokens)
+                    judge = opts.judge(quiet=quiet, need_tokens=work.need_tokens if work else None)
                     with judge, progress:
                         progress.start_task(task)
                         stats = score_file(judge, input, sink, on_result=on_result)

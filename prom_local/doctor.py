@@ -1,0 +1,212 @@
+"""`prom-local doctor`: what this install can do with a model, and whether it can run it at all.
+
+Everything here is read, not loaded: the llama.cpp build (backend, version, GPU offload), the devices
+it sees, free RAM, the GGUF's header and metadata (vocabulary-only load), and the plan the engine's
+own arithmetic (offload.auto_plan) would choose. Memory figures can be overridden (`memory_budget`,
+`gpu_memory`) to ask "what if" — how the plan looks on a smaller machine or a laptop GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import struct
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .devices import gpus_seen
+from .engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offload_supported, read_model_info
+from .errors import PromLocalError
+from .model_info import quant_from_metadata
+from .offload import auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
+from .records import Record, read_records
+from .workload import WorkSize, measure
+
+# Exit codes (also in `prom-local doctor --help` and the README).
+EXIT_OK = 0            # the model can run here
+EXIT_MODEL = 3         # no model, not a GGUF, or a GGUF that is not a model (no weights)
+EXIT_MEMORY = 10       # the model does not fit in memory (RAM, after what the GPU takes); 9 is a locked results file
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'6GiB', '512MiB', '8G' (binary), '8GB' (decimal), or bytes -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 6GiB, 512MiB, 8000000000)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def gguf_tensor_count(path: Path) -> int | None:
+    """Tensors the GGUF header declares (0 for a vocabulary-only file); None if not readable."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if len(head) < 16 or head[:4] != GGUF_MAGIC:
+        return None
+    version = struct.unpack("<I", head[4:8])[0]
+    if version < 2:  # GGUF v1 (u32 counts) predates every llama.cpp this project supports
+        return None
+    return struct.unpack("<Q", head[8:16])[0]
+
+
+def install_command(system: str | None = None, version: str | None = None) -> str:
+    """The command that replaces this llama-cpp-python with one that offloads to the GPU."""
+    system = system or platform.system()
+    pin = f"=={version}" if version else ""
+    flag = "-DGGML_METAL=on" if system == "Darwin" else "-DGGML_CUDA=on"
+    return (f'CMAKE_ARGS="{flag}" pip install --force-reinstall --no-cache-dir '
+            f"llama-cpp-python{pin}")
+
+
+def builtin_records() -> list[Record]:
+    """The short Korean judge records shipped for `bench` (and doctor's typical context)."""
+    path = resources.files("prom_local.data").joinpath("bench-ko.jsonl")
+    with resources.as_file(path) as real:
+        return [r for r in read_records(real) if isinstance(r, Record)]
+
+
+def _gib(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+
+
+@dataclass
+class Diagnosis:
+    llama_cpp_version: str
+    backend: str
+    gpu_offload: bool
+    gpus: list[dict]
+    gpus_source: str
+    cpu_cores: int
+    ram_available_bytes: int | None
+    ram_budget_given: bool = False
+    gpu_memory_given: bool = False
+    model: dict | None = None
+    context: dict | None = None
+    plan: dict | None = None
+    install_hint: str | None = None
+    notes: list[str] = field(default_factory=list)
+    verdict: str = ""
+    exit_code: int = EXIT_OK
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _environment(memory_budget: int | None) -> Diagnosis:
+    import llama_cpp
+
+    gpus, source = gpus_seen()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    supported = gpu_offload_supported()
+    return Diagnosis(
+        llama_cpp_version=llama_cpp.__version__, backend=build_backend(), gpu_offload=supported,
+        gpus=[{"name": g.description, "device": g.name, "free_bytes": g.free_bytes,
+               "total_bytes": g.total_bytes} for g in gpus],
+        gpus_source=source, cpu_cores=cores,
+        ram_available_bytes=memory_budget if memory_budget is not None else available_memory(),
+        ram_budget_given=memory_budget is not None,
+        install_hint=None if supported else install_command(version=llama_cpp.__version__))
+
+
+def diagnose(model_path: Path | None, *, model_error: str | None = None, memory_budget: int | None = None,
+             gpu_memory: int | None = None, gpu_layers: int | None = None, parallel: int | None = None,
+             ctx: int | None = None, max_tokens: int = 512, records: list[Record] | None = None,
+             profile: str = "prometheus-ko") -> Diagnosis:
+    """The whole report. `records` sizes the context (default: the built-in judge records);
+    `memory_budget` / `gpu_memory` replace free RAM / free GPU memory (what-if, and for tests)."""
+    diag = _environment(memory_budget)
+    if model_path is None:
+        diag.verdict, diag.exit_code = f"cannot run: {model_error or 'no model given'}", EXIT_MODEL
+        return diag
+    try:
+        _read_model(diag, model_path)
+    except PromLocalError as exc:
+        diag.verdict, diag.exit_code = f"cannot run: {exc}", EXIT_MODEL
+        return diag
+    if diag.exit_code != EXIT_OK:
+        return diag
+
+    work = measure(records if records is not None else builtin_records(), model_path, profile, max_tokens)
+    _plan(diag, model_path, work, records is None, gpu_memory=gpu_memory, gpu_layers=gpu_layers,
+          parallel=parallel, ctx=ctx)
+    return diag
+
+
+def _read_model(diag: Diagnosis, path: Path) -> None:
+    size = path.stat().st_size if path.is_file() else None
+    tensors = gguf_tensor_count(path) if path.is_file() else None
+    try:
+        model = read_model_info(path)  # raises for a missing file, a directory, or not a GGUF
+    except PromLocalError:
+        if tensors == 0:  # a header with no tensors and no readable vocabulary either
+            model = None
+        else:
+            raise
+    facts = {"path": str(path), "size_bytes": size, "tensors": tensors}
+    layers = 0
+    if model is not None:
+        meta = model.metadata
+        layers = model.n_layer
+        facts.update(name=meta.get("general.name"), architecture=model.architecture,
+                     quant=quant_from_metadata(meta), layers=layers, trained_context=model.n_ctx_train)
+        model.close()
+    diag.model = facts
+    if not tensors or layers <= 0:
+        diag.verdict = (f"cannot run: {path} is a GGUF without model weights ({tensors or 0} tensors, "
+                        f"{layers} layers): a vocabulary-only file, not a model")
+        diag.exit_code = EXIT_MODEL
+
+
+def _plan(diag: Diagnosis, path: Path, work: WorkSize | None, builtin: bool, *, gpu_memory: int | None,
+          gpu_layers: int | None, parallel: int | None, ctx: int | None) -> None:
+    probe = read_model_info(path)
+    try:
+        shape, trained = probe.shape(), probe.n_ctx_train
+    finally:
+        probe.close()
+    n_ctx, ctx_why = context_size(work.need_tokens if work else None, ctx=ctx, trained=trained,
+                                  reserve=CONTINUATION_RESERVE)
+    diag.context = {"n_ctx": n_ctx, "reason": ctx_why,
+                    "sized_from": "built-in judge records" if builtin else "the given records",
+                    "longest_prompt": work.longest_prompt if work else None,
+                    "max_tokens": work.max_tokens if work else None}
+    if builtin:
+        diag.notes.append("context sized to the built-in judge records; long inputs need more "
+                          "(`score` sizes it to the actual input)")
+
+    supported = diag.gpu_offload or gpu_memory is not None
+    if gpu_memory is not None:
+        diag.gpu_memory_given = True
+        if not diag.gpu_offload:
+            diag.notes.append(f"what-if: planned as if this build could offload, with {_gib(gpu_memory)} "
+                              "of free GPU memory")
+    gpu_free = gpu_memory if gpu_memory is not None else (free_gpu_memory() if supported else None)
+    if supported and gpu_free is None and diag.gpus:
+        gpu_free = diag.gpus[0]["free_bytes"]  # no nvidia-smi (Metal, Vulkan): the backend's own figure
+    plan = auto_plan(shape, n_ctx=n_ctx, gpu_supported=supported, gpu_free=gpu_free,
+                     ram_free=diag.ram_available_bytes, gpu_layers=gpu_layers, parallel=parallel)
+    off = plan.offload
+    diag.plan = {"n_parallel": plan.n_parallel, "parallel_reason": plan.parallel_reason,
+                 "n_gpu_layers": off.n_gpu_layers, "layers_on_gpu": off.layers_on_gpu, "n_layer": off.n_layer,
+                 "offload_reason": off.reason, "kv_cache_bytes": plan.kv_bytes, "gpu_bytes": plan.gpu_bytes,
+                 "ram_bytes": plan.host_bytes, "gpu_free_bytes": gpu_free,
+                 "retry_layers": retry_layers(off.n_gpu_layers, off.n_layer) if off.n_gpu_layers else []}
+    ram = diag.ram_available_bytes
+    if ram is not None and plan.host_bytes > ram:
+        where = "the layers left on the CPU" if off.layers_on_gpu else "the weights"
+        diag.verdict = (f"cannot run: not enough memory: {where} and their KV cache need "
+                        f"{_gib(plan.host_bytes)} of RAM at --parallel {plan.n_parallel}, "
+                        f"{_gib(ram)} available" + (" (--memory-budget)" if diag.ram_budget_given else ""))
+        diag.exit_code = EXIT_MEMORY
+        return
+    where = (f"{off.layers_on_gpu} of {off.n_layer} layers on the GPU" if off.layers_on_gpu
+             else "on the CPU")
+    diag.verdict = (f"can run: {where}, --parallel {plan.n_parallel}, {n_ctx:,} tokens per sequence "
+                    f"(KV cache {_gib(plan.kv_bytes)})")

@@ -1,0 +1,94 @@
+"""`prom-local bench`: the built-in records, and real measurements on SmolLM2 (CPU) through Judge."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from conftest import run_cli, short_record
+from prom_local.bench import bench_records, peak_rss, reset_peak_rss, run_bench
+from prom_local.cli.bench_cmd import table
+from prom_local.engine import EngineConfig, SamplingParams
+
+FAST = ["--gpu-layers", "0", "--threads", "1", "--max-tokens", "4"]
+
+
+def test_builtin_records_are_korean_judge_records_and_copies_differ():
+    base = bench_records(8)
+    assert len({r.id for r in base}) == 8 and all(r.rubric.criteria and r.reference_answer for r in base)
+    assert all(any("\uac00" <= ch <= "\ud7a3" for ch in r.instruction) for r in base)  # Hangul
+    more = bench_records(19)
+    assert len({r.id for r in more}) == 19
+    assert len({r.instruction for r in more}) == 19  # no two share a whole prompt
+    assert more[8].instruction == "[1] " + base[0].instruction and more[16].id == "bench-1-2"
+
+
+def test_peak_rss_is_this_process():
+    reset_peak_rss()
+    before = peak_rss()
+    block = bytearray(64 * 2**20)  # touched: resident
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    assert peak_rss() >= before + 60 * 2**20
+    del block
+
+
+@pytest.mark.slow
+def test_bench_measures_every_setting_through_the_judge(smollm2):
+    # Short records (the built-in ones are ~1,000 SmolLM2 tokens each: too slow for a test on 2 cores).
+    from prom_local.records import record_from_mapping
+    records = [record_from_mapping(short_record(i), line=i) for i in (1, 2)]
+    ticks = []
+    rows, setup = run_bench(smollm2, parallels=[1, 2], records=records,
+                            engine=EngineConfig(gpu_layers=0, n_threads=1),
+                            sampling=SamplingParams(max_tokens=4), on_tick=lambda: ticks.append(1))
+    assert len(ticks) == 2 * 2 * 2  # two passes of two records at two settings
+    assert [r.parallel for r in rows] == [1, 2]
+    assert setup["records"] == 2 and setup["longest_prompt"] > 200
+    for row in rows:
+        assert row.errors == 0 and row.backend == "cpu" and row.gpu_layers == 0 and row.n_layer == 30
+        # The context was sized to these records (+ 4 new tokens + the reserve), not to the model's 8,192.
+        assert row.n_ctx == 512 and setup["longest_prompt"] + 4 + 16 <= 512
+        assert 0 < row.generated_tokens <= 2 * 4
+        # The first record's whole prompt and the second's own part were computed in the prompt-only pass.
+        assert setup["longest_prompt"] < row.prompt_tokens < 2 * setup["longest_prompt"]
+        assert row.prompt_tokens_per_second > 0 and row.records_per_minute > 0
+        assert row.run_seconds > 0 and row.prompt_seconds > 0 and row.load_seconds > 0
+        assert row.peak_rss_bytes > smollm2.stat().st_size // 2  # the weights are mmapped and read
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(table(rows))
+    text = console.export_text()
+    for column in ("parallel", "prompt tok/s", "gen tok/s", "records/min", "peak RSS"):
+        assert column in text
+
+
+@pytest.mark.slow
+def test_bench_command_on_the_builtin_records(smollm2):
+    proc = run_cli("bench", "-m", str(smollm2), "--parallel", "1", "--records", "1", *FAST, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["setup"]["records"] == 1 and data["setup"]["max_tokens"] == 4
+    (row,) = data["rows"]
+    assert row["parallel"] == 1 and row["records"] == 1 and row["errors"] == 0
+    assert row["records_per_minute"] > 0 and row["prompt_tokens_per_second"] > 0
+    assert row["prompt_tokens"] >= data["setup"]["longest_prompt"]  # nothing cached on a fresh engine
+    assert "sized to the work" in proc.stderr  # the engine's start-up line: the context it chose, and why
+
+
+def test_bench_refuses_bad_settings_and_non_models(tmp_path):
+    # In-process (no interpreter start per call); `main()` turns PromLocalError into its exit code.
+    from typer.testing import CliRunner
+
+    from prom_local.cli import app
+    from prom_local.errors import ModelLoadError
+    result = CliRunner().invoke(app, ["bench", "--parallel", "1,zero"])
+    assert result.exit_code == 2 and "--parallel" in result.output
+    bad = tmp_path / "x.gguf"
+    bad.write_text("not a model")
+    result = CliRunner().invoke(app, ["bench", "-m", str(bad), *FAST])
+    # The command group turns the ModelLoadError into one line and its exit code.
+    assert result.exit_code == ModelLoadError.exit_code == 3
+    assert "not a GGUF file" in result.output and "Traceback" not in result.output

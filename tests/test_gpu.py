@@ -1,0 +1,170 @@
+"""The CUDA (or Metal) path. Tests marked `gpu` are always collected and skip unless this llama.cpp
+build can offload and sees a GPU; `benchmarks/gpu_check.sh` runs them (`pytest -m gpu`) on a CUDA
+machine, with models it makes there (PROM_LOCAL_GPU_MODELS) or the tiny Llama 3 fixture.
+
+The arithmetic behind `--gpu-layers auto` and the retry after an out-of-memory load is tested here
+on any machine, without a GPU, with given memory figures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import short_record
+from prom_local.offload import MiB, ModelShape, auto_plan, plan_offload, retry_layers
+
+GiB = 1024 * MiB
+LLAMA3_8B_Q4 = ModelShape(file_bytes=4_920_000_000, n_layer=32, n_embd=4096, n_head=32, n_head_kv=8,
+                          n_ff=14336, n_vocab=128256)
+# Score probabilities (renormalised over 1..5) may differ between CPU and GPU by this much: CUDA's
+# kernels (MMQ/cuBLAS, f16 accumulation, flash attention) add in other orders than the CPU's.
+PROB_TOL = 0.02
+
+
+def _gpu_seen() -> bool:
+    try:
+        from prom_local.devices import backend_devices
+        from prom_local.engine import gpu_offload_supported
+        return gpu_offload_supported() and any(d.is_gpu for d in backend_devices())
+    except Exception:  # no llama.cpp at all: the other tests say so
+        return False
+
+
+GPU = _gpu_seen()
+gpu = pytest.mark.gpu
+needs_gpu = pytest.mark.skipif(not GPU, reason="no GPU: this llama.cpp build cannot offload or sees no GPU "
+                               "(benchmarks/gpu_check.sh runs these on a CUDA machine)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The arithmetic, on any machine.
+
+def test_auto_puts_every_layer_on_a_large_gpu_arithmetic():
+    plan = auto_plan(LLAMA3_8B_Q4, n_ctx=2048, gpu_supported=True, gpu_free=80 * GiB, ram_free=16 * GiB)
+    assert plan.offload.n_gpu_layers == -1 and plan.offload.layers_on_gpu == 32
+    assert plan.n_parallel == 16
+    # The RAM side then holds only the token embeddings (llama.cpp keeps them on the CPU).
+    assert plan.host_bytes < LLAMA3_8B_Q4.file_bytes * 0.1
+
+
+def test_auto_puts_fewer_layers_under_a_capped_budget_arithmetic():
+    layers = [plan_offload(LLAMA3_8B_Q4, n_ctx=2048, free_bytes=gib * GiB, gpu_supported=True).layers_on_gpu
+              for gib in (1, 2, 3, 4, 5)]
+    assert 0 < layers[0] < layers[1] < layers[2] < layers[3] < 32   # more memory, more layers
+    assert layers[4] == 32
+    # Auto --parallel on a capped GPU: one sequence, and the layers that fit beside its cache.
+    capped = auto_plan(LLAMA3_8B_Q4, n_ctx=2048, gpu_supported=True, gpu_free=3 * GiB, ram_free=16 * GiB)
+    assert capped.n_parallel == 1 and capped.offload.layers_on_gpu == layers[2]
+    assert capped.gpu_bytes <= 3 * GiB
+
+
+def test_retry_after_an_out_of_memory_load_steps_down_to_the_cpu_arithmetic():
+    tries = retry_layers(-1, 32)
+    assert tries[0] == 24 and tries[-1] == 0
+    assert all(a > b for a, b in zip(tries, tries[1:]))  # always fewer, never stuck
+    assert retry_layers(2, 2) == [1, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# On a GPU.
+
+@pytest.fixture(scope="module")
+def gpu_model(request) -> Path:
+    """A Llama 3 GGUF for the GPU tests: gpu_check.sh's (made on that machine), else the fixture's."""
+    folder = os.environ.get("PROM_LOCAL_GPU_MODELS")
+    if folder:
+        return Path(folder) / "tiny-llama3" / "tiny-llama3.Q8_0.gguf"
+    store, name = request.getfixturevalue("tiny_llama3_store")
+    return store / name / f"{name}.Q8_0.gguf"
+
+
+def _records(n: int = 4):
+    from prom_local.records import record_from_mapping
+    return [record_from_mapping(short_record(i), line=i) for i in range(1, n + 1)]
+
+
+def _forced(model: Path, gpu_layers: int, parallel: int = 4) -> list:
+    """Grades with max_tokens 0: every score is read from the model's own distribution after the
+    forced "[RESULT]" on the same tokens, so CPU and GPU are compared on identical inputs (greedy
+    text could part ways on a near-tie and then compare different things)."""
+    from prom_local.engine import EngineConfig, SamplingParams
+    from prom_local.judge import Judge
+
+    config = EngineConfig(n_ctx=1024, gpu_layers=gpu_layers, n_parallel=parallel)
+    with Judge(model, engine=config, sampling=SamplingParams(max_tokens=0)) as judge:
+        assert judge.engine.plan.n_gpu_layers == gpu_layers
+        return list(judge.grade_stream(_records()))
+
+
+@gpu
+@needs_gpu
+def test_full_and_partial_offload_give_the_cpu_scores(gpu_model):
+    cpu = _forced(gpu_model, 0)
+    for layers in (-1, 1):  # every layer (and the output head), then one of the two layers
+        on_gpu = _forced(gpu_model, layers)
+        for c, g in zip(cpu, on_gpu):
+            assert g.error is None and g.forced
+            assert g.probabilities == pytest.approx(c.probabilities, abs=PROB_TOL), (layers, c.id)
+            top = sorted(c.probabilities, reverse=True)
+            if top[0] - top[1] > 2 * PROB_TOL:  # a near-tie may legitimately flip
+                assert g.score == c.score, (layers, c.id)
+
+
+@gpu
+@needs_gpu
+def test_auto_puts_every_layer_of_a_small_model_on_the_gpu(gpu_model):
+    from prom_local.engine import Engine, EngineConfig
+
+    said = []
+    with Engine(gpu_model, EngineConfig(gpu_layers=None, n_parallel=2, need_tokens=600),
+                on_status=said.append) as engine:
+        assert engine.plan.n_gpu_layers == -1 and engine.plan.layers_on_gpu == engine.model.n_layer
+        assert engine.n_ctx == 768  # 600 + the 16-token reserve, rounded up to 256
+    assert any("fit on the GPU" in line for line in said), said
+
+
+@gpu
+@needs_gpu
+def test_auto_puts_fewer_layers_under_a_capped_gpu_budget(gpu_model, monkeypatch):
+    import prom_local.engine as engine_mod
+    from prom_local.engine import Engine, EngineConfig, read_model_info
+    from prom_local.offload import DEFAULT_RESERVE_BYTES
+
+    probe = read_model_info(gpu_model)
+    shape = probe.shape()
+    probe.close()
+    per_layer = shape.layer_bytes + shape.kv_bytes_per_layer(512)
+    # Room for one layer and a half: auto must put one layer there, not all of them.
+    monkeypatch.setattr(engine_mod, "free_gpu_memory", lambda: DEFAULT_RESERVE_BYTES + per_layer * 3 // 2)
+    with Engine(gpu_model, EngineConfig(gpu_layers=None, n_parallel=1, n_ctx=512)) as engine:
+        assert engine.plan.n_gpu_layers == 1 and engine.plan.layers_on_gpu == 1
+        assert "1 of 2 layers fit" in engine.plan.reason
+
+
+@gpu
+@needs_gpu
+def test_a_load_that_cannot_fit_is_retried_with_fewer_layers(gpu_model):
+    """A real out-of-memory load: torch takes the GPU's memory but for less than the model's output
+    head, so `--gpu-layers all` cannot load and the engine must step down (and say so)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs torch with CUDA to take GPU memory away")
+    from prom_local.engine import Engine, EngineConfig, read_model_info
+
+    probe = read_model_info(gpu_model)
+    head = probe.shape().output_bytes
+    probe.close()
+    free, _total = torch.cuda.mem_get_info()
+    filler = torch.empty(max(0, free - head // 2), dtype=torch.uint8, device="cuda")
+    said = []
+    try:
+        with Engine(gpu_model, EngineConfig(gpu_layers=-1, n_parallel=1, n_ctx=512),
+                    on_status=said.append) as engine:
+            assert engine.plan.layers_on_gpu < engine.model.n_layer
+    finally:
+        del filler
+        torch.cuda.empty_cache()
+    assert any("retrying with" in line for line in said), said
