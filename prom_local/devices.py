@@ -46,10 +46,10 @@ def _ggml_library():
 
 def backend_devices() -> list[Device]:
     """Every device of the loaded llama.cpp build; [] where the registry cannot be read."""
-    from .engine import _require_llama  # initialises the backends, which registers the devices
+    from .engine.llama import require_llama  # initialises the backends, which registers the devices
 
     try:
-        _require_llama()
+        require_llama()
         lib = _ggml_library()
         if lib is None:
             return []
