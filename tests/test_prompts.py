@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from card_prompt import card_prompts
-from conftest import run_cli, write_jsonl
+from helpers import run_cli, write_jsonl
 from prom_local.judge import render_prompt
 from prom_local.prompts import get_profile
 from prom_local.records import record_from_mapping

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli, short_record, write_jsonl
+from helpers import ROOT, run_cli, short_record, write_jsonl
 
 from prom_local.distributed import group_chunks, plan_actors
 from prom_local.records import Record
