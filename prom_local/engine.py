@@ -309,6 +309,14 @@ class ErrorEvent:
 IDLE, WAITING, RUNNING = "idle", "waiting", "running"
 # Waiting for another sequence's prefix is only worth it when it saves at least this many tokens.
 MIN_WAIT_GAIN = 32
+# Fewest prompt tokens decoded together in one chunk. llama.cpp's CPU backend picks its matmul
+# kernel by batch width: llamafile's tiled kernels serve n >= 2 on x86 (n >= 8 for f16 on ARM),
+# a single token goes through ggml's dot products, which round differently. A prompt whose cached
+# prefix ended one token short of it, or a long prompt whose last n_batch chunk is a lone token,
+# would then differ from its cold computation in the last bits, enough to flip a greedy choice.
+# So no prompt chunk is narrower than this: reuse stops this many tokens before a prompt's end,
+# and chunks are cut so that none is left this short (re-computing <8 tokens costs nothing).
+EXACT_TAIL = 8
 
 
 class _Job:
@@ -619,7 +627,10 @@ class Engine:
         prompts = [s for s in self.slots if s.state == RUNNING and s.prefilling and s.pending]
         if prompts:
             slot = min(prompts, key=lambda s: s.admitted)
-            for slot, index in self._decode([(slot, min(len(slot.pending), self.n_batch))]):
+            take = min(len(slot.pending), self.n_batch)
+            if 0 < len(slot.pending) - take < EXACT_TAIL and take - EXACT_TAIL >= EXACT_TAIL:
+                take -= EXACT_TAIL   # never leave a last chunk narrower than EXACT_TAIL
+            for slot, index in self._decode([(slot, take)]):
                 yield from self._after_logits(slot, index)
 
     # -- scheduling -----------------------------------------------------------------------------
@@ -678,7 +689,7 @@ class Engine:
         """Give a waiting request its KV prefix and start its prompt, or let it wait for a prefix
         that an older request is computing right now."""
         arr = slot.job.arr
-        limit = len(arr) - 1
+        limit = max(0, len(arr) - EXACT_TAIL)
         # Another sequence may share a longer prefix; this slot's own cache wins ties (no copy).
         src, have = slot, slot.shared(arr, limit)
         for other in self.slots:
