@@ -71,7 +71,7 @@ class CliResult:
     stderr: str
 
 
-def invoke(*args, input: str | None = None) -> CliResult:
+def invoke(*args, input: str | None = None, columns: int = 200) -> CliResult:
     """The CLI in this process, through the same entry point as the `prom-local` script
     (prom_local.cli.main, so PromLocalError -> one line and its exit code), with typer's runner
     capturing stdin/stdout/stderr. Much faster than a subprocess: no interpreter or import cost."""
@@ -81,7 +81,7 @@ def invoke(*args, input: str | None = None) -> CliResult:
 
     runner = CliRunner()
     saved_argv = sys.argv
-    with runner.isolation(input=input, env={"NO_COLOR": "1", "COLUMNS": "200"}) as (out, err, _):
+    with runner.isolation(input=input, env={"NO_COLOR": "1", "COLUMNS": str(columns)}) as (out, err, _):
         sys.argv = ["prom-local", *map(str, args)]
         try:
             main()

@@ -36,7 +36,7 @@ def record_activity(app) -> list[str]:
 async def pick_short_rubric(pilot, app) -> None:
     """Choose the saved short rubric with the keyboard: ^t opens the picker, typing jumps to it."""
     await pilot.press("ctrl+t")
-    await pilot.pause(0.1)
+    await wait_for(pilot, lambda: app.screen.query_one("#rubric-preset").expanded, 5, "the rubric picker")
     await pilot.press(*"mine")
     await pilot.press("enter")
     await wait_for(pilot, lambda: app.screen.query_one("#criteria").text == SHORT_RUBRIC.criteria,
