@@ -311,9 +311,10 @@ IDLE, WAITING, RUNNING = "idle", "waiting", "running"
 MIN_WAIT_GAIN = 32
 # Fewest prompt tokens decoded together in one chunk. llama.cpp's CPU backend picks its matmul
 # kernel by batch width: llamafile's tiled kernels serve n >= 2 on x86 (n >= 8 for f16 on ARM),
-# a single token goes through ggml's dot products, which round differently. A prompt whose cached
-# prefix ended one token short of it, or a long prompt whose last n_batch chunk is a lone token,
-# would then differ from its cold computation in the last bits, enough to flip a greedy choice.
+# a single token goes through ggml's dot products, which may round differently (whether they do
+# depends on the CPU and the build). A prompt whose cached prefix ended one token short of it, or a
+# long prompt whose last n_batch chunk is a lone token, could then differ from its cold computation
+# in the last bits, which was seen to flip a greedy choice.
 # So no prompt chunk is narrower than this: reuse stops this many tokens before a prompt's end,
 # and chunks are cut so that none is left this short (re-computing <8 tokens costs nothing).
 EXACT_TAIL = 8
