@@ -83,10 +83,24 @@ class Judge:
     def __init__(self, model: str | Path, *, profile: str | PromptProfile = "prometheus-ko",
                  engine: EngineConfig | None = None, sampling: SamplingParams | None = None,
                  on_status: Callable[[str], None] | None = None):
-        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        profile = get_profile(profile) if isinstance(profile, str) else profile  # before the load
+        self._attach(Engine(model, engine, on_status=on_status), profile, sampling)
+
+    @classmethod
+    def with_engine(cls, engine, *, profile: str | PromptProfile = "prometheus-ko",
+                    sampling: SamplingParams | None = None) -> "Judge":
+        """A Judge around an engine that already exists: anything with `model` (tokenizer and
+        template) and `generate(requests)` yielding Token/Done/Error events, e.g. a test's
+        scripted engine. The Judge owns it from here (close() closes it)."""
+        judge = cls.__new__(cls)
+        judge._attach(engine, get_profile(profile) if isinstance(profile, str) else profile, sampling)
+        return judge
+
+    def _attach(self, engine, profile: PromptProfile, sampling: SamplingParams | None) -> None:
+        self.profile = profile
         self.sampling = sampling or SamplingParams()
-        self.engine = Engine(model, engine, on_status=on_status)
-        self.model = self.engine.model
+        self.engine = engine
+        self.model = engine.model
         self.score_tokens = ScoreTokens.for_model(self.model, self.profile.score_continuation)
 
     # -- record -> prompt -> tokens -------------------------------------------------------------

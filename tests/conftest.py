@@ -1,19 +1,56 @@
+"""Fixtures for every test, and the isolation that makes the suite behave the same on any machine.
+
+Nothing a test runs may read state from outside the repo and the test's own temporary folders: no
+user config or data dir (platformdirs), no model store of the person running the tests (./models of
+the checkout, $PROM_LOCAL_MODELS), no PROM_LOCAL_* / RAY_ADDRESS / TEXTUAL_* setting of their shell,
+no Hugging Face cache or network. `_isolated_machine` (session) points HOME and the XDG dirs at an
+empty folder and clears those variables; `user_state` (every test) gives each test its own
+empty model store and rubric folder, so one test's saved rubric is never another's starting state.
+"""
+
+from __future__ import annotations
+
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).parent
-ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS))
-
-from assets import llama3_tokenizer_dir, smollm2_gguf  # noqa: E402
+from assets import llama3_tokenizer_dir, smollm2_gguf
+from helpers import TESTS
 
 # tiny_llama3_checkpoint / tiny_llama3_store: a tiny random Llama 3 and its real conversion.
 pytest_plugins = ["tiny_llama"]
+
+# Settings of the person running the tests that would change what the code under test does.
+_CLEARED_PREFIXES = ("PROM_LOCAL_", "TEXTUAL_")
+_KEPT = {"PROM_LOCAL_UPDATE_SNAPSHOTS"}   # a test option, not application state (tui_support.py)
+_CLEARED = {"RAY_ADDRESS", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_machine(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if (name.startswith(_CLEARED_PREFIXES) and name not in _KEPT) or name in _CLEARED:
+                mp.delenv(name)
+        mp.setenv("HOME", str(home))
+        for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_DATA_HOME", ".local/share"),
+                         ("XDG_CACHE_HOME", ".cache"), ("XDG_STATE_HOME", ".local/state")):
+            mp.setenv(var, str(home / sub))
+        mp.setenv("HF_HOME", str(home / ".cache" / "huggingface"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def user_state(tmp_path_factory, monkeypatch):
+    state = tmp_path_factory.mktemp("user-state")
+    monkeypatch.setenv("PROM_LOCAL_MODELS", str(state / "models"))      # an empty model store
+    monkeypatch.setenv("PROM_LOCAL_CONFIG_DIR", str(state / "config"))  # no saved rubrics
+    return state
 
 
 @pytest.fixture(scope="session")
@@ -42,34 +79,3 @@ def tiny_llama3_gguf(tiny_llama3_store):
 @pytest.fixture(scope="session")
 def card_sample() -> dict:
     return json.loads((TESTS / "data" / "sample-ko.json").read_text("utf-8"))
-
-
-def run_cli(*args: str, input: str | None = None, cwd: Path | None = None, timeout: float = 300,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess, importing this checkout (not whatever is installed)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "prom_local", *args], input=input, text=True,
-                          capture_output=True, cwd=cwd, timeout=timeout, env=full_env)
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
-    return path
-
-
-RUBRIC = {
-    "criteria": "응답은 질문에 정확하게 답하는가?",
-    "score1_description": "틀렸다.",
-    "score2_description": "대부분 틀렸다.",
-    "score3_description": "부분적으로 맞다.",
-    "score4_description": "대체로 맞다.",
-    "score5_description": "완전히 맞다.",
-}
-
-
-def short_record(i: int, **extra) -> dict:
-    """Short Korean records: a few hundred tokens, so real inference stays fast in tests."""
-    return {"id": f"r{i}", "instruction": f"{i} 더하기 {i}는?", "response": f"{2 * i}입니다.",
-            "rubric": RUBRIC, **extra}

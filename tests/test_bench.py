@@ -8,7 +8,7 @@ import json
 import pytest
 from rich.console import Console
 
-from conftest import run_cli, short_record
+from helpers import run_cli, short_record
 from prom_local.bench import bench_records, peak_rss, reset_peak_rss, run_bench
 from prom_local.cli.bench_cmd import table
 from prom_local.engine import EngineConfig, SamplingParams

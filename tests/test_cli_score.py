@@ -1,5 +1,7 @@
-"""`prom-local score` end to end through the real CLI: rows, error rows, exit codes, summary,
-and resume after a real SIGKILL with no duplicate and no gap."""
+"""`prom-local score` end to end through the real CLI in a subprocess with the real model: real
+probabilities and token counts in the rows, resume after a real SIGKILL with no duplicate and no gap,
+and Ctrl-C. Everything that needs no real numbers (rows, error rows, resume, --retry-errors, exit
+codes, grade, info) runs in-process on a scripted engine in test_cli_inprocess.py."""
 
 import json
 import os
@@ -8,7 +10,11 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, run_cli, short_record, write_jsonl
+import pytest
+
+from helpers import cli_env, run_cli, short_record, write_jsonl
+
+pytestmark = pytest.mark.slow  # each test decodes with the real model
 
 FAST = ["--max-tokens", "6", "--ctx", "1024", "--gpu-layers", "0"]
 
@@ -46,7 +52,7 @@ def test_resume_after_sigkill_has_no_duplicate_and_no_gap(tmp_path, smollm2):
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out), "--model", str(smollm2),
            *FAST, "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = cli_env()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
@@ -68,67 +74,10 @@ def test_resume_after_sigkill_has_no_duplicate_and_no_gap(tmp_path, smollm2):
     assert again.returncode == 0 and len(_rows(out)) == 6
 
 
-def test_stdin_to_stdout(tmp_path, smollm2):
-    lines = json.dumps(short_record(1), ensure_ascii=False) + "\n"
-    result = run_cli("score", "-", "--model", str(smollm2), *FAST, "--quiet", input=lines)
-    assert result.returncode == 0, result.stderr
-    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
-    assert row["id"] == "r1" and row["score"] in (1, 2, 3, 4, 5)
-
-
-def test_missing_model_says_how_to_get_it(tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", [short_record(1)])
-    store = tmp_path / "store"
-    result = run_cli("score", str(src), "--models-dir", str(store), "--model", "prometheus-ko:Q8_0")
-    assert result.returncode == 3
-    assert "prometheus-ko:Q8_0 is not in the model store" in result.stderr
-    assert "prom-local convert nayohan/llama3-8b-it-prometheus-ko" in result.stderr
-    assert "Traceback" not in result.stderr
-    result = run_cli("score", str(src), "--model", str(tmp_path / "nope.gguf"))
-    assert result.returncode == 3 and "nope.gguf: no such model file" in result.stderr
-    not_gguf = tmp_path / "fake.gguf"
-    not_gguf.write_bytes(b"PK\x03\x04 not a gguf")
-    result = run_cli("score", str(src), "--model", str(not_gguf))
-    assert result.returncode == 3 and "not a GGUF file" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_grade_and_info_commands(smollm2):
-    result = run_cli("grade", "--model", str(smollm2), *FAST, "--json", "-i", "2 더하기 2는?", "-r", "4입니다.",
-                     "--rubric-preset", "helpfulness")
-    assert result.returncode == 0, result.stderr
-    row = json.loads(result.stdout.splitlines()[-1])
-    assert row["score"] in (1, 2, 3, 4, 5)
-    assert result.stdout.startswith(row["output"])        # the feedback was streamed first
-    piped = run_cli("grade", "--model", str(smollm2), *FAST, "--json",
-                    input=json.dumps(short_record(1), ensure_ascii=False))
-    assert piped.returncode == 0 and json.loads(piped.stdout.splitlines()[-1])["id"] == "r1"
-    bad = run_cli("grade", "--model", str(smollm2), input="{nope")
-    assert bad.returncode == 2 and "<stdin>:1: invalid JSON" in bad.stderr
-    info = run_cli("info", str(smollm2), "--json")
-    data = json.loads(info.stdout)
-    assert data["architecture"] == "llama" and data["quant"] == "Q4_1" and data["chat_template"] is True
-    assert data["layers"] == 30 and data["context_length"] == 8192 and data["gpu_offload_supported"] is False
-
-
-def test_retry_errors_regrades_fixed_records(tmp_path, smollm2):
-    src = write_jsonl(tmp_path / "in.jsonl", [short_record(1), {"id": "r2", "instruction": "q"}])
-    out = tmp_path / "out.jsonl"
-    first = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
-    assert first.returncode == 2 and _rows(out)[1]["error"]
-    write_jsonl(src, [short_record(1), short_record(2)])          # the user fixes line 2
-    same = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
-    assert same.returncode == 2 and _rows(out)[1]["error"]       # plain resume keeps the error row
-    fixed = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST, "--retry-errors")
-    assert fixed.returncode == 0, fixed.stderr
-    rows = _rows(out)
-    assert [r["id"] for r in rows] == ["r1", "r2"] and rows[1]["error"] is None and rows[1]["score"] in range(1, 6)
-    assert "removed 1 error rows" in fixed.stderr
-
-
 def test_ctrl_c_keeps_rows_and_says_how_to_resume(tmp_path, smollm2):
     src = write_jsonl(tmp_path / "in.jsonl", [short_record(i) for i in range(6)])
     out = tmp_path / "out.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out),
                              "--model", str(smollm2), *FAST], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from assets import LLAMA3_INSTRUCT_TEMPLATE
-from tiny_llama import REPO_ROOT, convert_report, run_cli
+from helpers import ROOT as REPO_ROOT, run_cli
+from tiny_llama import convert_report
 
 SAMPLE = json.loads((REPO_ROOT / "tests" / "data" / "sample-ko.json").read_text("utf-8"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUBRIC, run_cli, write_jsonl
+from helpers import RUBRIC, run_cli, write_jsonl
 from prom_local.doctor import (EXIT_MEMORY, EXIT_MODEL, diagnose, gguf_tensor_count, install_command,
                                parse_size)
 

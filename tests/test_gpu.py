@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import short_record
+from helpers import short_record
 from prom_local.offload import MiB, ModelShape, auto_plan, plan_offload, retry_layers
 
 GiB = 1024 * MiB

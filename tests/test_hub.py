@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_llama import REPO_ROOT, cli_env, run_cli
+from helpers import ROOT as REPO_ROOT, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiny_llama import REPO_ROOT, run_cli
+from helpers import ROOT as REPO_ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 SAMPLE = json.loads((REPO_ROOT / "tests" / "data" / "sample-ko.json").read_text("utf-8"))

@@ -9,32 +9,20 @@ step inside a parallel batch; no KV cache overflow however long sequences grow.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).parent
-ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS))
+from assets import smollm2_gguf
+from helpers import RUBRIC, run_cli, write_jsonl
+from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
+from prom_local.engine import EXACT_TAIL
+from prom_local.offload import ModelShape, choose_parallel
+from prom_local.records import record_from_mapping
 
-from assets import smollm2_gguf  # noqa: E402
+slow = pytest.mark.slow  # real inference on SmolLM2; the arithmetic tests at the end are not
 
-from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams  # noqa: E402
-from prom_local.offload import ModelShape, choose_parallel  # noqa: E402
-from prom_local.records import record_from_mapping  # noqa: E402
-
-RUBRIC = {
-    "criteria": "응답은 질문에 정확하게 답하는가?",
-    "score1_description": "틀렸다.",
-    "score2_description": "대부분 틀렸다.",
-    "score3_description": "부분적으로 맞다.",
-    "score4_description": "대체로 맞다.",
-    "score5_description": "완전히 맞다.",
-}
 QUESTIONS = [
     "서울은 대한민국의 수도이다. 서울의 인구는 약 천만 명이다. 서울에서 가장 큰 강의 이름은 무엇인가?",
     "부산은 대한민국 제2의 도시이다. 부산에는 큰 항구가 있다. 부산의 유명한 해수욕장을 하나 말하라.",
@@ -53,18 +41,6 @@ def rows_for(n: int, *, per_question: int = 2) -> list[dict]:
 
 def records(rows: list[dict]):
     return [record_from_mapping(row, line=i + 1) for i, row in enumerate(rows)]
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "prom_local", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in rows), "utf-8")
-    return path
 
 
 def stable(row: dict) -> dict:
@@ -97,6 +73,7 @@ def judge(model: Path, parallel: int, *, max_tokens: int = 10, n_ctx: int = 1024
 # ----------------------------------------------------------------------------------------------
 # The CLI: order, ids, determinism, the printed default.
 
+@slow
 def test_cli_parallel_rows_in_input_order_and_identical_twice(model, tmp_path):
     rows = rows_for(3) + ['{"id": "broken", "instruction": ']  # an input error keeps its place too
     rows.insert(2, {"id": "too-long", "instruction": "가나다라 " * 400, "response": "네.", "rubric": RUBRIC})
@@ -120,6 +97,7 @@ def test_cli_parallel_rows_in_input_order_and_identical_twice(model, tmp_path):
     assert first[3]["reused_prompt_tokens"] > first[1]["reused_prompt_tokens"] > 0
 
 
+@slow
 def test_cli_default_parallel_is_chosen_and_printed(model, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rows_for(1))
     proc = run_cli("score", str(src), "-o", str(tmp_path / "out.jsonl"), "-m", str(model),
@@ -131,6 +109,7 @@ def test_cli_default_parallel_is_chosen_and_printed(model, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Prefix reuse: it happens, and equals computing the record cold.
 
+@slow
 def test_shared_prefix_is_computed_once_and_equals_cold(model):
     recs = records(rows_for(4))  # q1-a1, q2-a1, q1-a2, q2-a2: all start together at --parallel 4
     with judge(model, 4) as par:
@@ -162,6 +141,7 @@ def _common(a: list[int], b: list[int]) -> list[int]:
     return a[:n]
 
 
+@slow
 def test_parallel_n_matches_parallel_1(model):
     recs = records(rows_for(5, per_question=3))
     with judge(model, 1) as one:
@@ -177,6 +157,7 @@ def test_parallel_n_matches_parallel_1(model):
         sum(g.extra["reused_prompt_tokens"] for g in sequential)
 
 
+@slow
 def test_prompt_chunks_mixed_with_generated_tokens(model):
     """The GPU default: prompt chunks share batches with generated tokens. llama.cpp then cuts
     prompts differently from --parallel 1, so only validity is checked, not equality."""
@@ -192,6 +173,7 @@ def test_prompt_chunks_mixed_with_generated_tokens(model):
 # ----------------------------------------------------------------------------------------------
 # Edge cases inside a parallel batch.
 
+@slow
 def test_cancel_inside_a_parallel_batch_then_reuse_the_engine(model):
     recs = records(rows_for(4))
     with judge(model, 3, max_tokens=12) as par:
@@ -213,6 +195,7 @@ def test_cancel_inside_a_parallel_batch_then_reuse_the_engine(model):
     assert again == reference
 
 
+@slow
 def test_over_long_record_inside_a_parallel_batch(model):
     rows = rows_for(4)
     rows.insert(1, {"id": "long", "instruction": "가나다라 " * 300, "response": "네.", "rubric": RUBRIC})
@@ -223,6 +206,7 @@ def test_over_long_record_inside_a_parallel_batch(model):
     assert all(g.error is None and g.score is not None for i, g in enumerate(grades) if i != 1)
 
 
+@slow
 def test_prompts_longer_than_n_batch(model):
     recs = records(rows_for(4))
     with judge(model, 1, n_batch=32) as one:
@@ -236,6 +220,7 @@ def test_prompts_longer_than_n_batch(model):
     assert [g.output for g in parallel] == [g.output for g in sequential]
 
 
+@slow
 def test_identical_records_finish_in_the_same_step(model):
     row = rows_for(1)[0]
     recs = records([{**row, "id": f"dup{i}"} for i in range(3)])
@@ -244,8 +229,9 @@ def test_identical_records_finish_in_the_same_step(model):
         steps = par.engine.stats.steps
     assert [g.id for g in grades] == ["dup0", "dup1", "dup2"]
     assert len({(g.output, g.score, g.probabilities) for g in grades}) == 1
-    # The whole prompt but its last token is reused (its logits start generation).
-    assert grades[1].extra["reused_prompt_tokens"] == grades[1].prompt_tokens - 1
+    # The whole prompt but its last EXACT_TAIL tokens is reused: they are decoded as one chunk, as in
+    # the cold run, so the result is the same bits (a lone last token would take another kernel).
+    assert grades[1].extra["reused_prompt_tokens"] == grades[1].prompt_tokens - EXACT_TAIL
     assert steps < 3 * (6 + 2)  # decoded together, not one after another
 
 
@@ -256,6 +242,7 @@ CHATTY = PromptProfile(name="chatty-test", system="You write very long stories."
                        score_continuation="\n[RESULT] ")
 
 
+@slow
 def test_kv_cache_never_overflows_at_full_length(model):
     rows = [{"id": f"s{i}", "instruction": f"dragon number {i}", "response": "and its castle.",
              "rubric": RUBRIC} for i in range(4)]

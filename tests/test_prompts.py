@@ -3,11 +3,12 @@ against transformers' apply_chat_template with the real Llama 3 tokenizer, down 
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from card_prompt import card_prompts
-from conftest import run_cli, write_jsonl
+from helpers import invoke, write_jsonl
 from prom_local.judge import render_prompt
 from prom_local.prompt_tokens import tokenize_prompt
 from prom_local.prompts import get_profile
@@ -78,7 +79,7 @@ def test_braces_and_template_syntax_in_records_are_plain_text():
 
 def test_render_command_needs_no_weights(tmp_path, card_sample):
     path = write_jsonl(tmp_path / "in.jsonl", [card_sample["record"], {"id": "bad"}])
-    result = run_cli("render", str(path))
+    result = invoke("render", str(path))
     assert result.returncode == 2, result.stderr
     first, second = [json.loads(line) for line in result.stdout.splitlines()]
     system, with_ref, _ = card_prompts(card_sample["record"])
@@ -92,7 +93,7 @@ def test_render_command_needs_no_weights(tmp_path, card_sample):
 def test_render_with_model_uses_the_ggufs_template_and_tokenizer(tmp_path, smollm2):
     path = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "안녕", "response": "네", "criteria": "c",
                                                 **{f"score{s}_description": str(s) for s in range(1, 6)}}])
-    result = run_cli("render", str(path), "--model", str(smollm2))
+    result = invoke("render", str(path), "--model", str(smollm2))
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)
     assert row["prompt"].startswith("<|im_start|>system\n###Task Description:")   # SmolLM2's ChatML
@@ -100,6 +101,7 @@ def test_render_with_model_uses_the_ggufs_template_and_tokenizer(tmp_path, smoll
     assert row["tokens"][0] == 1   # <|im_start|> parsed as the special token, not as text
 
 
+@pytest.mark.slow  # needs the tiny Llama 3 conversion (torch + convert)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fields=st.fixed_dictionaries({
     "instruction": text_st, "response": text_st, "criteria": text_st,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli, short_record, write_jsonl
+from helpers import ROOT, run_cli, short_record, write_jsonl
 
 from prom_local.distributed import group_chunks, plan_actors
 from prom_local.records import Record
@@ -175,6 +175,7 @@ def _ray_processes() -> set[int]:
     return {int(p) for p in out.split()}
 
 
+@pytest.mark.slow  # Ray and real inference
 @needs_ray
 def test_ray_auto_starts_a_local_instance_and_matches_a_local_run(tmp_path, records_file, local_rows,
                                                                   smollm2, ray_env):
@@ -194,6 +195,7 @@ def test_ray_auto_starts_a_local_instance_and_matches_a_local_run(tmp_path, reco
     assert not _ray_processes() - before, "the local Ray instance outlived the run"
 
 
+@pytest.mark.slow  # Ray and real inference
 @needs_ray
 def test_two_nodes_resolve_from_their_own_stores_and_a_lost_actor_is_requeued(tmp_path, cluster,
                                                                                 records_file, local_rows):
@@ -219,6 +221,7 @@ def test_two_nodes_resolve_from_their_own_stores_and_a_lost_actor_is_requeued(tm
     _assert_same_rows(_rows(out), local_rows, tol=0.1)
 
 
+@pytest.mark.slow  # Ray and real inference
 @needs_ray
 def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path, cluster, records_file, local_rows,
                                                               smollm2):
@@ -247,6 +250,7 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path, cluster,
     _assert_same_rows(_rows(out), local_rows, tol=1e-6)
 
 
+@pytest.mark.slow  # Ray and real inference
 @needs_ray
 def test_nodes_with_different_or_missing_model_files_are_refused_before_any_work(tmp_path, cluster,
                                                                                 records_file):

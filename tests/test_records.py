@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import RUBRIC, write_jsonl
+from helpers import RUBRIC, write_jsonl
 from prom_local.errors import InputError
 from prom_local.records import Record, read_records, record_from_mapping
 from prom_local.rubrics import Rubric

@@ -1,25 +1,20 @@
-"""`prom-local report` and `prom-local compare` as a person runs them: a real subprocess each."""
+"""`prom-local report` and `prom-local compare` as a person runs them, through the CLI's entry point
+(in this process: the command, its output and its exit code, without an interpreter start each)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import invoke
 from prom_local.output import read_rows
 from prom_local.report import compare_rows, summarise
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="100", NO_COLOR="1")
-    return subprocess.run([sys.executable, "-m", "prom_local", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=60)
+def cli(*args: str):
+    return invoke(*args, columns=100)
 
 
 def write_rows(path: Path, scores, gold=None, probs=None) -> Path:

@@ -9,17 +9,12 @@ close() ends what is in flight.
 
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from assets import smollm2_gguf  # noqa: E402
-
-from prom_local.engine import (DoneEvent, Engine, EngineClosed, EngineConfig, ErrorEvent, GenRequest,  # noqa: E402
+from assets import smollm2_gguf
+from prom_local.engine import (DoneEvent, Engine, EngineClosed, EngineConfig, ErrorEvent, GenRequest,
                                SamplingParams, TokenEvent)
 
 pytestmark = pytest.mark.slow

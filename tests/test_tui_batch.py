@@ -1,5 +1,6 @@
-"""The batch screen driven by Textual's Pilot against the real engine (SmolLM2-135M on CPU):
-run a small file, filter the results, stop and resume into the same file `prom-local score` writes."""
+"""The batch screen driven by Textual's Pilot against the real engine (SmolLM2-135M on CPU, slow)
+and the scripted one (tests/fake_engine.py): run a small file, filter the results, stop and resume
+into the same file `prom-local score` writes."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from prom_local.output import read_rows
 from prom_local.report import is_disagreement, summarise
 from prom_local.results_sink import ResultsSink
 from prom_local.tui.widgets.batch.results_table import ResultsTable
-from tui_support import SHORT_RUBRIC, engine_options, make_app, settled_text, wait_for, wait_model
-
-pytestmark = pytest.mark.slow
+from tui_support import (SHORT_RUBRIC, engine_options, make_app, make_fake_app, screen_text, settled_text, wait_for,
+                         wait_model)
 
 QUESTIONS = [("2+2?", "4", 5), ("Capital of France?", "Paris", 5), ("3*3?", "6", 1),
              ("Spell cat.", "c-a-t", 4), ("서울은 어느 나라의 수도?", "일본", 1), ("1+1?", "2", 5)]
@@ -38,19 +38,21 @@ def table_ids(app) -> list[str]:
     return [str(key.value) for key in table.rows]
 
 
-def test_run_a_batch_then_filter(tmp_path, monkeypatch):
+@pytest.mark.parametrize("real", [pytest.param(True, marks=pytest.mark.slow, id="real"),
+                                  pytest.param(False, id="scripted")])
+def test_run_a_batch_then_filter(tmp_path, monkeypatch, real):
     monkeypatch.chdir(tmp_path)
-    src = write_input(tmp_path / "in.jsonl", 4, bad_line=True)
+    write_input(tmp_path / "in.jsonl", 4, bad_line=True)
 
     async def run():
-        app = make_app(engine_options(max_tokens=8), batch_input=Path("in.jsonl"))
+        app = (make_app(engine_options(max_tokens=8), batch_input=Path("in.jsonl")) if real
+               else make_fake_app(max_tokens=8, batch_input=Path("in.jsonl")))
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_model(pilot, app)
             await wait_for(pilot, lambda: len(table_ids(app)) == 5, 10, "the file to open")
             assert "in.jsonl → in.prom.jsonl" in (await settled_text(pilot, app))
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: app.job is None, 90, "the batch to finish")
-            await pilot.pause(0.1)
 
             # The same resumable file `prom-local score` writes: one row per input record.
             rows = read_rows(tmp_path / "in.prom.jsonl")
@@ -75,10 +77,9 @@ def test_run_a_batch_then_filter(tmp_path, monkeypatch):
 
             # The detail pane follows the cursor; the agreement pane shows report.py's figures.
             await pilot.press("down")
-            await pilot.pause(0.05)
-            assert "#r2" in (await settled_text(pilot, app))
+            await wait_for(pilot, lambda: "#r2" in screen_text(app), 5, "the detail of r2")
             await pilot.press("g")
-            await pilot.pause(0.1)
+            await wait_for(pilot, lambda: "agreement with gold" in screen_text(app), 5, "the agreement pane")
             summary = summarise(rows)
             text = (await settled_text(pilot, app))
             assert f"agreement with gold (n={summary.gold.n})" in text
@@ -94,6 +95,7 @@ def test_run_a_batch_then_filter(tmp_path, monkeypatch):
     asyncio.run(run())
 
 
+@pytest.mark.slow  # stopping mid-run needs a model slow enough to be caught mid-run
 def test_stop_mid_run_then_resume_into_the_same_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_input(tmp_path / "in.jsonl", 6)

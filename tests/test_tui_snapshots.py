@@ -84,3 +84,17 @@ def test_help_screen():
             check_snapshot("help-80x24", text)
 
     asyncio.run(run())
+
+
+def test_a_missing_snapshot_fails_and_writes_nothing(tmp_path, monkeypatch):
+    """Only PROM_LOCAL_UPDATE_SNAPSHOTS=1 writes snapshots: otherwise a test could pass on its own output."""
+    import tui_support
+
+    monkeypatch.setattr(tui_support, "SNAPSHOTS", tmp_path)
+    monkeypatch.setattr(tui_support, "UPDATE", False)
+    with pytest.raises(AssertionError, match="snapshot never-made.txt is missing"):
+        check_snapshot("never-made", "some screen")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(tui_support, "UPDATE", True)
+    check_snapshot("never-made", "some screen")
+    assert (tmp_path / "never-made.txt").read_text("utf-8") == "some screen\n"

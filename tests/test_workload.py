@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import RUBRIC, short_record, write_jsonl
+from helpers import RUBRIC, short_record, write_jsonl
 from prom_local.engine import read_model_info
 from prom_local.records import record_from_mapping
 from prom_local.workload import done_ids, measure, pending_work, prompt_tokens

@@ -15,16 +15,13 @@ Both are built once per session. The convert run's --json report is kept beside 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import assets
+from helpers import run_cli
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_NAME = "tiny-llama3"
 TINY_QUANTS = ("Q8_0", "Q4_K_M")
 
@@ -48,24 +45,6 @@ META_LLAMA3_POST_PROCESSOR = {
                                                   "tokens": ["<|begin_of_text|>"]}}},
     ],
 }
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """Environment for a CLI subprocess running this checkout's code, never touching the real hub."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env["HF_HUB_DISABLE_TELEMETRY"] = "1"
-    env["NO_COLOR"] = "1"
-    env["COLUMNS"] = "200"
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prom_local", *map(str, args)], capture_output=True,
-                          text=True, env=env or cli_env(), cwd=cwd or REPO_ROOT, timeout=timeout)
 
 
 def build_tiny_llama3(folder: Path, *, seed: int = 0) -> Path:

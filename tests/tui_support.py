@@ -1,7 +1,11 @@
 """Helpers for the TUI tests: a real app on SmolLM2, waiting on its state, and text snapshots.
 
 Snapshots are the screen as plain text (what a person reads), compared with files under
-tests/snapshots/. Set PROM_LOCAL_UPDATE_SNAPSHOTS=1 to (re)write them after a deliberate change.
+tests/snapshots/. A missing snapshot is a failure like a different one, on every machine: a test
+that wrote its own expectation could not fail. To (re)write snapshots after a deliberate change,
+opt in explicitly and review the diff before committing:
+
+    PROM_LOCAL_UPDATE_SNAPSHOTS=1 python -m pytest tests/test_tui_snapshots.py
 """
 
 from __future__ import annotations
@@ -17,8 +21,13 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from assets import smollm2_gguf
+from fake_engine import FakeEngine, Reply
 from prom_local.cli.options import EngineOptions
 from prom_local.cli.tui_cmd import make_loader
+from prom_local.engine import SamplingParams
+from prom_local.judge import Judge
+from prom_local.model_info import describe_judge
+from prom_local.models import resolve_model
 from prom_local.rubrics import Rubric
 from prom_local.tui import PromLocalApp
 
@@ -42,6 +51,20 @@ def make_app(opts: EngineOptions | None = None, **kwargs) -> PromLocalApp:
     kwargs.setdefault("model", opts.model)
     kwargs.setdefault("models_dir", opts.models_dir)
     return PromLocalApp(make_loader(opts), **kwargs)
+
+
+def make_fake_app(reply: Reply | None = None, *, max_tokens: int = 12, **kwargs) -> PromLocalApp:
+    """The app on a scripted engine (tests/fake_engine.py) over SmolLM2's vocabulary: the UI's
+    flow without decoding, for tests about keys, screens and jobs rather than the model's numbers."""
+
+    def load(spec, on_status):
+        resolved = resolve_model(spec or smollm2_gguf(), kwargs.get("models_dir"))
+        on_status(f"model: {resolved.path}")
+        judge = Judge.with_engine(FakeEngine(resolved.path, reply), sampling=SamplingParams(max_tokens=max_tokens))
+        return judge, describe_judge(judge, resolved)
+
+    kwargs.setdefault("model", str(smollm2_gguf()))
+    return PromLocalApp(load, **kwargs)
 
 
 async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "condition") -> None:
@@ -103,12 +126,13 @@ def check_snapshot(name: str, text: str, masks: tuple[tuple[str, str], ...] = ()
     for pattern, replacement in masks:
         text = re.sub(pattern, replacement, text)
     path = SNAPSHOTS / f"{name}.txt"
-    if UPDATE or not path.exists():
-        if not UPDATE and os.environ.get("CI"):
-            raise AssertionError(f"snapshot {path.name} is missing; run with PROM_LOCAL_UPDATE_SNAPSHOTS=1")
+    if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n", encoding="utf-8")
         return
+    if not path.exists():
+        raise AssertionError(f"snapshot {path.name} is missing: write it with PROM_LOCAL_UPDATE_SNAPSHOTS=1, "
+                             f"then review and commit it. The screen was:\n{text}")
     expected = path.read_text(encoding="utf-8").rstrip("\n")
     if text != expected:
         diff = "\n".join(difflib.unified_diff(expected.splitlines(), text.splitlines(),

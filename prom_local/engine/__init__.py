@@ -20,10 +20,10 @@ from .core import Engine
 from .llama import (GGUF_MAGIC, LlamaModel, build_backend, check_gguf_file, gpu_offload_supported,
                     read_model_info)
 from .requests import DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent
-from .scheduler import CONTINUATION_RESERVE, MIN_WAIT_GAIN, Scheduler
+from .scheduler import CONTINUATION_RESERVE, EXACT_TAIL, MIN_WAIT_GAIN, Scheduler
 from .submission import EngineClosed, RequestHandle
 
-__all__ = ["CONTINUATION_RESERVE", "DoneEvent", "Engine", "EngineClosed", "EngineConfig", "EngineStats",
+__all__ = ["CONTINUATION_RESERVE", "EXACT_TAIL", "DoneEvent", "Engine", "EngineClosed", "EngineConfig", "EngineStats",
            "ErrorEvent", "Event", "GGUF_MAGIC", "GenOutput", "GenRequest", "LlamaModel", "MIN_WAIT_GAIN",
            "PrefixCache", "RequestHandle", "SamplingParams", "Scheduler", "TokenEvent", "build_backend",
            "check_gguf_file", "gpu_offload_supported", "read_model_info"]

@@ -29,6 +29,15 @@ from .requests import EngineStats, GenRequest
 CONTINUATION_RESERVE = 16
 # Waiting for another sequence's prefix is only worth it when it saves at least this many tokens.
 MIN_WAIT_GAIN = 32
+# Fewest prompt tokens decoded together in one chunk. llama.cpp's CPU backend picks its matmul
+# kernel by batch width: llamafile's tiled kernels serve n >= 2 on x86 (n >= 8 for f16 on ARM),
+# a single token goes through ggml's dot products, which may round differently (whether they do
+# depends on the CPU and the build). A prompt whose cached prefix ended one token short of it, or a
+# long prompt whose last n_batch chunk is a lone token, could then differ from its cold computation
+# in the last bits, which was seen to flip a greedy choice.
+# So no prompt chunk is narrower than this: reuse stops this many tokens before a prompt's end,
+# and chunks are cut so that none is left this short (re-computing <8 tokens costs nothing).
+EXACT_TAIL = 8
 
 WAITING, RUNNING = "waiting", "running"
 
@@ -200,7 +209,7 @@ class Scheduler:
         """Give a waiting request its KV prefix and start its prompt, or let it wait for a prefix
         that an older request is computing right now."""
         arr = active.job.arr
-        limit = len(arr) - 1
+        limit = max(0, len(arr) - EXACT_TAIL)
         src, have = self.cache.longest(arr, limit, prefer=active.seq)
         if not force:
             coming = max((self._will_share(o.seq, arr, limit) for o in self.active()
@@ -240,7 +249,10 @@ class Scheduler:
         if not prompts:
             return None
         active = min(prompts, key=lambda a: a.admitted)
-        return active, min(len(active.pending), self.n_batch)
+        take = min(len(active.pending), self.n_batch)
+        if 0 < len(active.pending) - take < EXACT_TAIL and take - EXACT_TAIL >= EXACT_TAIL:
+            take -= EXACT_TAIL   # never leave a last chunk narrower than EXACT_TAIL
+        return active, take
 
     def advance(self, items: list[tuple[Active, int]]) -> None:
         """Bookkeeping after a successful decode of items."""
