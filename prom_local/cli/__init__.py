@@ -8,7 +8,7 @@ import typer
 
 from ..errors import PromLocalError
 from . import (compare_cmd, convert_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd, render_cmd, report_cmd,
-               score_cmd, tui_cmd)
+               score_cmd, serve_cmd, tui_cmd)
 
 app = typer.Typer(
     name="prom-local",
@@ -19,7 +19,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # joins wrapped docstring lines into paragraphs
 )
 # Order = order in --help: the main job first, then model management, then review tools.
-for module in (score_cmd, grade_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd, pull_cmd,
+for module in (score_cmd, grade_cmd, serve_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd, pull_cmd,
                models_cmd, info_cmd):
     module.register(app)
 
