@@ -211,10 +211,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--gpu-layers", default="0", help="0 (CPU), all, or a number")
     ap.add_argument("--loop-flash-attn", choices=["off", "on"], default="off",
-                    help="flash attention in the loop (off: llama-cpp-python's default; prom-local "
-                    "lets llama.cpp choose, which is on for CPU and CUDA)")
+                    help="flash attention in the loop (off: llama-cpp-python's default, and what "
+                    "prom-local uses on CPU)")
     ap.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto",
-                    help="flash attention in prom-local (auto: llama.cpp's choice, prom-local's default)")
+                    help="flash attention in prom-local (auto, its default: off on CPU, where it would "
+                    "make outputs depend on how prompts are batched; llama.cpp's choice with GPU layers)")
     ap.add_argument("--rounds", type=int, default=1, help="repetitions, alternating system order")
     ap.add_argument("--workloads", default="repeat,distinct")
     ap.add_argument("--systems", default="loop,p1,pN")

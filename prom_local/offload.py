@@ -1,7 +1,9 @@
-"""How many layers to put on the GPU: pure arithmetic over model shape and free memory.
+"""How many layers to put on the GPU and how many sequences to keep in flight: arithmetic over the
+model's shape and free memory, plus the two readings of free memory it needs (nvidia-smi for the
+GPU, /proc/meminfo for RAM) and the --gpu-layers spelling.
 
-Kept free of llama.cpp calls so that the decision can be unit-tested with given memory figures;
-engine.py feeds it real numbers and retries with fewer layers if llama.cpp still runs out.
+Kept free of llama.cpp calls so that the decisions can be unit-tested with given memory figures;
+engine/loading.py feeds them real numbers and retries with fewer layers if llama.cpp still runs out.
 """
 
 from __future__ import annotations
@@ -172,7 +174,6 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import os
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None

@@ -1,0 +1,29 @@
+"""llama.cpp, and nothing above it: load a GGUF, tokenize, and decode many sequences together.
+
+Within the prom_local library this package is the only code that calls llama.cpp (convert/'s
+quantize and imatrix steps call it themselves); everything else sees token lists, strings and
+floats. Its parts, one concern each:
+
+  config.py      EngineConfig, SamplingParams (what the CLI's options map onto)
+  requests.py    GenRequest in; TokenEvent / DoneEvent / ErrorEvent out
+  llama.py       backend, log, LlamaModel (a GGUF: metadata, tokenizer)
+  context.py     LlamaContext, LlamaBatch, SamplerChain (one class per llama.cpp object)
+  cache.py       PrefixCache: which tokens' KV each sequence holds; copy, trim, eviction
+  scheduler.py   admission, prefix waits, rounds, KV bounds: pure Python, tested without a model
+  submission.py  submit() from any thread / generate(); who runs the loop
+  core.py        Engine: the decode loop over all of the above
+"""
+
+from .cache import PrefixCache
+from .config import EngineConfig, SamplingParams
+from .core import Engine
+from .llama import (GGUF_MAGIC, LlamaModel, build_backend, check_gguf_file, gpu_offload_supported,
+                    read_model_info)
+from .requests import DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent
+from .scheduler import CONTINUATION_RESERVE, MIN_WAIT_GAIN, Scheduler
+from .submission import EngineClosed, RequestHandle
+
+__all__ = ["CONTINUATION_RESERVE", "DoneEvent", "Engine", "EngineClosed", "EngineConfig", "EngineStats",
+           "ErrorEvent", "Event", "GGUF_MAGIC", "GenOutput", "GenRequest", "LlamaModel", "MIN_WAIT_GAIN",
+           "PrefixCache", "RequestHandle", "SamplingParams", "Scheduler", "TokenEvent", "build_backend",
+           "check_gguf_file", "gpu_offload_supported", "read_model_info"]

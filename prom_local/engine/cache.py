@@ -1,0 +1,97 @@
+"""The prefix cache: which tokens' KV each sequence of the context holds, and how to reuse it.
+
+Pure Python and numpy. The KV itself lives in llama.cpp; this keeps its table of contents (per
+sequence, the tokens at positions 0..n-1) and issues the only two operations that change it besides
+decoding, a whole-sequence copy and a trim, to a `memory` (the llama.cpp context, or nothing in
+tests), so the table and the KV cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+
+
+class KvMemory(Protocol):
+    def seq_cp(self, src: int, dst: int) -> None: ...
+    def seq_rm(self, seq: int, keep: int) -> None: ...
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    # numpy compares long prompts far faster than a Python loop.
+    if n <= 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class PrefixCache:
+    """Tokens whose KV each of `n_seq` sequences holds (at most `capacity` each)."""
+
+    def __init__(self, n_seq: int, capacity: int, memory: KvMemory | None = None):
+        self._buf = np.zeros((n_seq, capacity), dtype=np.int64)
+        self.n = [0] * n_seq            # sequence s holds buf[s, :n[s]]
+        self.last_used = [0] * n_seq    # admission stamp of the last request given the sequence
+        self.memory = memory
+
+    @property
+    def n_seq(self) -> int:
+        return len(self.n)
+
+    def tokens(self, seq: int) -> np.ndarray:
+        return self._buf[seq, :self.n[seq]]
+
+    def shared(self, seq: int, arr: np.ndarray, limit: int) -> int:
+        """Tokens of `arr` (up to limit) whose KV sequence `seq` holds right now."""
+        return common_prefix(self._buf[seq, :self.n[seq]], arr, limit)
+
+    def longest(self, arr: np.ndarray, limit: int, prefer: int) -> tuple[int, int]:
+        """(sequence, tokens) holding the longest prefix of arr; `prefer` wins ties (no copy)."""
+        src, have = prefer, self.shared(prefer, arr, limit)
+        for seq in range(self.n_seq):
+            if seq != prefer:
+                n = self.shared(seq, arr, limit)
+                if n > have:
+                    src, have = seq, n
+        return src, have
+
+    def choose(self, free: Sequence[int], arr: np.ndarray, upcoming: Iterable[np.ndarray]) -> int:
+        """The free sequence a new prompt goes to: its own cache if that is the best match anywhere,
+        else the free sequence whose cache the upcoming prompts need least (so shared prefixes
+        outlive the records that made them), the least recently used among equals."""
+        limit = len(arr) - 1
+        own = max(free, key=lambda s: (self.shared(s, arr, limit), -self.last_used[s]))
+        best_anywhere = max(self.shared(s, arr, limit) for s in range(self.n_seq))
+        if self.n[own] and self.shared(own, arr, limit) == best_anywhere and best_anywhere > 0:
+            return own
+        upcoming = list(upcoming)
+
+        def usefulness(seq: int) -> tuple[int, int]:
+            need = max((self.shared(seq, a, len(a) - 1) for a in upcoming), default=0)
+            return need, self.last_used[seq]
+
+        return min(free, key=usefulness)
+
+    def touch(self, seq: int, stamp: int) -> None:
+        self.last_used[seq] = stamp
+
+    # -- changes ----------------------------------------------------------------------------------
+    def reuse(self, seq: int, src: int, keep: int) -> None:
+        """Make `seq` hold the first `keep` tokens of what `src` holds (itself: a trim)."""
+        if src != seq:
+            if self.memory is not None:
+                self.memory.seq_cp(src, seq)
+            n = self.n[src]
+            self._buf[seq, :n] = self._buf[src, :n]
+            self.n[seq] = n
+        if self.memory is not None:
+            self.memory.seq_rm(seq, keep)
+        self.n[seq] = keep
+
+    def append(self, seq: int, tokens: Sequence[int]) -> None:
+        """Tokens just decoded at the end of `seq`."""
+        n, k = self.n[seq], len(tokens)
+        self._buf[seq, n:n + k] = tokens
+        self.n[seq] = n + k

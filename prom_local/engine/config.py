@@ -1,0 +1,38 @@
+"""How an engine is built and how a request samples: the two dataclasses the CLI's options map onto.
+
+Kept apart from the engine's code so that option declarations (cli/options.py) and tools that only
+need the defaults read them without touching llama.cpp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0   # 0 = greedy, deterministic
+    top_p: float = 1.0
+    top_k: int = 0
+    repeat_penalty: float = 1.0
+    seed: int = 0
+    max_tokens: int = 512
+
+
+@dataclass
+class EngineConfig:
+    n_ctx: int | None = None             # per sequence; None = min(8192, trained context)
+    gpu_layers: int | None = None        # None = auto, -1 = all, 0 = CPU, N = N layers
+    n_threads: int | None = None
+    n_parallel: int | None = 1           # sequences in flight; None = choose from memory (auto)
+    n_batch: int = 512
+    verbose: bool = False
+    # Requests read ahead of the free slots, to start those that share a cached prefix first.
+    # None = 4 x n_parallel; 1 = strictly in input order (always so with n_parallel 1).
+    lookahead: int | None = None
+    # llama.cpp's flash attention. None = off on CPU (see context.flash_attn_default), llama.cpp's
+    # own choice (on) with GPU layers.
+    flash_attn: bool | None = None
+    # Put prompt chunks in the same batch as generated tokens. None = on a GPU only (see
+    # Engine._round).
+    mix_prompts: bool | None = None

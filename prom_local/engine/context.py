@@ -1,0 +1,158 @@
+"""The per-run llama.cpp objects: a context (KV cache, decode, logits), a batch, a sampler chain.
+
+Each class owns one C object and frees it; none of them knows about requests or scheduling.
+`LlamaContext` also serves as the prefix cache's `memory` (sequence copy and trim).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelLoadError
+from .config import SamplingParams
+from .llama import LOG, LlamaModel, require_llama
+
+
+def flash_attn_default(flash_attn: bool | None, n_gpu_layers: int) -> bool | None:
+    """The flash attention setting to ask llama.cpp for; None leaves it llama.cpp's choice."""
+    if flash_attn is None and n_gpu_layers == 0:
+        # On CPU, flash attention makes a token's result depend on how its prompt was cut into
+        # batches (logits moved by up to ~0.5 on SmolLM2 when a reused prefix ends elsewhere),
+        # so outputs would depend on what happened to be cached and on --parallel. Without it,
+        # a prefix taken from the cache gives exactly the cold result, and speed is the same
+        # (faster generation, slightly slower prompts). It is also llama-cpp-python's default.
+        return False
+    return flash_attn
+
+
+class LlamaContext:
+    """A llama.cpp context of `n_seq` sequences with one KV stream each."""
+
+    def __init__(self, model: LlamaModel, *, n_ctx: int, n_seq: int, n_batch: int, n_threads: int,
+                 flash_attn: bool | None):
+        ll = require_llama()
+        self.model = model
+        params = ll.llama_context_default_params()
+        # One KV stream per sequence (not llama.cpp's unified cache): attention then reads only a
+        # sequence's own cells. With a unified cache every token's attention also walks the other
+        # sequences' cells, which on CPU made prompts ~30% and generated tokens ~70% slower at
+        # 4 x 1,300 tokens; it also made results depend on where other sequences' cells lie.
+        # Sharing a prefix is then a copy of the source stream (llama.cpp copies whole streams,
+        # a memcpy far cheaper than recomputing the prefix), trimmed to the shared part.
+        # The scheduler keeps each sequence within n_ctx // n_seq tokens, so no stream fills up.
+        params.n_ctx = n_ctx
+        params.n_seq_max = n_seq
+        params.kv_unified = False
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.no_perf = True
+        if flash_attn is not None:
+            params.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                      else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self._ctx = ll.llama_init_from_model(model.handle, params)
+        if not self._ctx:
+            raise ModelLoadError(f"{model.path}: could not create a llama.cpp context of "
+                                 f"{params.n_ctx} tokens{LOG.why()}")
+        self._ll = ll
+        self._mem = ll.llama_get_memory(self._ctx)
+        self._n_vocab = model.n_vocab
+
+    @property
+    def handle(self):
+        return self._ctx
+
+    def decode(self, batch: "LlamaBatch") -> None:
+        rc = self._ll.llama_decode(self._ctx, batch.handle)
+        if rc != 0:
+            # 1 = no room in the KV cache: impossible while every sequence stays within its bound,
+            # so this is a bug; llama.cpp has restored the cache, and no bookkeeping was advanced.
+            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {batch.n_tokens} "
+                               f"tokens{': ' + LOG.tail(3) if LOG.tail() else ''}")
+
+    def logits(self, index: int) -> np.ndarray:
+        """The logits row of batch position `index` (a view valid until the next decode)."""
+        ptr = self._ll.llama_get_logits_ith(self._ctx, index)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    # -- KV memory, as the prefix cache asks for it ----------------------------------------------
+    def seq_cp(self, src: int, dst: int) -> None:
+        # Whole-stream copy (the only kind llama.cpp does across streams); the data moves at the
+        # start of the next decode, before that batch writes anything.
+        self._ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+
+    def seq_rm(self, seq: int, keep: int) -> None:
+        """Drop positions keep.. of a sequence."""
+        self._ll.llama_memory_seq_rm(self._mem, seq, keep, -1)
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            self._ll.llama_free(self._ctx)
+            self._ctx = None
+
+
+class LlamaBatch:
+    """A llama_batch of up to `capacity` tokens, one sequence id per token."""
+
+    def __init__(self, capacity: int):
+        self._ll = require_llama()
+        self.capacity = capacity
+        self._batch = self._ll.llama_batch_init(capacity, 0, 1)
+        self.n_tokens = 0
+
+    @property
+    def handle(self):
+        return self._batch
+
+    def clear(self) -> None:
+        self.n_tokens = self._batch.n_tokens = 0
+
+    def add(self, tokens: list[int], pos0: int, seq_id: int, logits_last: bool) -> int:
+        """Append tokens at positions pos0.. of seq_id; returns the batch index of the last one."""
+        b, n = self._batch, self.n_tokens
+        for j, token in enumerate(tokens):
+            b.token[n] = token
+            b.pos[n] = pos0 + j
+            b.n_seq_id[n] = 1
+            b.seq_id[n][0] = seq_id
+            b.logits[n] = 0
+            n += 1
+        if logits_last:
+            b.logits[n - 1] = 1
+        self.n_tokens = b.n_tokens = n
+        return n - 1
+
+    def close(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            self._ll.llama_batch_free(self._batch)
+            self._batch = None
+
+
+class SamplerChain:
+    """llama.cpp's sampler chain for one request's SamplingParams."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int):
+        ll = self._ll = require_llama()
+        chain = self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        p = params
+        if p.repeat_penalty != 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty,
+                                                                              0.0, 0.0))
+        if p.temperature <= 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return
+        if p.top_k > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(p.temperature))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(p.seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: LlamaContext, index: int) -> int:
+        return self._ll.llama_sampler_sample(self._chain, ctx.handle, index)
+
+    def close(self) -> None:
+        if getattr(self, "_chain", None) is not None:
+            self._ll.llama_sampler_free(self._chain)
+            self._chain = None

@@ -1,0 +1,293 @@
+"""The engine: a decode loop that carries out the scheduler's decisions against llama.cpp.
+
+It keeps up to `n_parallel` requests in flight as separate sequences of one context, refilled
+continuously, and reuses any KV prefix a new request shares with a sequence already in the cache
+(llama.cpp's sequence copy), so the system prompt, and the instruction when several responses share
+it, is computed once. Who runs next and from which prefix is scheduler.py's call; what the KV cache
+holds is cache.py's; requests come in through submission.py (from any thread, or a blocking
+`generate`); this module decodes, samples, and turns logits into events.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..errors import ContextOverflow
+from .cache import PrefixCache
+from .config import EngineConfig
+from .context import LlamaBatch, LlamaContext, SamplerChain, flash_attn_default
+from .loading import load
+from .requests import (DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent)
+from .scheduler import Active, Job, Scheduler
+from .submission import Hub, Raised, RequestHandle
+
+
+@dataclass(eq=False)
+class _Progress:
+    """What a request has produced so far; fresh for every admission."""
+
+    sampler: SamplerChain
+    started: float
+    generated: list[int] = field(default_factory=list)
+    text_bytes: bytearray = field(default_factory=bytearray)
+    text: str = ""
+    probes: list[tuple[int, np.ndarray, float]] = field(default_factory=list)
+    forcing: bool = False          # feeding on_finish's tokens; the next logits end the request
+    appended: str = ""
+    finish_reason: str = ""
+    first_token: float | None = None
+
+
+class Engine:
+    def __init__(self, model_path: str | Path, config: EngineConfig | None = None,
+                 on_status: Callable[[str], None] | None = None):
+        self.config = config or EngineConfig()
+        loaded = load(Path(model_path), self.config, on_status or (lambda message: None))
+        self.model, self.plan = loaded.model, loaded.plan
+        self.n_ctx, self.n_parallel = loaded.n_ctx, loaded.n_parallel
+        self.n_batch = max(self.config.n_batch, self.n_parallel)
+        try:
+            self.ctx: LlamaContext | None = LlamaContext(
+                self.model, n_ctx=self.n_ctx * self.n_parallel, n_seq=self.n_parallel, n_batch=self.n_batch,
+                n_threads=self.config.n_threads or len(os.sched_getaffinity(0)),
+                flash_attn=flash_attn_default(self.config.flash_attn, self.plan.n_gpu_layers))
+        except Exception:
+            self.model.close()
+            raise
+        self._batch = LlamaBatch(self.n_batch)
+        ahead = self.config.lookahead
+        self.lookahead = 1 if self.n_parallel == 1 else max(1, ahead if ahead is not None else 4 * self.n_parallel)
+        self.stats = EngineStats()
+        mix = self.config.mix_prompts
+        self.mix_prompts = self.plan.n_gpu_layers != 0 if mix is None else bool(mix)
+        self.cache = PrefixCache(self.n_parallel, self.n_ctx, memory=self.ctx)
+        self.scheduler = Scheduler(self.cache, n_ctx=self.n_ctx, lookahead=self.lookahead,
+                                   n_batch=self.n_batch, stats=self.stats)
+        self._hub = Hub(self._step, on_fault=self._abort_all, on_close=self._cancel_all)
+
+    # -- info -----------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"model": str(self.model.path), "n_ctx": self.n_ctx, "n_parallel": self.n_parallel,
+                "gpu_layers": self.plan.layers_on_gpu, "n_layer": self.plan.n_layer,
+                "backend": self.plan.backend, "offload": self.plan.reason}
+
+    def check_fits(self, n_prompt: int, max_tokens: int) -> None:
+        self.scheduler.check_fits(n_prompt, max_tokens)
+
+    # -- ways in ----------------------------------------------------------------------------------
+    def submit(self, request: GenRequest) -> RequestHandle:
+        """Queue a request from any thread; it runs in the engine's background loop. A prompt too
+        long for the context ends its events with an ErrorEvent."""
+        return self._hub.submit(RequestHandle(self._hub, request))
+
+    def generate(self, requests: Iterable[GenRequest]) -> Iterator[Event]:
+        """Run requests, up to n_parallel at once; yield token deltas and results as they come.
+
+        Results come in completion order (tagged); callers that need input order reorder them.
+        A request that cannot run (prompt too long) yields an ErrorEvent and the rest go on.
+        The iterator is read only while a sequence is free.
+        """
+        return self._hub.generate(iter(requests))
+
+    # -- one step of the loop ---------------------------------------------------------------------
+    def _step(self) -> None:
+        sched = self.scheduler
+        for job in self._hub.take_cancelled():
+            self._final(job, DoneEvent(_unstarted_output(job.req)))
+        while sched.room() > 0:
+            job = self._hub.next_job()
+            if job is None:
+                break
+            try:
+                sched.offer(job)
+            except ContextOverflow as exc:
+                self._final(job, ErrorEvent(job.req.tag, exc))
+        # Cancellation is checked between steps, never mid-decode.
+        waiting, running = sched.drop_cancelled()
+        for job in waiting:
+            self._final(job, DoneEvent(_unstarted_output(job.req)))
+        for active in running:
+            active.progress.finish_reason = "cancelled"
+            self._final(active.job, DoneEvent(self._release(active)))
+        for active in sched.admit():
+            active.progress = _Progress(SamplerChain(active.job.req.params, self.model.n_vocab),
+                                        time.perf_counter())
+        sched.start_waiting()
+        runnable = sched.runnable()
+        if runnable:
+            self._round(runnable)
+        else:
+            sched.force_oldest()
+
+    def _round(self, runnable: list[Active]) -> None:
+        """One round of decoding: a token for every generating sequence, and prompt chunks (oldest
+        request first, so a prefix others wait for is ready soonest)."""
+        sched = self.scheduler
+        if self.mix_prompts:
+            # One batch for all. llama.cpp still splits it into micro-batches of equal tokens per
+            # sequence, but a prompt's first token then fills its gap in the generating range,
+            # which on a GPU saves a pass over the weights per round.
+            self._decode_and_sample(sched.mixed_batch(runnable))
+            return
+        # Apart: generating tokens together, then one chunk of one prompt on its own. On a CPU this
+        # costs nothing (llama.cpp would split a mixed batch into the same pieces), and each prompt
+        # is cut where --parallel 1 cuts it (n_batch tokens from the reused prefix on), which
+        # keeps the arithmetic, and so the outputs, the same as --parallel 1's.
+        generating = sched.generating(runnable)
+        if generating:
+            self._decode_and_sample(generating)
+        # (asked after the generating tokens: a sequence that just ended may now have a forced
+        # continuation to feed)
+        chunk = sched.prompt_chunk()
+        if chunk is not None:
+            self._decode_and_sample([chunk])
+
+    def _decode_and_sample(self, items: list[tuple[Active, int]]) -> None:
+        for active, index in self._decode(items):
+            try:
+                self._after_logits(active, index)
+            except Exception as exc:  # a request's own callback failed: that request ends
+                self._discard(active)
+                self._final(active.job, Raised(exc))
+
+    def _decode(self, items: list[tuple[Active, int]]) -> list[tuple[Active, int]]:
+        """Decode the next `take` pending tokens of each (active, take); return who got logits where."""
+        batch = self._batch
+        batch.clear()
+        wants: list[tuple[Active, int]] = []
+        # By sequence id: llama.cpp cuts a batch over several KV streams into micro-batches of
+        # consecutive sequence ids, so any other order costs extra passes over the weights.
+        items = sorted(items, key=lambda item: item[0].seq)
+        for active, take in items:
+            last = take == len(active.pending)
+            index = batch.add(active.pending[:take], self.cache.n[active.seq], active.seq, last)
+            if last:
+                wants.append((active, index))
+        self.ctx.decode(batch)
+        self.scheduler.advance(items)
+        self.stats.steps += 1
+        self.stats.batch_tokens += batch.n_tokens
+        return wants
+
+    def _probe(self, active: Active, index: int) -> np.ndarray:
+        logits = self.ctx.logits(index).astype(np.float64)
+        top = logits.max()
+        log_z = top + np.log(np.exp(logits - top).sum())
+        return np.exp(logits[np.asarray(active.job.req.probe_ids, dtype=np.int64)] - log_z)
+
+    def _after_logits(self, active: Active, index: int) -> None:
+        req, p = active.job.req, active.progress
+        active.prefilling = False
+        if p.forcing:
+            final = self._probe(active, index) if req.probe_ids else None
+            self._final(active.job, DoneEvent(self._release(active, final)))
+            return
+        if req.probe_ids and req.probe_when is not None and req.probe_when(p.text):
+            p.probes.append((len(p.text), self._probe(active, index), time.perf_counter()))
+        if active.budget <= 0:
+            self._finish(active, "length", unfed=None)
+            return
+        token = p.sampler.sample(self.ctx, index)
+        if req.on_sample is not None:
+            req.on_sample(token, self.ctx.logits(index))
+        if p.first_token is None:
+            p.first_token = time.perf_counter() - p.started
+        if self.model.is_eog(token):
+            self._finish(active, "stop", unfed=None)
+            return
+        p.generated.append(token)
+        p.text_bytes += self.model.token_bytes(token)
+        # Incomplete UTF-8 at the end (a Korean syllable split over tokens) waits for the next piece.
+        text = p.text_bytes.decode("utf-8", "ignore")
+        delta, p.text = text[len(p.text):], text
+        if delta:
+            active.job.sink.put(TokenEvent(req.tag, delta))
+        if len(p.generated) >= active.budget:
+            self._finish(active, "length", unfed=token)
+            return
+        active.pending = [token]
+
+    def _finish(self, active: Active, reason: str, unfed: int | None) -> None:
+        p, req = active.progress, active.job.req
+        p.finish_reason = reason
+        extra = req.on_finish(p.text) if req.on_finish else None
+        if extra:
+            pending = ([unfed] if unfed is not None else []) + list(extra)
+            if self.scheduler.fits(active, len(pending)):  # always, with continuations up to the reserve
+                p.forcing = True
+                p.appended = self.model.detokenize(extra)
+                active.feed(pending)
+                return
+        self._final(active.job, DoneEvent(self._release(active)))
+
+    # -- endings ----------------------------------------------------------------------------------
+    def _final(self, job: Job, event) -> None:
+        job.sink.put(event)
+        job.sink.finish()
+
+    def _release(self, active: Active, final: np.ndarray | None = None) -> GenOutput:
+        req, p = active.job.req, active.progress
+        out = GenOutput(
+            # p.text (not a fresh decode) so probe offsets index the same string; a character cut
+            # in half by max_tokens is dropped rather than shown as U+FFFD.
+            tag=req.tag, text=p.text, tokens=list(p.generated),
+            finish_reason=p.finish_reason or "stop", prompt_tokens=len(req.tokens),
+            reused_prompt_tokens=active.reused, probes=p.probes, appended=p.appended,
+            final_probe=final, seconds=time.perf_counter() - p.started,
+            first_token_seconds=p.first_token)
+        self.stats.prompt_tokens += len(req.tokens)
+        self.stats.reused_tokens += active.reused
+        self._discard(active)
+        return out
+
+    def _discard(self, active: Active) -> None:
+        if active.progress is not None:
+            active.progress.sampler.close()
+        self.scheduler.release(active)
+
+    def _abort_all(self, error: BaseException) -> None:
+        """The loop itself failed (llama_decode, or a bug): every request in flight gets the error."""
+        for active in self.scheduler.active():
+            self._discard(active)
+            self._final(active.job, Raised(error))
+        while self.scheduler.window:
+            self._final(self.scheduler.window.popleft(), Raised(error))
+
+    def _cancel_all(self) -> None:
+        """On close: everything in flight or queued ends as cancelled."""
+        for active in self.scheduler.active():
+            active.progress.finish_reason = "cancelled"
+            self._final(active.job, DoneEvent(self._release(active)))
+        queued = list(self.scheduler.window) + self._hub.drain()
+        self.scheduler.window.clear()
+        for job in queued:
+            self._final(job, DoneEvent(_unstarted_output(job.req)))
+
+    def close(self) -> None:
+        if getattr(self, "_hub", None) is not None:
+            self._hub.close()
+        if getattr(self, "_batch", None) is not None:
+            self._batch.close()
+            self._batch = None
+        if getattr(self, "ctx", None) is not None:
+            self.ctx.close()
+            self.ctx = None
+        if getattr(self, "model", None) is not None:
+            self.model.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _unstarted_output(req: GenRequest) -> GenOutput:
+    return GenOutput(tag=req.tag, text="", tokens=[], finish_reason="cancelled",
+                     prompt_tokens=len(req.tokens), reused_prompt_tokens=0, probes=[])
