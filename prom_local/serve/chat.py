@@ -66,6 +66,8 @@ class TokenLogprobs:
     entries: list[dict] = field(default_factory=list)
 
     def record(self, judge: Judge, token: int, logits: np.ndarray) -> None:
+        if judge.model.is_eog(token):  # the end-of-turn token is not part of the content
+            return
         row = logits.astype(np.float64)
         peak = row.max()
         logz = peak + math.log(np.exp(row - peak).sum())
