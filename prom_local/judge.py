@@ -149,9 +149,10 @@ class Judge:
             # appended marker decides, with no resampling.
             probabilities, mass = self.score_tokens.per_score(out.final_probe)
             score = int(np.argmax(probabilities)) + 1 if mass > 0 else None
+            # What was appended, and the score the model would write next.
             stated = self.profile.score_continuation + str(score)
-            suffix = (stated[len(out.appended):] if stated.startswith(out.appended)
-                      else out.appended + str(score)) if score is not None else ""
+            suffix = (stated if stated.startswith(out.appended) else out.appended + str(score)) \
+                if score is not None else ""
             return Verdict(score, probabilities, mass, True, suffix)
         match = find_score(out.text)
         if match is None:  # cut by the caller (a stop string) before any verdict
