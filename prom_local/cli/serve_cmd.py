@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import PromLocalError
 from ..models import resolve_model
 from .options import EngineOptions, err_console, with_engine_options
 
@@ -85,9 +86,13 @@ def register(app: typer.Typer) -> None:
         """
         import logging
 
-        import uvicorn
+        try:
+            import uvicorn
 
-        from ..serve import ServeConfig, Service, create_app
+            from ..serve import ServeConfig, Service, create_app
+        except ImportError as exc:
+            raise PromLocalError(f"serve needs its extra ({exc.name} is missing): "
+                                 "pip install 'prom-local[serve]'") from None
 
         key = _read_key(api_key, api_key_file)
         resolved = resolve_model(opts.model, opts.models_dir)
