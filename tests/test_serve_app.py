@@ -136,3 +136,50 @@ def test_grading_prompts_are_recognised_by_the_cards_system_prompt_or_prometheus
                            {"role": "user", "content": "###Task Description:\n...\n###Feedback: "}))
     assert not is_grading(chat({"role": "user", "content": "###Task Description: only one marker"}))
     assert not is_grading(chat({"role": "user", "content": "What is 2+2?"}))
+
+
+def test_the_queue_is_bounded_and_gives_back_what_ended():
+    """Admission against an engine that ends each request when told: past the limit a request is
+    refused with 503 + Retry-After; once requests end, their room comes back."""
+    import asyncio
+    import queue
+
+    from prom_local.engine import DoneEvent, GenOutput, GenRequest
+    from prom_local.serve.bridge import Admission
+    from prom_local.serve.errors import ApiError
+
+    class Handle:
+        def __init__(self, req):
+            self.req, self.q = req, queue.SimpleQueue()
+
+        def events(self):
+            yield self.q.get()
+
+        def cancel(self):
+            self.q.put(DoneEvent(GenOutput(self.req.tag, "", [], "cancelled", 3, 0, [])))
+
+    class Engine:
+        def submit(self, req):
+            return Handle(req)
+
+    class Judge:
+        engine = Engine()
+
+    service = Service(ServeConfig(model_path=Path("unused.gguf"), model_name="judge"))
+    service.judge, service.admission = Judge(), Admission(3)
+
+    async def scenario():
+        first = service.submit([GenRequest([1, 2, 3]), GenRequest([1, 2, 3])])
+        with pytest.raises(ApiError) as refused:
+            service.submit([GenRequest([1]), GenRequest([1])])
+        assert refused.value.status == 503 and refused.value.headers["Retry-After"]
+        assert service.metrics.admitted == 2
+        first.cancel()
+        events = [event async for _, event in first.events()]
+        assert [e.output.finish_reason for e in events] == ["cancelled", "cancelled"]
+        second = service.submit([GenRequest([1]), GenRequest([1]), GenRequest([1])])
+        second.cancel()
+        assert len([e async for e in second.events()]) == 3
+
+    asyncio.run(scenario())
+    assert service.admission.admitted == 0 and service.metrics.cancelled == 5
