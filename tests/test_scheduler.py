@@ -298,6 +298,13 @@ def test_a_prompt_too_long_for_its_sequence_is_refused():
     assert sched.window[1].index == 1          # the refused one took no arrival number
 
 
+def test_an_empty_prompt_is_refused():
+    sched, _ = make()
+    with pytest.raises(ValueError, match="no tokens"):
+        sched.offer(job([]))
+    assert not sched.window
+
+
 def test_common_prefix_respects_the_limit():
     a = np.arange(10)
     assert common_prefix(a, np.arange(10), 9) == 9       # the last prompt token is never reused

@@ -82,8 +82,9 @@ class Engine:
 
     # -- ways in ----------------------------------------------------------------------------------
     def submit(self, request: GenRequest) -> RequestHandle:
-        """Queue a request from any thread; it runs in the engine's background loop. A prompt too
-        long for the context ends its events with an ErrorEvent."""
+        """Queue a request from any thread; it runs in the engine's background loop (a thread
+        started on the first submit, stopped by close()). A prompt too long for the context, or
+        empty, ends its events with an ErrorEvent."""
         return self._hub.submit(RequestHandle(self._hub, request))
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[Event]:
@@ -106,7 +107,7 @@ class Engine:
                 break
             try:
                 sched.offer(job)
-            except ContextOverflow as exc:
+            except (ContextOverflow, ValueError) as exc:
                 self._final(job, ErrorEvent(job.req.tag, exc))
         # Cancellation is checked between steps, never mid-decode.
         waiting, running = sched.drop_cancelled()

@@ -122,7 +122,10 @@ class Scheduler:
         return max(0, self.lookahead - len(self.window)) if self.has_free_slot() else 0
 
     def offer(self, job: Job) -> None:
-        """Take a request into the window, or raise ContextOverflow if its prompt cannot fit."""
+        """Take a request into the window, or raise ContextOverflow if its prompt cannot fit (and
+        ValueError for an empty one, which would have no logits to start from)."""
+        if not job.req.tokens:
+            raise ValueError("the prompt has no tokens")
         self.check_fits(len(job.req.tokens), job.req.params.max_tokens)
         job.index = self._arrivals
         self._arrivals += 1

@@ -50,7 +50,7 @@ class RequestHandle:
 
     def events(self) -> Iterator[Event]:
         """TokenEvents, then one DoneEvent or ErrorEvent; raises what broke the request, if
-        anything did (a request callback that raised, an engine failure)."""
+        anything did (a request callback that raised, an engine failure). Iterate it once."""
         while True:
             item = self._queue.get()
             if isinstance(item, Raised):
