@@ -66,6 +66,18 @@ class ScoreTokens:
         return cls(tuple(by_score), tuple(tokenized[0][:common]))
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a grading output concluded: the score, P(1..5) where it was chosen, and whether the
+    model had to be made to state it (`suffix`: the text that states it, appended to the output)."""
+
+    score: int | None
+    probabilities: tuple[float, ...] | None
+    score_mass: float | None
+    forced: bool
+    suffix: str = ""
+
+
 def _wants_probe(text: str) -> bool:
     # Cheap test first: this runs after every generated token. 48 characters hold the longest
     # marker with decorations ("[RESULT] score of (").
@@ -113,14 +125,41 @@ class Judge:
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
     def _request(self, record: Record, cancel: threading.Event | None = None) -> GenRequest:
+        return self.grading_request(self.tokenize_prompt(record), tag=record, cancel=cancel)
+
+    def grading_request(self, tokens: list[int], *, params: SamplingParams | None = None,
+                        tag: object = None, cancel: threading.Event | None = None) -> GenRequest:
+        """A request for any prompt that asks for a Prometheus verdict (a record's, or an HTTP
+        client's own grading prompt): probes at the score, and the forced-score continuation."""
         score_tokens = self.score_tokens
 
         def on_finish(text: str) -> list[int] | None:
             return None if find_score(text) else list(score_tokens.continuation)
 
-        return GenRequest(tokens=self.tokenize_prompt(record), params=self.sampling, tag=record,
+        return GenRequest(tokens=tokens, params=params or self.sampling, tag=tag,
                           probe_ids=score_tokens.probe_ids, probe_when=_wants_probe,
                           on_finish=on_finish, cancel=cancel)
+
+    def verdict(self, out: GenOutput) -> Verdict:
+        """The score of a finished grading request, and how sure the model was of it."""
+        if out.finish_reason == "cancelled":
+            return Verdict(None, None, None, False)
+        if out.final_probe is not None:
+            # The model ended without a valid score: its own next-token distribution after the
+            # appended marker decides, with no resampling.
+            probabilities, mass = self.score_tokens.per_score(out.final_probe)
+            score = int(np.argmax(probabilities)) + 1 if mass > 0 else None
+            # What was appended, and the score the model would write next.
+            stated = self.profile.score_continuation + str(score)
+            suffix = (stated if stated.startswith(out.appended) else out.appended + str(score)) \
+                if score is not None else ""
+            return Verdict(score, probabilities, mass, True, suffix)
+        match = find_score(out.text)
+        if match is None:  # cut by the caller (a stop string) before any verdict
+            return Verdict(None, None, None, False)
+        at = [p for p in out.probes if match.start() <= p[0] <= match.start("score")]
+        probabilities, mass = self.score_tokens.per_score(at[-1][1]) if at else (None, None)
+        return Verdict(int(match.group("score")), probabilities, mass, False)
 
     def _to_grade(self, record: Record, out: GenOutput) -> Grade:
         grade = Grade(id=record.id, score=None, feedback=split_feedback(out.text), output=out.text,
@@ -133,18 +172,9 @@ class Judge:
         if out.finish_reason == "cancelled":
             grade.error = "cancelled"
             return grade
-        if out.final_probe is not None:
-            # The model ended without a valid score: its own next-token distribution after the
-            # appended marker decides, with no resampling.
-            grade.probabilities, grade.score_mass = self.score_tokens.per_score(out.final_probe)
-            grade.score = int(np.argmax(grade.probabilities)) + 1 if grade.score_mass > 0 else None
-            grade.forced = True
-            return grade
-        match = find_score(out.text)
-        grade.score = int(match.group("score"))
-        at = [p for p in out.probes if match.start() <= p[0] <= match.start("score")]
-        if at:
-            grade.probabilities, grade.score_mass = self.score_tokens.per_score(at[-1][1])
+        verdict = self.verdict(out)
+        grade.score, grade.forced = verdict.score, verdict.forced
+        grade.probabilities, grade.score_mass = verdict.probabilities, verdict.score_mass
         return grade
 
     def grade_stream(self, records: Iterable[Record | Grade], *,
@@ -236,4 +266,4 @@ def _as_rubric(rubric: str | Mapping[str, str] | Rubric) -> Rubric:
     return Rubric.from_mapping(rubric)
 
 
-__all__ = ["Judge", "ScoreTokens", "render_prompt", "InputError"]
+__all__ = ["Judge", "ScoreTokens", "Verdict", "render_prompt", "InputError"]

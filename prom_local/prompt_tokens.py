@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import secrets
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .chat_template import render_chat
 from .errors import PromLocalError
@@ -37,11 +37,23 @@ def render_pieces(record: Record, profile: PromptProfile, model: "LlamaModel | N
     The GGUF's own chat template is used when it has one, else the profile's (so text renders with
     no model file at all).
     """
-    template = (model.chat_template if model is not None else None) or profile.chat_template
+    return render_message_pieces(lambda wrap: profile.messages(record, wrap=wrap), model,
+                                 fallback_template=profile.chat_template, fallback_bos=profile.bos_token)
+
+
+def render_message_pieces(messages: Callable[[Callable[[str], str]], list[dict[str, str]]],
+                          model: "LlamaModel | None", *, fallback_template: str,
+                          fallback_bos: str = "") -> Pieces:
+    """Any chat (a judge prompt, or an HTTP client's messages) as pieces, with text flagged.
+
+    `messages(wrap)` builds the messages, passing every untrusted value through `wrap`: that text
+    is flagged, so it is tokenized as plain text wherever it holds control-token strings.
+    """
+    template = (model.chat_template if model is not None else None) or fallback_template
     if model is not None and model.chat_template:
         bos, eos = model.special_text("bos"), model.special_text("eos")
     else:
-        bos, eos = profile.bos_token, ""
+        bos, eos = fallback_bos, ""
     # A fresh nonce per render: record text cannot contain the marks, whatever it holds.
     nonce = secrets.token_hex(8)
     opening, closing = f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003"
@@ -55,8 +67,8 @@ def render_pieces(record: Record, profile: PromptProfile, model: "LlamaModel | N
         start = value.index(core)
         return value[:start] + opening + core + closing + value[start + len(core):]
 
-    marked = render_chat(template, profile.messages(record, wrap=mark), bos_token=bos, eos_token=eos)
-    plain = render_chat(template, profile.messages(record), bos_token=bos, eos_token=eos)
+    marked = render_chat(template, messages(mark), bos_token=bos, eos_token=eos)
+    plain = render_chat(template, messages(str), bos_token=bos, eos_token=eos)
     pieces: Pieces = []
     for i, part in enumerate(re.split(f"{re.escape(opening)}|{re.escape(closing)}", marked)):
         if part:
@@ -117,4 +129,4 @@ def _compile_special(texts: tuple[str, ...]) -> "re.Pattern[str] | None":
     return re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
 
-__all__ = ["Pieces", "render_pieces", "render_prompt", "tokenize_pieces", "tokenize_prompt"]
+__all__ = ["Pieces", "render_message_pieces", "render_pieces", "render_prompt", "tokenize_pieces", "tokenize_prompt"]

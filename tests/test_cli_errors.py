@@ -75,6 +75,11 @@ CASES = {
         (["grade", "-i", "q", "-r", "r"], 2, "field 'criteria': missing or empty"),
         (["grade"], 2, "<stdin>:1: invalid JSON"),   # stdin is not a terminal here, and empty
     ],
+    "serve": [   # a model that fails to load is told after the port opens: tests/test_serve.py
+        (["serve", "--api-key-file", "{missing}"], 2, "--api-key-file"),
+        (["serve", "--api-key", "k", "--api-key-file", "{in.jsonl}"], 2, "not both"),
+        (["serve", "--port", "-5"], 2, "--port"),
+    ],
     "tui": [
         (["tui", "--gpu-layers", "lots"], 2, "--gpu-layers"),
         (["tui", "--parallel", "0"], 2, "--parallel"),

@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 from ..errors import PromLocalError
 from . import (bench_cmd, compare_cmd, convert_cmd, doctor_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd,
-               render_cmd, report_cmd, score_cmd, tui_cmd)
+               render_cmd, report_cmd, score_cmd, serve_cmd, tui_cmd)
 
 EXIT_IO_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -51,8 +51,8 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # joins wrapped docstring lines into paragraphs
 )
 # Order = order in --help: the main job first, then model management, then review tools.
-for module in (score_cmd, grade_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd, pull_cmd,
-               models_cmd, info_cmd, doctor_cmd, bench_cmd):
+for module in (score_cmd, grade_cmd, serve_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd,
+               pull_cmd, models_cmd, info_cmd, doctor_cmd, bench_cmd):
     module.register(app)
 
 

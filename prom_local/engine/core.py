@@ -195,6 +195,8 @@ class Engine:
             self._finish(active, "length", unfed=None)
             return
         token = p.sampler.sample(self.ctx, index)
+        if req.on_sample is not None:
+            req.on_sample(token, self.ctx.logits(index))
         if p.first_token is None:
             p.first_token = time.perf_counter() - p.started
         if self.model.is_eog(token):

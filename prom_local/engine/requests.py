@@ -28,6 +28,9 @@ class GenRequest:
     # of probe_ids after them are reported as `final_probe`.
     on_finish: Callable[[str], list[int] | None] | None = None
     cancel: threading.Event | None = None
+    # Called in the engine's thread with every sampled token and the logits it was sampled from
+    # (valid only during the call): the server's OpenAI logprobs. Must be quick.
+    on_sample: Callable[[int, np.ndarray], None] | None = None
 
 
 @dataclass

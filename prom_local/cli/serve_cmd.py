@@ -1,0 +1,139 @@
+"""`prom-local serve`: the judge as an OpenAI-compatible HTTP service (library: prom_local.serve)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import PromLocalError
+from ..models import resolve_model
+from .options import EngineOptions, err_console, with_engine_options
+
+EXIT_OK, EXIT_BAD_OPTION = 0, 2
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        err_console.print(f"prom-local: error: cannot listen on {host}:{port}: {exc.strerror}")
+        raise typer.Exit(EXIT_BAD_OPTION) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
+    if api_key and api_key_file:
+        raise typer.BadParameter("give --api-key or --api-key-file, not both")
+    if api_key_file is not None:
+        try:
+            key = api_key_file.read_text("utf-8").strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"{api_key_file}: {exc.strerror}", param_hint="--api-key-file") from None
+        if not key:
+            raise typer.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
+        return key
+    return api_key or None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    @with_engine_options
+    def serve(
+        host: Annotated[str, typer.Option(
+            "--host", help="Address to listen on. Loopback by default: give 0.0.0.0 (and an API key) "
+            "to serve other machines.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 = any free port).")] = 8000,
+        api_key: Annotated[Optional[str], typer.Option(
+            "--api-key", envvar="PROM_LOCAL_API_KEY",
+            help="Require `Authorization: Bearer KEY` on /v1/* and /metrics.")] = None,
+        api_key_file: Annotated[Optional[Path], typer.Option(
+            "--api-key-file", help="Read the API key from this file (keeps it out of `ps`).")] = None,
+        served_name: Annotated[Optional[str], typer.Option(
+            "--served-name", help="The model name clients send (default: the GGUF file name "
+            "without .gguf).")] = None,
+        max_queue: Annotated[int, typer.Option(
+            "--max-queue", min=0, help="Sequences that may wait beyond the --parallel slots; more "
+            "are refused with 503 and Retry-After.")] = 64,
+        max_body_bytes: Annotated[int, typer.Option(
+            "--max-body-bytes", min=1024, help="Largest request body accepted (413 above).")] = 4 << 20,
+        max_prompt_tokens: Annotated[Optional[int], typer.Option(
+            "--max-prompt-tokens", min=1, help="Longest prompt accepted (400 above). Default: what "
+            "the context (--ctx) holds.")] = None,
+        log_requests: Annotated[bool, typer.Option(
+            "--log-requests", help="Log request texts (messages, records). Off by default: "
+            "graded data stays out of logs.")] = False,
+        shutdown_timeout: Annotated[float, typer.Option(
+            "--shutdown-timeout", min=0, help="On SIGTERM/Ctrl-C, seconds to let requests in flight "
+            "finish before they are cancelled.")] = 30.0,
+        *, opts: EngineOptions,
+    ) -> None:
+        """Serve the judge over HTTP: OpenAI's /v1/chat/completions and /v1/models, /v1/grade
+        (records in, `score` rows out), /health and /metrics. Every request is decoded in the one
+        shared engine, together with the others.
+
+        Exit codes: 0 stopped by SIGTERM or Ctrl-C; 2 bad option or port in use; 3 model missing
+        or unloadable.
+        """
+        import logging
+
+        try:
+            import uvicorn
+
+            from ..serve import ServeConfig, Service, create_app
+        except ImportError as exc:
+            raise PromLocalError(f"serve needs its extra ({exc.name} is missing): "
+                                 "pip install 'prom-local[serve]'") from None
+
+        key = _read_key(api_key, api_key_file)
+        resolved = resolve_model(opts.model, opts.models_dir)
+        name = served_name or Path(resolved.path).name.removesuffix(".gguf")
+        config = ServeConfig(model_path=Path(resolved.path), model_name=name,
+                             profile=opts.profile or resolved.profile, engine=opts.engine_config(),
+                             sampling=opts.sampling_params(), api_key=key, max_body_bytes=max_body_bytes,
+                             max_prompt_tokens=max_prompt_tokens, max_queue=max_queue,
+                             log_requests=log_requests)
+        sock = _bind(host, port)
+        shown_host = f"[{host}]" if ":" in host else host
+        url = f"http://{shown_host}:{sock.getsockname()[1]}"
+
+        def say(message: str) -> None:
+            err_console.print(f"[dim]{message}[/dim]")
+
+        def ready(service: Service) -> None:
+            if service.load_error is not None:
+                server.should_exit = True  # the error is raised below, after the server stops
+                return
+            info = service.describe()
+            err_console.print(f"ready: {url}/v1  model {name} ({config.model_path})  backend "
+                              f"{info['backend']}  parallel {info['parallel']}  ctx {info['n_ctx']}"
+                              + ("  (API key required)" if key else ""))
+
+        service = Service(config, on_status=say, on_ready=ready)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(service), log_level="warning", access_log=False,
+            timeout_graceful_shutdown=shutdown_timeout, lifespan="on"))
+        err_console.print(f"listening on {url} (loading {config.model_path.name}; "
+                          "GET /health says 200 when ready)")
+        # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours
+        # makes that a clean exit instead of death by SIGTERM.
+        stopped: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda number, frame: stopped.append(number))
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
+        if service.load_error is not None:
+            raise service.load_error
+        err_console.print("stopped")

@@ -1,0 +1,108 @@
+"""GET /metrics: the service's counters in the Prometheus text format (prometheus_client writes it).
+
+Counts are kept here as plain numbers under a lock and turned into metric families at scrape
+time, together with what the engine's scheduler reports right then (busy sequences, its window),
+so a scrape always shows the engine's own view, not a copy that could drift from it.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RATE_WINDOW_S = 30.0
+
+
+class ServeMetrics:
+    def __init__(self, snapshot: Callable[[], dict | None]):
+        self._snapshot = snapshot       # engine scheduler counts, or None while loading
+        self._lock = threading.Lock()
+        self.requests: collections.Counter = collections.Counter()   # (endpoint, status)
+        self.errors: collections.Counter = collections.Counter()     # code
+        self.prompt_tokens = 0
+        self.reused_tokens = 0
+        self.generated_tokens = 0
+        self.cancelled = 0
+        self.admitted = 0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    # -- recording --------------------------------------------------------------------------------
+    def request(self, endpoint: str, status: int, code: str | None = None) -> None:
+        with self._lock:
+            self.requests[(endpoint, str(status))] += 1
+            if status >= 400:
+                self.errors[code or str(status)] += 1
+
+    def output(self, prompt: int, reused: int, generated: int, cancelled: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.prompt_tokens += prompt
+            self.reused_tokens += reused
+            self.generated_tokens += generated
+            self.cancelled += int(cancelled)
+            self._recent.append((now, generated))
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
+            self._recent.popleft()
+
+    def tokens_per_second(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            return sum(n for _, n in self._recent) / RATE_WINDOW_S
+
+    # -- exposition -------------------------------------------------------------------------------
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def collect(self):
+        snap = self._snapshot()
+        rate = self.tokens_per_second()
+        with self._lock:
+            requests = CounterMetricFamily("prom_local_requests", "HTTP requests by endpoint and status",
+                                           labels=["endpoint", "status"])
+            for (endpoint, status), n in sorted(self.requests.items()):
+                requests.add_metric([endpoint, status], n)
+            errors = CounterMetricFamily("prom_local_errors", "Requests answered with an error, by code",
+                                         labels=["code"])
+            for code, n in sorted(self.errors.items()):
+                errors.add_metric([code], n)
+            yield requests
+            yield errors
+            yield CounterMetricFamily("prom_local_prompt_tokens", "Prompt tokens of finished sequences",
+                                      value=self.prompt_tokens)
+            yield CounterMetricFamily("prom_local_reused_prompt_tokens",
+                                      "Prompt tokens taken from the KV cache instead of computed",
+                                      value=self.reused_tokens)
+            yield CounterMetricFamily("prom_local_generated_tokens", "Tokens generated",
+                                      value=self.generated_tokens)
+            yield CounterMetricFamily("prom_local_cancelled_sequences",
+                                      "Sequences ended early (client gone, stop string, shutdown)",
+                                      value=self.cancelled)
+            ratio = self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+            yield GaugeMetricFamily("prom_local_prefix_reuse_ratio",
+                                    "Share of prompt tokens reused from the KV cache", value=ratio)
+            yield GaugeMetricFamily("prom_local_admitted_sequences",
+                                    "Sequences admitted by the HTTP layer and not finished",
+                                    value=self.admitted)
+        yield GaugeMetricFamily("prom_local_generated_tokens_per_second",
+                                f"Generated tokens per second over the last {RATE_WINDOW_S:.0f} s", value=rate)
+        yield GaugeMetricFamily("prom_local_model_loaded", "1 once the model is loaded",
+                                value=0 if snap is None else 1)
+        if snap is not None:
+            yield GaugeMetricFamily("prom_local_slots_busy", "Sequences decoding now", value=snap["busy"])
+            yield GaugeMetricFamily("prom_local_slots_total", "Parallel sequences (--parallel)",
+                                    value=snap["busy"] + snap["free"])
+            queued = max(0, self.admitted - snap["busy"])
+            yield GaugeMetricFamily("prom_local_queue_depth", "Admitted sequences waiting for a slot",
+                                    value=queued)

@@ -1,0 +1,112 @@
+"""The OpenAI chat request as this server accepts it, validated with pydantic.
+
+Only what changes the output is modelled; other OpenAI fields (user, metadata, store...) are
+accepted and ignored, as OpenAI-compatible servers commonly do, so that clients which always
+send them keep working. Anything modelled with a wrong type or out of range is a 400 that names
+the field (`param`), which the `openai` SDK raises as BadRequestError.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+
+from .errors import ApiError, bad_request
+
+MAX_CHOICES = 8
+MAX_STOP = 4
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: StrictBool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: StrictInt | None = None
+    stop: Union[str, list[str], None] = None
+    n: StrictInt = Field(default=1, ge=1, le=MAX_CHOICES)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return stops
+
+    @property
+    def stops(self) -> list[str]:
+        return list(self.stop or [])
+
+    @property
+    def new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+def parse_json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def parse_chat(raw: bytes) -> ChatRequest:
+    data = parse_json(raw)
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object.")
+    try:
+        request = ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _from_validation(exc) from None
+    if request.top_logprobs is not None and not request.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true.", param="top_logprobs")
+    return request
+
+
+def _from_validation(exc: ValidationError) -> ApiError:
+    first = exc.errors()[0]
+    param = ""
+    for part in first["loc"]:
+        # pydantic names the union member it tried ("str", "list[TextPart]", "function-after[...]"):
+        # not a field of the request.
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif not any(c in part for c in "[]()-") and part not in ("str", "float", "int", "bool"):
+            param += ("." if param else "") + part
+    message = first["msg"]
+    return bad_request(f"Invalid value for '{param}': {message}" if param else message, param=param or None)
