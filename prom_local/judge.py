@@ -124,7 +124,7 @@ class Judge:
         return tokenize_prompt(record, self.profile, self.model)
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
-    def _request(self, record: Record, cancel: threading.Event | None = None) -> GenRequest:
+    def record_request(self, record: Record, cancel: threading.Event | None = None) -> GenRequest:
         return self.grading_request(self.tokenize_prompt(record), tag=record, cancel=cancel)
 
     def grading_request(self, tokens: list[int], *, params: SamplingParams | None = None,
@@ -161,7 +161,7 @@ class Judge:
         probabilities, mass = self.score_tokens.per_score(at[-1][1]) if at else (None, None)
         return Verdict(int(match.group("score")), probabilities, mass, False)
 
-    def _to_grade(self, record: Record, out: GenOutput) -> Grade:
+    def to_grade(self, record: Record, out: GenOutput) -> Grade:
         grade = Grade(id=record.id, score=None, feedback=split_feedback(out.text), output=out.text,
                       finish_reason=out.finish_reason, prompt_tokens=out.prompt_tokens,
                       completion_tokens=len(out.tokens), seconds=out.seconds,
@@ -176,6 +176,12 @@ class Judge:
         grade.score, grade.forced = verdict.score, verdict.forced
         grade.probabilities, grade.score_mass = verdict.probabilities, verdict.score_mass
         return grade
+
+    @staticmethod
+    def failed_grade(record: Record, error: Exception) -> Grade:
+        """The error row of a record the engine could not run (a prompt too long for the context)."""
+        return Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
+                     error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
 
     def grade_stream(self, records: Iterable[Record | Grade], *,
                      on_token: Callable[[Record, str], None] | None = None,
@@ -194,7 +200,7 @@ class Judge:
                     done[i] = item
                     continue
                 order[i] = item
-                req = self._request(item, cancel)
+                req = self.record_request(item, cancel)
                 req.tag = i
                 yield req
 
@@ -205,14 +211,9 @@ class Judge:
                 continue
             if isinstance(event, DoneEvent):
                 i = event.output.tag
-                done[i] = self._to_grade(order[i], event.output)
+                done[i] = self.to_grade(order[i], event.output)
             elif isinstance(event, ErrorEvent):
-                i = event.tag
-                record = order[i]
-                done[i] = Grade(id=record.id, score=None, feedback="", output="",
-                                gold_score=record.gold_score, error=str(event.error),
-                                finish_reason="error",
-                                prompt_tokens=getattr(event.error, "n_tokens", 0))
+                done[event.tag] = self.failed_grade(order[event.tag], event.error)
             while next_out in done:
                 order.pop(next_out, None)
                 yield done.pop(next_out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from ..engine import DoneEvent, ErrorEvent, GenOutput, GenRequest, TokenEvent
 
@@ -67,6 +67,31 @@ class Flight:
     def cancel(self) -> None:
         for handle in self.handles:
             handle.cancel()
+
+
+async def finish_unless_gone(request, work: Awaitable[None], flight: Flight) -> bool:
+    """Await `work` (reading a flight's events) unless the client disconnects first; then its
+    sequences are cancelled at once. True when the work finished (its errors are raised)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            flight.cancel()
+    if not task.done() or task.cancelled():
+        return False
+    task.result()
+    return True
+
+
+async def _disconnected(request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 class Admission:

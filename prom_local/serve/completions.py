@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ from ..engine import DoneEvent, ErrorEvent, GenOutput, TokenEvent
 from ..errors import ContextOverflow, PromLocalError
 from ..judge import Judge, Verdict
 from ..rubrics import SCORES
-from .bridge import Flight
+from .bridge import Flight, finish_unless_gone
 from .chat import StopScanner, TokenLogprobs, engine_request, is_grading, prompt_tokens
 from .errors import ApiError, bad_request, model_not_found
 from .schema import ChatRequest, parse_chat
@@ -165,18 +164,8 @@ async def complete(call: ChatCall, request: Request) -> JSONResponse:
             elif isinstance(event, ErrorEvent):
                 _raise_for(event)
 
-    work = asyncio.ensure_future(collect())
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not work.done():
-            work.cancel()
-            call.flight.cancel()
-    if not work.done() or work.cancelled():
+    if not await finish_unless_gone(request, collect(), call.flight):   # raises the engine's ApiError
         return JSONResponse({}, status_code=499)  # nobody is listening any more
-    work.result()  # raises an ApiError from the engine
     return JSONResponse(call.response())
 
 
@@ -220,10 +209,3 @@ def stream(call: ChatCall) -> EventSourceResponse:
             call.flight.cancel()
 
     return EventSourceResponse(events(), ping=15, sep="\n")
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

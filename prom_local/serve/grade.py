@@ -7,7 +7,6 @@ The records are graded by the Judge on the shared engine, together with everyone
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -19,7 +18,7 @@ from ..engine import DoneEvent, ErrorEvent
 from ..errors import InputError
 from ..grading import Grade
 from ..records import Record, record_from_mapping
-from .completions import _disconnected
+from .bridge import finish_unless_gone
 from .errors import ApiError, bad_request
 from .schema import parse_json
 from .service import Service
@@ -68,7 +67,7 @@ async def grade(service: Service, request: Request) -> JSONResponse:
             raise bad_request(f"At most {limit} records per request (--parallel plus --max-queue).")
         requests = []
         for i, record in records:
-            req = judge._request(record)
+            req = judge.record_request(record)
             req.tag = i
             requests.append(req)
         flight = service.submit(requests)
@@ -78,26 +77,12 @@ async def grade(service: Service, request: Request) -> JSONResponse:
             async for _, event in flight.events():
                 if isinstance(event, DoneEvent):
                     i = event.output.tag
-                    rows[i] = judge._to_grade(by_index[i], event.output).to_row()
+                    rows[i] = judge.to_grade(by_index[i], event.output).to_row()
                 elif isinstance(event, ErrorEvent):
-                    record = by_index[event.tag]
-                    rows[event.tag] = Grade(id=record.id, score=None, feedback="", output="",
-                                            gold_score=record.gold_score, error=str(event.error),
-                                            finish_reason="error",
-                                            prompt_tokens=getattr(event.error, "n_tokens", 0)).to_row()
+                    rows[event.tag] = judge.failed_grade(by_index[event.tag], event.error).to_row()
 
-        work = asyncio.ensure_future(collect())
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():
-                work.cancel()
-                flight.cancel()
-        if work.cancelled():
+        if not await finish_unless_gone(request, collect(), flight):
             return JSONResponse({}, status_code=499)
-        work.result()
     if any(row is None for row in rows):  # pragma: no cover - every request ends with an event
         raise ApiError(500, "a record ended without a result", type="server_error")
     return JSONResponse(rows[0] if single else rows)
