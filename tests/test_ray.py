@@ -22,7 +22,8 @@ import pytest
 
 from helpers import ROOT, run_cli, short_record, write_jsonl
 
-from prom_local.distributed import group_chunks, plan_actors
+from prom_local.distributed import group_chunks
+from prom_local.ray_cluster import plan_actors
 from prom_local.records import Record
 from prom_local.rubrics import Rubric
 
