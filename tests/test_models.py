@@ -32,3 +32,15 @@ def test_paths_and_unknown_names(tmp_path):
         resolve_model("nothing", tmp_path)
     with pytest.raises(ModelNotFound, match="pull prometheus-ko:Q5_K_M"):
         resolve_model("prometheus-ko:Q5_K_M", tmp_path)
+
+
+def test_the_checkout_registry_is_the_shipped_one():
+    # models/registry.json marks a checkout's model store and documents it; the package ships its
+    # own copy (prom_local/data). An entry added to one and not the other would make `pull` in a
+    # checkout and in an installed wheel disagree.
+    from importlib import resources
+    from pathlib import Path
+
+    shipped = resources.files("prom_local.data").joinpath("registry.json").read_text("utf-8")
+    checkout = (Path(__file__).resolve().parents[1] / "models" / "registry.json").read_text("utf-8")
+    assert checkout == shipped
