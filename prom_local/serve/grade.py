@@ -59,7 +59,7 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     if service.config.log_requests:
         log.info("grade request: %s", json.dumps(data, ensure_ascii=False)[:4000])
 
-    records = [(i, item) for i, item in enumerate(items) if isinstance(item, Record)]
+    records = [(i, item) for i, item in enumerate(items) if not isinstance(item, Grade)]
     rows: list[dict | None] = [item.to_row() if isinstance(item, Grade) else None for item in items]
     if records:
         limit = service.admission.limit
