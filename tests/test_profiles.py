@@ -165,3 +165,16 @@ def test_profiles_load_from_data_files(tmp_path):
     with pytest.raises(UsageError, match="'gguf' or 'profile'"):
         load_profile(path)
 
+
+
+def test_registry_names_the_prometheus_2_ggufs_with_their_profile():
+    from prom_local.models import registry
+    from prom_local.pull import resolve_target
+
+    for name, entry in registry().items():
+        get_profile(entry["profile"])   # every registry model names a shipped profile
+    for name, file in (("prometheus-2-7b", "prometheus-7b-v2.0.Q4_K_M.gguf"),
+                       ("prometheus-2-8x7b", "prometheus-8x7b-v2.0.Q4_K_M.gguf")):
+        assert registry()[name]["profile"] == "prometheus-2"
+        target = resolve_target(name, None)
+        assert (target.file, target.quant, target.name) == (file, "Q4_K_M", name)
