@@ -178,3 +178,12 @@ def test_registry_names_the_prometheus_2_ggufs_with_their_profile():
         assert registry()[name]["profile"] == "prometheus-2"
         target = resolve_target(name, None)
         assert (target.file, target.quant, target.name) == (file, "Q4_K_M", name)
+
+
+def test_prometheus_evals_rubric_string_round_trips_through_the_profile():
+    # absolute_grade(rubric=SCORE_RUBRIC_TEMPLATE.format(...)) is parsed into a Rubric, and the
+    # profile renders it back: the prompt holds prometheus-eval's string unchanged.
+    from prom_local.rubrics import Rubric
+
+    text = pe_prompts.SCORE_RUBRIC_TEMPLATE.format(**RUBRIC)
+    assert P2.rubric_template.format(**Rubric.parse(text).as_dict()) == text
