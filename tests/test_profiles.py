@@ -4,11 +4,12 @@ prompts here (absolute and relative, with and without reference), and ours must 
 strings and as token ids.
 
 Token ids: prometheus-eval hands vLLM the string, and vLLM's tokenizer adds the BOS; so the ids to
-equal are [BOS] + plain tokenization of prometheus-eval's string. The vocabulary is SmolLM2's (the
-only real GGUF vocabulary these tests have offline; Mistral's is not shipped by any package we
-use). What the id check proves is vocabulary-independent: prom-local's prompt_tokens path (template
-control tokens special, record text plain, runs cut only at control tokens) gives the same ids as
-tokenizing the whole string at once.
+equal are [BOS] + the tokenization of prometheus-eval's string. Checked on two vocabularies:
+- the Prometheus 2 models' own (Mistral v0.1 sentencepiece, 32000 pieces, from mistral-common's
+  wheel, tests/mistral_vocab.py), against transformers' AutoTokenizer, which is what vLLM uses
+  (slow lane: it converts a vocabulary-only GGUF);
+- SmolLM2's (fast lane), against llama.cpp tokenizing the whole string at once: prom-local's
+  prompt_tokens path (template control tokens special, record text plain) cuts nothing else.
 """
 
 import json
@@ -187,3 +188,32 @@ def test_prometheus_evals_rubric_string_round_trips_through_the_profile():
 
     text = pe_prompts.SCORE_RUBRIC_TEMPLATE.format(**RUBRIC)
     assert P2.rubric_template.format(**Rubric.parse(text).as_dict()) == text
+
+
+@pytest.fixture(scope="module")
+def mistral_vocab(tmp_path_factory):
+    from mistral_vocab import mistral_tokenizer_dir, mistral_vocab_gguf
+
+    return mistral_tokenizer_dir(), mistral_vocab_gguf(tmp_path_factory.mktemp("mistral-vocab"))
+
+
+@pytest.mark.slow   # a (vocabulary-only) conversion
+@pytest.mark.parametrize("mode,reference", CASES)
+def test_prometheus_2_ids_on_mistrals_vocabulary_equal_what_vllm_would_tokenize(
+        prometheus_eval_judge, mistral_vocab, mode, reference):
+    """The Prometheus 2 models' own vocabulary: prom-local's ids (llama.cpp, template pieces special,
+    record text plain) equal transformers' encoding of prometheus-eval's string, BOS added, which is
+    what vLLM feeds the model."""
+    from transformers import AutoTokenizer
+
+    folder, gguf = mistral_vocab
+    theirs = _theirs(prometheus_eval_judge, mode, reference)
+    model = read_model_info(gguf)
+    try:
+        assert model.special_text("bos") == "<s>" and model.chat_template is None
+        ids = tokenize_prompt(_ours(mode, reference), P2, model)
+    finally:
+        model.close()
+    hf = AutoTokenizer.from_pretrained(folder)
+    assert ids == hf.encode(theirs)
+    assert ids[0] == 1 and ids.count(1) == 1
