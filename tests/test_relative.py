@@ -157,3 +157,40 @@ def test_relative_row_round_trips_and_keeps_the_contract_keys():
     assert "score" not in row and "orders" not in row
     back = Grade.from_row(json.loads(json.dumps(row)))
     assert isinstance(back, RelativeGrade) and back.to_row() == row
+
+
+# -- record -> requests -> row through the library, on the scripted engine (no inference) ---------
+
+def test_score_file_writes_relative_rows_beside_absolute_ones(tmp_path, smollm2):
+    from fake_engine import FakeEngine, Reply
+    from prom_local import Judge
+    from prom_local.batch import score_file
+
+    def script(prompt: str) -> Reply:
+        if "###Response A:" not in prompt:
+            return Reply("Fine. [RESULT] 4")
+        # The record's own order shows "4" first; --both-orders' second sequence shows "5" first.
+        first = prompt.split("###Response A:\n", 1)[1].split("\n", 1)[0]
+        return Reply("A is right. [RESULT] A", labels=(0.9, 0.1)) if first == "4" else \
+            Reply("Unsure.", labels=(0.6, 0.2))   # no verdict: forced, and picks the first shown
+
+    src = write_jsonl(tmp_path / "mixed.jsonl", [
+        _pair(gold_winner="A"),
+        {"id": "abs", "instruction": "q", "response": "r", "rubric": {
+            "criteria": "c", **{f"score{s}_description": str(s) for s in range(1, 6)}}},
+        _pair(id="bad", gold_winner="C")])
+    out = tmp_path / "out.jsonl"
+    judge = Judge.with_engine(FakeEngine(smollm2, script), profile="prometheus-2")
+    with judge:
+        stats = score_file(judge, src, out, both_orders=True)
+    rows = {row["id"]: row for row in map(json.loads, out.read_text("utf-8").splitlines())}
+    assert stats.graded == 3 and stats.errors == 1
+    pair = rows["p1"]
+    assert pair["mode"] == "relative" and pair["gold_winner"] == "A"
+    assert [(o["order"], o["winner"], o["forced"]) for o in pair["orders"]] == [("AB", "A", False), ("BA", "B", True)]
+    # B/A's forced pick is the first shown ("5"), which is the record's B: the orders disagree.
+    assert pair["orders"][1]["probabilities"] == {"A": 0.25, "B": 0.75}
+    assert pair["consistent"] is False and pair["tie"] is True and pair["winner"] is None
+    assert pair["feedback"] == "A is right." and pair["forced"] is True
+    assert "mode" not in rows["abs"] and rows["abs"]["score"] == 4
+    assert "gold_winner" in rows["bad"]["error"] and rows["bad"]["finish_reason"] == "error"
