@@ -296,8 +296,9 @@ class Judge:
         """Same call as prometheus-eval's `PrometheusEval.relative_grade` -> (feedbacks, ["A"|"B"]).
 
         `rubric` is the criteria string (or one per pair), passed to the template verbatim as
-        prometheus-eval does. A missing verdict is forced from the model's own P(A), P(B); None
-        only for a pair that errored (e.g. too long for the context).
+        prometheus-eval does. `params` is accepted for compatibility; sampling comes from the Judge.
+        A missing verdict is forced from the model's own P(A), P(B); None only for a pair that
+        errored (e.g. too long for the context).
         """
         n = len(instructions)
         if not (len(responses_A) == len(responses_B) == n):
