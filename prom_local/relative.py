@@ -169,8 +169,10 @@ def both_orders_grade(record: RelativeRecord, ab: RelativeGrade, ba: RelativeGra
         grade.label_mass = (ab.label_mass + ba.label_mass) / 2
     grade.forced = ab.forced or ba.forced
     grade.error = ab.error or ba.error
-    grade.finish_reason = ab.finish_reason if ab.finish_reason == ba.finish_reason else \
-        f"{ab.finish_reason}/{ba.finish_reason}"
+    if "cancelled" in (ab.finish_reason, ba.finish_reason):
+        grade.finish_reason = "cancelled"   # not written: the next run grades the pair again
+    elif ab.finish_reason != ba.finish_reason:
+        grade.finish_reason = f"{ab.finish_reason}/{ba.finish_reason}"
     grade.prompt_tokens += ba.prompt_tokens
     grade.completion_tokens += ba.completion_tokens
     grade.seconds = max(ab.seconds, ba.seconds)

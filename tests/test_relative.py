@@ -149,6 +149,15 @@ def test_both_orders_disagreeing_is_a_tie():
     assert row["probabilities"] == pytest.approx({"A": 0.5, "B": 0.5})
 
 
+def test_both_orders_with_one_order_cancelled_is_cancelled():
+    record = record_from_mapping(_pair(), line=1)
+    cut = _graded(None, None)
+    cut.finish_reason, cut.error = "cancelled", "cancelled"
+    assert both_orders_grade(record, _graded("A", (0.9, 0.1)), cut).finish_reason == "cancelled"
+    lengths = both_orders_grade(record, _graded("A", (0.9, 0.1)), _graded("B", (0.2, 0.8)))
+    assert lengths.finish_reason == "stop"
+
+
 def test_relative_row_round_trips_and_keeps_the_contract_keys():
     row = _graded("B", (0.25, 0.75)).to_row()
     assert {"id", "mode", "winner", "feedback", "output", "probabilities", "label_mass", "forced",
