@@ -86,32 +86,30 @@ def test_relative_on_an_absolute_only_profile_is_a_clear_error(smollm2, tmp_path
 def test_score_both_orders_rows(smollm2, tmp_path):
     absolute = {"id": "abs", "instruction": "What is 2 + 2?", "response": "4.",
                 "rubric": {"criteria": "Correct?", **{f"score{s}_description": f"level {s}" for s in range(1, 6)}}}
-    src = write_jsonl(tmp_path / "pairs.jsonl", [
-        PAIR, {**PAIR, "id": "p2", "reference_answer": "4", "gold_winner": "B"}, absolute])
+    src = write_jsonl(tmp_path / "pairs.jsonl", [{**PAIR, "reference_answer": "4"}, absolute])
     out = tmp_path / "out.jsonl"
     result = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), "--profile", "prometheus-2",
                      "--both-orders", "--max-tokens", "3", "--ctx", "1024", "--gpu-layers", "0", "--parallel", "2")
     assert result.returncode == 0, result.stderr
     rows = {row["id"]: row for row in read_jsonl(out)}
-    assert set(rows) == {"p1", "p2", "abs"}
+    assert set(rows) == {"p1", "abs"}
     assert "mode" not in rows["abs"] and rows["abs"]["score"] in (1, 2, 3, 4, 5)   # absolute rows unchanged
-    for rid in ("p1", "p2"):
-        row = rows[rid]
-        assert row["mode"] == "relative" and row["error"] is None
-        assert [o["order"] for o in row["orders"]] == ["AB", "BA"]
-        winners = [o["winner"] for o in row["orders"]]
-        assert all(w in ("A", "B") for w in winners)
-        for order in row["orders"]:
-            assert order["forced"] is True     # 3 tokens: neither order wrote a verdict
-            probs = order["probabilities"]
-            assert probs["A"] + probs["B"] == pytest.approx(1.0, abs=1e-5)
-            assert order["winner"] == max(probs, key=probs.get)
-        assert row["consistent"] is (winners[0] == winners[1])
-        assert row["tie"] is (not row["consistent"])
-        assert row["winner"] == (winners[0] if row["consistent"] else None)
-        assert row["probabilities"]["A"] == pytest.approx(
-            (row["orders"][0]["probabilities"]["A"] + row["orders"][1]["probabilities"]["A"]) / 2, abs=1e-5)
-    assert rows["p2"]["gold_winner"] == "B"
+    row = rows["p1"]
+    assert row["mode"] == "relative" and row["error"] is None
+    assert [o["order"] for o in row["orders"]] == ["AB", "BA"]
+    winners = [o["winner"] for o in row["orders"]]
+    assert all(w in ("A", "B") for w in winners)
+    for order in row["orders"]:
+        assert order["forced"] is True     # 3 tokens: neither order wrote a verdict
+        probs = order["probabilities"]
+        assert probs["A"] + probs["B"] == pytest.approx(1.0, abs=1e-5)   # rows round to 6 places
+        assert order["winner"] == max(probs, key=probs.get)
+    assert row["consistent"] is (winners[0] == winners[1])
+    assert row["tie"] is (not row["consistent"])
+    assert row["winner"] == (winners[0] if row["consistent"] else None)
+    assert row["probabilities"]["A"] == pytest.approx(
+        (row["orders"][0]["probabilities"]["A"] + row["orders"][1]["probabilities"]["A"]) / 2, abs=1e-5)
+    assert rows["p1"]["gold_winner"] == "A"
     # The B/A sequence's prompt starts like the A/B one's (system prompt and instruction): the
     # prefix cache serves it instead of recomputing it.
     assert rows["p1"]["reused_prompt_tokens"] > 0
