@@ -8,7 +8,7 @@ import pytest
 
 from helpers import read_jsonl, run_cli, write_jsonl
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
-from prom_local.prompts import LABELS, get_profile
+from prom_local.prompts import LABELS
 from prom_local.records import record_from_mapping
 
 pytestmark = pytest.mark.slow  # every test here decodes with the real model
