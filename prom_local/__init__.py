@@ -2,16 +2,17 @@
 
 from .engine import EngineConfig, SamplingParams
 from .errors import ContextOverflow, InputError, ModelLoadError, ModelNotFound, PromLocalError
-from .grading import Grade, extract_score
+from .grading import Grade, RelativeGrade, extract_score, extract_winner
 from .judge import Judge, render_prompt
-from .prompts import PromptProfile, get_profile, register_profile
-from .records import Record, read_records
+from .prompts import PromptProfile, get_profile, load_profile, register_profile
+from .records import Record, RelativeRecord, read_records
 from .rubrics import Rubric
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ContextOverflow", "EngineConfig", "Grade", "InputError", "Judge", "ModelLoadError", "ModelNotFound",
-    "PromLocalError", "PromptProfile", "Record", "Rubric", "SamplingParams", "extract_score",
-    "get_profile", "read_records", "register_profile", "render_prompt",
+    "PromLocalError", "PromptProfile", "Record", "RelativeGrade", "RelativeRecord", "Rubric", "SamplingParams",
+    "extract_score", "extract_winner", "get_profile", "load_profile", "read_records", "register_profile",
+    "render_prompt",
 ]

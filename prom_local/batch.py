@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from .errors import InputError
 from .grading import Grade
 from .judge import Judge
-from .records import Record, read_records
+from .records import AnyRecord, read_records
 from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
 
 
@@ -37,7 +37,7 @@ def duplicate_row_id(record_id: str, line: int | None) -> str:
 
 
 def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
-                  cancel: threading.Event | None = None) -> Iterator[Record | Grade]:
+                  cancel: threading.Event | None = None) -> Iterator[AnyRecord | Grade]:
     """Records still to grade, and error rows for bad lines, in input order."""
     first_line: dict[str, int] = {}
     for item in read_records(input_path):
@@ -70,18 +70,23 @@ def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
 
 def score_file(judge: Judge, input_path: str | Path, output: str | Path | ResultsSink, *,
                on_result: Callable[[Grade, BatchStats], None] | None = None,
-               on_token: Callable[[Record, str], None] | None = None,
+               on_token: Callable[[AnyRecord, str], None] | None = None,
                retry_errors: bool = False,
-               cancel: threading.Event | None = None) -> BatchStats:
+               cancel: threading.Event | None = None, both_orders: bool = False) -> BatchStats:
     """Grade what the results file does not hold yet. `output` is a path (opened, locked and
     closed here) or a ResultsSink the caller already holds open. Setting `cancel` stops the run
-    between decode steps; records cut off are not written, so the next run grades them again."""
+    between decode steps; records cut off are not written, so the next run grades them again.
+
+    A file may mix absolute and relative (response_A/response_B) records: each is graded by its
+    kind and its row says which (relative rows carry "mode": "relative"). `both_orders` grades
+    the relative ones A/B and B/A (relative.py)."""
     if not isinstance(output, ResultsSink):
         with ResultsSink(output, retry_errors=retry_errors) as sink:
-            return score_file(judge, input_path, sink, on_result=on_result, on_token=on_token, cancel=cancel)
+            return score_file(judge, input_path, sink, on_result=on_result, on_token=on_token, cancel=cancel,
+                              both_orders=both_orders)
     sink = output
     items = pending_items(input_path, sink.done_ids, sink.stats, cancel)
-    for grade in judge.grade_stream(items, on_token=on_token, cancel=cancel):
+    for grade in judge.grade_stream(items, on_token=on_token, cancel=cancel, both_orders=both_orders):
         if grade.finish_reason == "cancelled":
             continue
         sink.write(grade)

@@ -127,6 +127,8 @@ class Grade:
     @classmethod
     def from_row(cls, row: dict) -> "Grade":
         """The Grade a results row was written from (to_row's inverse, up to its rounding)."""
+        if row.get("mode") == "relative" and cls is Grade:
+            return RelativeGrade.from_row(row)
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         data = {k: v for k, v in row.items() if k in known}
         data["probabilities"] = row_probabilities(row)
@@ -144,3 +146,87 @@ def row_probabilities(row: dict) -> tuple[float, ...] | None:
         return tuple(float(probs[str(s)]) for s in SCORES)
     except (KeyError, TypeError, ValueError):
         return None
+
+
+# -- relative (pairwise) verdicts: "[RESULT] A" / "[RESULT] B" -------------------------------------
+# prometheus-eval's relative parser accepts, case-insensitively, "[RESULT] A", "[RESULT: A]",
+# "[Result] Response A", "[Response A]" and a line "Result: A", each only when nothing but a
+# closing bracket follows on its line. We accept the same forms, plus decorations a judge evidently
+# means ("[RESULT] (A)", "**A**", "A."), with two deliberate differences (tests/test_relative.py):
+# the LAST verdict counts (a model that restates its verdict means the final one; prometheus-eval
+# takes the first), and a verdict in quotes is cited from the untrusted responses, not concluded.
+_REL_MARKER = r"(?:\[\s*RESULT\s*(?:\]|:)[\s:*]*(?:Response\s+)?|\[\s*Response\s+|(?:^|(?<=\n))Result:?[ \t]*)"
+WINNER_PATTERN = re.compile(
+    _REL_MARKER + r"[(\[*]*\s*(?P<label>[AB])(?![A-Za-z0-9])[\])*.]*[ \t]*(?=\n|$)",
+    re.IGNORECASE)
+# The output so far ends where the verdict label comes next: the engine probes P(A), P(B) there.
+WINNER_AT_END = re.compile(r"\[\s*RESULT\s*(?:\]|:)[\s:*]*(?:Response\s*)?[(\[*]*\s*$", re.IGNORECASE)
+
+
+def find_winner(text: str) -> re.Match[str] | None:
+    """The last valid relative verdict in text (group "label": A or B, any case)."""
+    last = None
+    for match in WINNER_PATTERN.finditer(text):
+        before = text[match.start() - 1: match.start()]
+        after = text[match.end():].lstrip()[:1]
+        if (before and before in _OPENING_QUOTES) or (after and after in _CLOSING_QUOTES):
+            continue
+        last = match
+    return last
+
+
+def extract_winner(text: str) -> str | None:
+    """"A" or "B" from a relative judge's output, or None when it states no verdict."""
+    match = find_winner(text)
+    return match.group("label").upper() if match else None
+
+
+def split_relative_feedback(text: str) -> str:
+    match = find_winner(text) or WINNER_AT_END.search(text)
+    body = text[: match.start()] if match else text
+    return FEEDBACK_PREFIX.sub("", body).strip()
+
+
+@dataclass
+class RelativeGrade(Grade):
+    """One graded pair. `probabilities` is (P(A), P(B)) at the verdict position, renormalised over
+    the two labels; `label_mass` is how much of the next-token mass fell on them at all."""
+
+    winner: str | None = None
+    label_mass: float | None = None
+    gold_winner: str | None = None
+    # --both-orders: one entry per order ("AB", "BA"), winners mapped back to the record's labels.
+    orders: list | None = None
+    consistent: bool | None = None
+    tie: bool = False
+
+    @property
+    def expected(self) -> float | None:
+        return None
+
+    def to_row(self) -> dict:
+        row = {"id": self.id, "mode": "relative", "winner": self.winner, "feedback": self.feedback,
+               "output": self.output,
+               "probabilities": None if self.probabilities is None else
+               {label: round(p, 6) for label, p in zip(("A", "B"), self.probabilities)},
+               "label_mass": None if self.label_mass is None else round(self.label_mass, 6),
+               "forced": self.forced, "finish_reason": self.finish_reason,
+               "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+               "seconds": round(self.seconds, 3), "gold_winner": self.gold_winner, "error": self.error}
+        if self.orders is not None:
+            row.update(orders=self.orders, consistent=self.consistent, tie=self.tie)
+        row.update(self.extra)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> "RelativeGrade":
+        known = {f for f in cls.__dataclass_fields__ if f not in ("extra", "probabilities", "mode")}
+        data = {k: v for k, v in row.items() if k in known}
+        probs = row.get("probabilities")
+        try:
+            data["probabilities"] = (float(probs["A"]), float(probs["B"])) if isinstance(probs, dict) else None
+        except (KeyError, TypeError, ValueError):
+            data["probabilities"] = None
+        data.setdefault("score", None)
+        data["extra"] = {k: v for k, v in row.items() if k not in known and k not in ("mode", "probabilities")}
+        return cls(**data)

@@ -19,7 +19,7 @@ from .errors import InputError, PromLocalError
 from .grading import MARKER_AT_END, Grade, find_score, normalise, split_feedback
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prompts import PromptProfile, get_profile
-from .records import Record
+from .records import AnyRecord, Record, RelativeRecord
 from .rubrics import SCORES, Rubric
 
 
@@ -114,17 +114,28 @@ class Judge:
         self.engine = engine
         self.model = engine.model
         self.score_tokens = ScoreTokens.for_model(self.model, self.profile.score_continuation)
+        self._pairs = None   # the relative half (relative.PairJudge), made on first use
+
+    @property
+    def pairs(self):
+        """Relative grading on this judge; a UsageError when the profile has no relative prompt."""
+        if self._pairs is None:
+            from .relative import PairJudge
+            self._pairs = PairJudge(self)
+        return self._pairs
 
     # -- record -> prompt -> tokens -------------------------------------------------------------
-    def render(self, record: Record) -> str:
+    def render(self, record: AnyRecord) -> str:
         return render_prompt(record, self.profile, self.model)
 
-    def tokenize_prompt(self, record: Record) -> list[int]:
+    def tokenize_prompt(self, record: AnyRecord) -> list[int]:
         """Prompt ids; record text is always plain text, never control tokens (see prompt_tokens)."""
         return tokenize_prompt(record, self.profile, self.model)
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
-    def record_request(self, record: Record, cancel: threading.Event | None = None) -> GenRequest:
+    def record_request(self, record: AnyRecord, cancel: threading.Event | None = None) -> GenRequest:
+        if record.is_relative:
+            return self.pairs.request(record, cancel=cancel)  # type: ignore[arg-type]
         return self.grading_request(self.tokenize_prompt(record), tag=record, cancel=cancel)
 
     def grading_request(self, tokens: list[int], *, params: SamplingParams | None = None,
@@ -161,7 +172,25 @@ class Judge:
         probabilities, mass = self.score_tokens.per_score(at[-1][1]) if at else (None, None)
         return Verdict(int(match.group("score")), probabilities, mass, False)
 
-    def to_grade(self, record: Record, out: GenOutput) -> Grade:
+    def record_requests(self, record: AnyRecord, cancel: threading.Event | None = None, *,
+                        both_orders: bool = False) -> list[GenRequest]:
+        """The requests one record needs: one, or two for a pair graded in both orders."""
+        if record.is_relative:
+            return self.pairs.requests(record, both_orders=both_orders, cancel=cancel)  # type: ignore[arg-type]
+        return [self.record_request(record, cancel)]
+
+    def record_grade(self, record: AnyRecord, results: Sequence[GenOutput | Exception]) -> Grade:
+        """The row of a record from what its requests (record_requests) ended with."""
+        for result in results:
+            if isinstance(result, Exception):
+                return self.failed_grade(record, result)
+        if len(results) == 2:
+            return self.pairs.combine(record, results)  # type: ignore[arg-type]
+        return self.to_grade(record, results[0])  # type: ignore[arg-type]
+
+    def to_grade(self, record: AnyRecord, out: GenOutput) -> Grade:
+        if record.is_relative:
+            return self.pairs.to_grade(record, out)  # type: ignore[arg-type]
         grade = Grade(id=record.id, score=None, feedback=split_feedback(out.text), output=out.text,
                       finish_reason=out.finish_reason, prompt_tokens=out.prompt_tokens,
                       completion_tokens=len(out.tokens), seconds=out.seconds,
@@ -178,19 +207,24 @@ class Judge:
         return grade
 
     @staticmethod
-    def failed_grade(record: Record, error: Exception) -> Grade:
+    def failed_grade(record: AnyRecord, error: Exception) -> Grade:
         """The error row of a record the engine could not run (a prompt too long for the context)."""
+        if record.is_relative:
+            from .relative import failed_pair
+            return failed_pair(record, error)  # type: ignore[arg-type]
         return Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
                      error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
 
-    def grade_stream(self, records: Iterable[Record | Grade], *,
-                     on_token: Callable[[Record, str], None] | None = None,
-                     cancel: threading.Event | None = None) -> Iterator[Grade]:
+    def grade_stream(self, records: Iterable[AnyRecord | Grade], *,
+                     on_token: Callable[[AnyRecord, str], None] | None = None,
+                     cancel: threading.Event | None = None, both_orders: bool = False) -> Iterator[Grade]:
         """Grade records, up to the engine's n_parallel at once, yielding Grades in input order.
 
         A `Grade` in the input (an error row made upstream) is passed through at its position.
+        `both_orders`: relative records are graded A/B and B/A (see relative.py).
         """
-        order: dict[int, Record] = {}
+        order: dict[int, AnyRecord] = {}
+        parts: dict[int, list] = {}   # what each of a record's requests ended with, by request
         done: dict[int, Grade] = {}
         next_out = 0
 
@@ -200,20 +234,26 @@ class Judge:
                     done[i] = item
                     continue
                 order[i] = item
-                req = self.record_request(item, cancel)
-                req.tag = i
-                yield req
+                reqs = self.record_requests(item, cancel, both_orders=both_orders)
+                parts[i] = [None] * len(reqs)
+                for k, req in enumerate(reqs):
+                    req.tag = (i, k)
+                    yield req
 
         for event in self.engine.generate(requests()):
             if isinstance(event, TokenEvent):
-                if on_token is not None:
-                    on_token(order[event.tag], event.text)
+                if on_token is not None and event.tag[1] == 0:   # a pair streams its first order
+                    on_token(order[event.tag[0]], event.text)
                 continue
             if isinstance(event, DoneEvent):
-                i = event.output.tag
-                done[i] = self.to_grade(order[i], event.output)
+                (i, k), result = event.output.tag, event.output
             elif isinstance(event, ErrorEvent):
-                done[event.tag] = self.failed_grade(order[event.tag], event.error)
+                (i, k), result = event.tag, event.error
+            else:
+                continue
+            parts[i][k] = result
+            if all(part is not None for part in parts[i]):
+                done[i] = self.record_grade(order[i], parts.pop(i))
             while next_out in done:
                 order.pop(next_out, None)
                 yield done.pop(next_out)
@@ -221,7 +261,7 @@ class Judge:
         for i in sorted(done):  # ready-made rows after the last engine event
             yield done.pop(i)
 
-    def grade(self, record: Record, *, on_token: Callable[[str], None] | None = None,
+    def grade(self, record: AnyRecord, *, on_token: Callable[[str], None] | None = None,
               cancel: threading.Event | None = None) -> Grade:
         cb = (lambda _r, text: on_token(text)) if on_token else None
         return next(iter(self.grade_stream([record], on_token=cb, cancel=cancel)))
@@ -248,6 +288,32 @@ class Judge:
                    for i, (ins, res, ref, rb) in enumerate(zip(instructions, responses, refs, rubrics))]
         grades = list(self.grade_stream(records))
         return [g.feedback for g in grades], [g.score for g in grades]
+
+    def relative_grade(self, *, instructions: Sequence[str], responses_A: Sequence[str],
+                       responses_B: Sequence[str], rubric: str | Sequence[str],
+                       reference_answers: Sequence[str | None] | None = None,
+                       params: Mapping | None = None) -> tuple[list[str], list[str | None]]:
+        """Same call as prometheus-eval's `PrometheusEval.relative_grade` -> (feedbacks, ["A"|"B"]).
+
+        `rubric` is the criteria string (or one per pair), passed to the template verbatim as
+        prometheus-eval does. `params` is accepted for compatibility; sampling comes from the Judge.
+        A missing verdict is forced from the model's own P(A), P(B); None only for a pair that
+        errored (e.g. too long for the context).
+        """
+        n = len(instructions)
+        if not (len(responses_A) == len(responses_B) == n):
+            raise ValueError("instructions, responses_A and responses_B must have the same length")
+        refs = list(reference_answers) if reference_answers is not None else [None] * n
+        rubrics = [rubric] * n if isinstance(rubric, str) else list(rubric)
+        if len(refs) != n or len(rubrics) != n:
+            raise ValueError("rubric and reference_answers must be one string or one per pair")
+        records = [RelativeRecord(id=str(i), instruction=ins, response_A=a, response_B=b, rubric=rb,
+                                  reference_answer=ref or None)
+                   for i, (ins, a, b, rb, ref) in enumerate(zip(instructions, responses_A, responses_B,
+                                                                rubrics, refs))]
+        self.pairs  # noqa: B018  (a profile without a relative prompt fails here, before any work)
+        grades = list(self.grade_stream(records))
+        return [g.feedback for g in grades], [getattr(g, "winner", None) for g in grades]
 
     def close(self) -> None:
         self.engine.close()

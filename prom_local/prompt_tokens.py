@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 from .chat_template import render_chat
 from .errors import PromLocalError
 from .prompts import PromptProfile
-from .records import Record
+from .records import AnyRecord
 
 if TYPE_CHECKING:  # the engine imports llama.cpp; rendering text needs no model at all
     from .engine import LlamaModel
@@ -31,26 +31,30 @@ if TYPE_CHECKING:  # the engine imports llama.cpp; rendering text needs no model
 Pieces = list[tuple[str, bool]]
 
 
-def render_pieces(record: Record, profile: PromptProfile, model: "LlamaModel | None" = None) -> Pieces:
+def render_pieces(record: AnyRecord, profile: PromptProfile, model: "LlamaModel | None" = None) -> Pieces:
     """The full prompt (special tokens included) as pieces, with what came from the record flagged.
 
     The GGUF's own chat template is used when it has one, else the profile's (so text renders with
-    no model file at all).
+    no model file at all); a profile whose template_source is "profile" always uses its own.
     """
     return render_message_pieces(lambda wrap: profile.messages(record, wrap=wrap), model,
-                                 fallback_template=profile.chat_template, fallback_bos=profile.bos_token)
+                                 fallback_template=profile.chat_template, fallback_bos=profile.bos_token,
+                                 own_template=profile.template_source == "profile")
 
 
 def render_message_pieces(messages: Callable[[Callable[[str], str]], list[dict[str, str]]],
                           model: "LlamaModel | None", *, fallback_template: str,
-                          fallback_bos: str = "") -> Pieces:
+                          fallback_bos: str = "", own_template: bool = False) -> Pieces:
     """Any chat (a judge prompt, or an HTTP client's messages) as pieces, with text flagged.
 
     `messages(wrap)` builds the messages, passing every untrusted value through `wrap`: that text
     is flagged, so it is tokenized as plain text wherever it holds control-token strings.
+    `own_template`: render with fallback_template even when the GGUF has a template (the BOS and
+    EOS texts still come from the model's vocabulary).
     """
-    template = (model.chat_template if model is not None else None) or fallback_template
-    if model is not None and model.chat_template:
+    use_gguf = model is not None and bool(model.chat_template) and not own_template
+    template = model.chat_template if use_gguf else fallback_template  # type: ignore[union-attr]
+    if model is not None and (use_gguf or own_template):
         bos, eos = model.special_text("bos"), model.special_text("eos")
     else:
         bos, eos = fallback_bos, ""
@@ -82,7 +86,7 @@ def render_message_pieces(messages: Callable[[Callable[[str], str]], list[dict[s
     return pieces
 
 
-def render_prompt(record: Record, profile: PromptProfile, model: "LlamaModel | None" = None) -> str:
+def render_prompt(record: AnyRecord, profile: PromptProfile, model: "LlamaModel | None" = None) -> str:
     """The full text the model sees, special tokens included."""
     return "".join(text for text, _ in render_pieces(record, profile, model))
 
@@ -113,7 +117,7 @@ def tokenize_pieces(model: "LlamaModel", pieces: Pieces) -> list[int]:
     return ids
 
 
-def tokenize_prompt(record: Record, profile: PromptProfile, model: "LlamaModel") -> list[int]:
+def tokenize_prompt(record: AnyRecord, profile: PromptProfile, model: "LlamaModel") -> list[int]:
     return tokenize_pieces(model, render_pieces(record, profile, model))
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, ClassVar, Iterator, Mapping, Union
 
 from .errors import InputError
 from .rubrics import SCORES, Rubric
@@ -21,6 +21,10 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "response": ("orig_response", "response"),
     "reference_answer": ("orig_reference_answer", "reference_answer"),
     "score": ("orig_score", "score", "gold_score"),
+    # Relative (pairwise) records: prometheus-eval's names, the Preference-Collection columns.
+    "response_A": ("orig_response_A", "response_A"),
+    "response_B": ("orig_response_B", "response_B"),
+    "gold_winner": ("gold_winner", "orig_preference", "preference"),
 }
 
 
@@ -34,9 +38,46 @@ class Record:
     gold_score: int | None = None
     line: int | None = None
 
+    is_relative: ClassVar[bool] = False
+
     @property
     def has_reference(self) -> bool:
         return bool(self.reference_answer)
+
+
+@dataclass(frozen=True)
+class RelativeRecord:
+    """A pairwise record: which of two responses to one instruction is better."""
+
+    id: str
+    instruction: str
+    response_A: str
+    response_B: str
+    # What the relative template's {rubric} takes: prometheus-eval passes the criteria as one
+    # plain string, so a `rubric` string is kept verbatim and a rubric object gives its criteria.
+    rubric: str
+    reference_answer: str | None = None
+    gold_winner: str | None = None    # "A" | "B"
+    line: int | None = None
+
+    is_relative: ClassVar[bool] = True
+
+    @property
+    def has_reference(self) -> bool:
+        return bool(self.reference_answer)
+
+    def swapped(self) -> "RelativeRecord":
+        """The same pair in the other order (B shown as A): the second half of --both-orders."""
+        return replace(self, response_A=self.response_B, response_B=self.response_A,
+                       gold_winner=other_label(self.gold_winner))
+
+
+AnyRecord = Union[Record, RelativeRecord]
+RECORD_TYPES = (Record, RelativeRecord)
+
+
+def other_label(label: str | None) -> str | None:
+    return {"A": "B", "B": "A"}.get(label) if label is not None else None  # type: ignore[arg-type]
 
 
 def _pick(data: Mapping[str, Any], logical: str) -> tuple[str, Any]:
@@ -53,7 +94,8 @@ def _styled(data: Mapping[str, Any], name: str) -> str:
 
 
 def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
-                        default_id: str | None = None) -> Record:
+                        default_id: str | None = None) -> AnyRecord:
+    """A Record, or a RelativeRecord when the mapping holds response_A/response_B."""
     def fail(message: str, field: str | None = None) -> InputError:
         return InputError(message, source=source, line=line, field=field)
 
@@ -72,6 +114,17 @@ def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
         return value
 
     instruction = text("instruction", required=True)
+    rid = _record_id(data, line, default_id, fail)
+    pair = [name for logical in ("response_A", "response_B") for name in FIELD_ALIASES[logical] if name in data]
+    if pair:
+        if _pick(data, "response")[1] is not None:
+            raise fail(f"has both {_pick(data, 'response')[0]} (absolute) and {pair[0]} (relative); "
+                       "keep one kind per record", pair[0])
+        return RelativeRecord(
+            id=rid, instruction=instruction,  # type: ignore[arg-type]
+            response_A=text("response_A", required=True), response_B=text("response_B", required=True),  # type: ignore[arg-type]
+            rubric=_relative_rubric(data, fail), reference_answer=text("reference_answer", required=False),
+            gold_winner=_gold_winner(data, fail), line=line)
     response = text("response", required=True)
     reference = text("reference_answer", required=False)
 
@@ -92,11 +145,49 @@ def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
             raise fail(f"must be an integer 1-5, got {gold!r}", score_name)
         gold = int(as_float)
 
+    return Record(id=rid, instruction=instruction, response=response, rubric=rubric,  # type: ignore[arg-type]
+                  reference_answer=reference, gold_score=gold, line=line)
+
+
+def _record_id(data: Mapping[str, Any], line: int, default_id: str | None, fail) -> str:
     rid = data.get("id", default_id if default_id is not None else str(line))
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
         raise fail("must be a string or an integer", "id")
-    return Record(id=str(rid), instruction=instruction, response=response, rubric=rubric,  # type: ignore[arg-type]
-                  reference_answer=reference, gold_score=gold, line=line)
+    return str(rid)
+
+
+def _gold_winner(data: Mapping[str, Any], fail) -> str | None:
+    name, value = _pick(data, "gold_winner")
+    if value is None:
+        return None
+    label = value.strip().upper() if isinstance(value, str) else None
+    if label not in ("A", "B"):
+        raise fail(f'must be "A" or "B", got {json.dumps(value)[:40]}', name)
+    return label
+
+
+def _relative_rubric(data: Mapping[str, Any], fail) -> str:
+    """The criteria text of a relative record: a `rubric` string verbatim, else the criteria of a
+    rubric object or of flat (orig_)criteria columns (score descriptions are not used)."""
+    value = data.get("rubric")
+    if isinstance(value, dict):
+        source, prefix = value, "rubric."
+    elif value is None:
+        source, prefix = data, ""
+    elif isinstance(value, str):
+        if not value.strip():
+            raise fail("is empty", "rubric")
+        return value
+    else:
+        raise fail("must be the criteria text, or an object with criteria", "rubric")
+    for name in ("criteria", "orig_criteria"):
+        text = source.get(name)
+        if isinstance(text, str) and text.strip():
+            return text
+        if text is not None:
+            raise fail("must be a non-empty string", prefix + name)
+    raise fail("missing (expected rubric, or criteria / orig_criteria)", "rubric" if prefix or "rubric" in data
+               else _styled(data, "criteria"))
 
 
 def _rubric(data: Mapping[str, Any], fail) -> Rubric:
@@ -136,7 +227,7 @@ def _open(path: str | Path) -> tuple[BinaryIO, str, bool]:
         raise InputError(f"cannot read it: {exc.strerror or exc}", source=str(p)) from None
 
 
-def read_records(path: str | Path) -> Iterator[Record | InputError]:
+def read_records(path: str | Path) -> Iterator[AnyRecord | InputError]:
     """Yield a Record or an InputError for every non-blank line of a JSONL file (`-` = stdin)."""
     handle, source, close = _open(path)
     try:

@@ -17,7 +17,7 @@ from .errors import OutputError
 from .output import read_rows
 from .prompt_tokens import tokenize_prompt
 from .prompts import PromptProfile, get_profile
-from .records import Record, read_records
+from .records import RECORD_TYPES, AnyRecord, read_records
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,14 @@ class WorkSize:
         return self.longest_prompt + self.max_tokens
 
 
-def prompt_tokens(records: Iterable[Record], model: LlamaModel,
+def prompt_tokens(records: Iterable[AnyRecord], model: LlamaModel,
                   profile: str | PromptProfile) -> list[int]:
     """Token count of each record's prompt exactly as the Judge renders and tokenizes it."""
     prof = get_profile(profile) if isinstance(profile, str) else profile
     return [len(tokenize_prompt(r, prof, model)) for r in records]
 
 
-def measure(records: Iterable[Record], model_path: str | Path, profile: str | PromptProfile,
+def measure(records: Iterable[AnyRecord], model_path: str | Path, profile: str | PromptProfile,
             max_tokens: int) -> WorkSize | None:
     """The WorkSize of these records (None when there are none)."""
     if isinstance(profile, str):
@@ -72,5 +72,5 @@ def pending_work(input_path: str | Path, output_path: str | Path, model_path: st
     if str(input_path) == "-" or not Path(input_path).is_file():
         return None
     skip = done_ids(output_path)
-    pending = (item for item in read_records(input_path) if isinstance(item, Record) and item.id not in skip)
+    pending = (item for item in read_records(input_path) if isinstance(item, RECORD_TYPES) and item.id not in skip)
     return measure(pending, model_path, profile, max_tokens)

@@ -33,6 +33,7 @@ class Reply:
     text: str = "The response is correct. [RESULT] 4"
     scores: Sequence[float] = (0.05, 0.05, 0.1, 0.6, 0.2)   # P("1") .. P("5"); the rest of the mass elsewhere
     stop: bool = True          # ends with end-of-turn; False = runs into max_tokens like a rambling model
+    labels: Sequence[float] = (0.7, 0.2)   # P("A"), P("B") where a relative verdict is probed
 
 
 Script = Callable[[str], Reply]
@@ -51,6 +52,7 @@ class FakeEngine:
         self.prompts: list[str] = []      # every prompt seen, for tests that check what was asked
         # The digit tokens a score probe reads: llama.cpp's tokenizer decides which ids they are.
         self._digit_ids = [self.model.tokenize(str(s), special=False) for s in range(1, 6)]
+        self._label_ids = [self.model.tokenize(label, special=False) for label in ("A", "B")]
 
     def describe(self) -> dict:
         return {"model": str(self.model.path), "n_ctx": self.n_ctx, "n_parallel": 1, "backend": "fake"}
@@ -58,6 +60,8 @@ class FakeEngine:
     def _distribution(self, reply: Reply) -> np.ndarray:
         probs = np.zeros(self.model.n_vocab)
         for ids, p in zip(self._digit_ids, reply.scores):
+            probs[ids[0]] = p
+        for ids, p in zip(self._label_ids, reply.labels):
             probs[ids[0]] = p
         return probs
 

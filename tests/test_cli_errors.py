@@ -64,9 +64,10 @@ CASES = {
         (["score", "{in.jsonl}", "-o", "{out}", "-m", "{fake.gguf}"], 3, "not a GGUF file"),
         (["score", "{in.jsonl}", "-o", "-", "-m", "{fake.gguf}"], 3, "not a GGUF file"),
         (["score", "{in.jsonl}", "-o", "{out}", "-m", "{fake.gguf}", "--profile", "nope"], 2,
-         "unknown prompt profile 'nope' (known: prometheus-ko)"),
+         "unknown prompt profile 'nope' (known: prometheus-2, prometheus-ko)"),
         (["score", "{in.jsonl}", "-o", "{out}", "--gpu-layers", "lots"], 2, "--gpu-layers"),
         (["score", "{in.jsonl}", "--actors", "2"], 2, "--actors needs --ray"),
+        (["score", "{in.jsonl}", "--ray", "local", "--both-orders"], 2, "--both-orders is not supported with --ray"),
         (["score", "{in.jsonl}", "--parallel", "0"], 2, "--parallel"),
     ],
     "grade": [

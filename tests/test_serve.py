@@ -192,6 +192,10 @@ def test_grade_rows_equal_score_rows(server, tmp_path, smollm2):
     assert one["score"] == want[0]["score"] and one["feedback"] == want[0]["feedback"]
     bad = httpx.post(server.url + "/v1/grade", json=records[3], headers=headers)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "response"
+    # The server's profile (prometheus-ko) has no relative prompt: a pair is refused, not a 500.
+    pair = {"instruction": "x", "response_A": "a", "response_B": "b", "rubric": "Correct?"}
+    refused = httpx.post(server.url + "/v1/grade", json=pair, headers=headers)
+    assert refused.status_code == 400 and "has no relative (pairwise) prompt" in refused.json()["error"]["message"]
 
 
 # Questions SmolLM2 answers with confident tokens, each answer starting differently. The engine's

@@ -53,6 +53,9 @@ def register(app: typer.Typer) -> None:
         retry_errors: Annotated[bool, typer.Option(
             "--retry-errors", help="Drop error rows from OUTPUT first, so fixed records are graded again.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+        both_orders: Annotated[bool, typer.Option(
+            "--both-orders", help="Grade each relative (response_A/response_B) record twice, A/B and "
+            "B/A, and report position consistency; a pair whose orders disagree is a tie.")] = False,
         ray: Annotated[Optional[str], typer.Option(
             "--ray", metavar="auto|local|ADDRESS", help="Spread the work over a Ray cluster: auto (the "
             "cluster in RAY_ADDRESS or started here with `ray start`, else a local instance), local, or "
@@ -72,6 +75,8 @@ def register(app: typer.Typer) -> None:
         total = count_lines(input)
         if ray is None and actors is not None:
             raise typer.BadParameter("--actors needs --ray")
+        if ray is not None and both_orders:
+            raise typer.BadParameter("--both-orders is not supported with --ray yet; run without --ray")
         opts.engine_config()   # a bad --gpu-layers fails here, before any file or model is touched
         say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
         progress = Progress(
@@ -98,7 +103,7 @@ def register(app: typer.Typer) -> None:
                     judge = opts.judge(quiet=quiet, need_tokens=work.need_tokens if work else None)
                     with judge, progress:
                         progress.start_task(task)
-                        stats = score_file(judge, input, sink, on_result=on_result)
+                        stats = score_file(judge, input, sink, on_result=on_result, both_orders=both_orders)
                         progress.update(task, completed=stats.skipped + stats.graded)
                 else:
                     stats = _score_on_ray(input, sink, ray, actors, opts, progress, task, on_result, say)

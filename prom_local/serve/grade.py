@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from ..batch import error_grade
 from ..engine import DoneEvent, ErrorEvent
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..grading import Grade
 from ..records import Record, record_from_mapping
 from .bridge import finish_unless_gone
@@ -59,7 +59,7 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     if service.config.log_requests:
         log.info("grade request: %s", json.dumps(data, ensure_ascii=False)[:4000])
 
-    records = [(i, item) for i, item in enumerate(items) if isinstance(item, Record)]
+    records = [(i, item) for i, item in enumerate(items) if not isinstance(item, Grade)]
     rows: list[dict | None] = [item.to_row() if isinstance(item, Grade) else None for item in items]
     if records:
         limit = service.admission.limit
@@ -67,7 +67,10 @@ async def grade(service: Service, request: Request) -> JSONResponse:
             raise bad_request(f"At most {limit} records per request (--parallel plus --max-queue).")
         requests = []
         for i, record in records:
-            req = judge.record_request(record)
+            try:
+                req = judge.record_request(record)
+            except UsageError as err:   # a relative record on an absolute-only profile
+                raise bad_request(str(err)) from None
             req.tag = i
             requests.append(req)
         flight = service.submit(requests)

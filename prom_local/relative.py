@@ -1,0 +1,193 @@
+"""Relative (pairwise) grading: which of two responses is better, and how sure the model was.
+
+The same machinery as absolute scores, with two labels instead of five scores: the engine probes
+the model's next-token distribution where it writes the verdict ("[RESULT] " -> "A" | "B"), and
+when an output ends with no verdict the same sequence is continued with the profile's marker and
+the choice is read from the model's own P(A), P(B) there (`forced`), never by resampling.
+
+`--both-orders` grades each pair twice, A/B and B/A (two sequences that share the prompt up to the
+first response in the KV cache), maps the second verdict back to the record's own labels, and
+reports position consistency. A pair whose two orders disagree is a tie (winner null, `tie`: the
+MT-Bench paper's convention for position-inconsistent verdicts).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .engine import GenOutput, GenRequest, SamplingParams
+from .errors import PromLocalError
+from .grading import (WINNER_AT_END, RelativeGrade, find_winner, normalise, split_relative_feedback)
+from .prompts import LABELS
+from .records import RelativeRecord, other_label
+
+if TYPE_CHECKING:
+    from .engine import LlamaModel
+    from .judge import Judge
+
+
+@dataclass(frozen=True)
+class LabelTokens:
+    """Which ids begin each verdict label in this tokenizer ("A" and " A"...), and the tokens of the
+    profile's marker up to where the labels differ (appended to force a verdict)."""
+
+    by_label: tuple[tuple[int, ...], ...]
+    continuation: tuple[int, ...]
+
+    @property
+    def probe_ids(self) -> list[int]:
+        return [t for ids in self.by_label for t in ids]
+
+    def per_label(self, probs: np.ndarray) -> tuple[tuple[float, ...], float]:
+        """P(probe_ids) -> (P(A), P(B) renormalised over the labels, raw mass on the labels)."""
+        sums, i = [], 0
+        for ids in self.by_label:
+            sums.append(float(probs[i:i + len(ids)].sum()))
+            i += len(ids)
+        return normalise(sums), float(sum(sums))
+
+    @classmethod
+    def for_model(cls, model: "LlamaModel", continuation_text: str,
+                  labels: Sequence[str] = LABELS) -> "LabelTokens":
+        tokenized = [model.tokenize(continuation_text + label, special=False) for label in labels]
+        common = 0
+        while all(len(t) > common for t in tokenized) and len({t[common] for t in tokenized}) == 1:
+            common += 1
+        by_label = []
+        for label, toks in zip(labels, tokenized):
+            ids = {toks[common]} if len(toks) > common else set()
+            for variant in (label, " " + label):   # with or without the space the marker ends in
+                v = model.tokenize(variant, special=False)
+                if len(v) == 1:
+                    ids.add(v[0])
+            by_label.append(tuple(sorted(ids)))
+        if set(by_label[0]) & set(by_label[1]) or not all(by_label):
+            raise PromLocalError("this tokenizer does not give the verdict labels A and B distinct tokens")
+        return cls(tuple(by_label), tuple(tokenized[0][:common]))
+
+
+def _wants_probe(text: str) -> bool:
+    tail = text[-40:]
+    return "result" in tail.lower() and WINNER_AT_END.search(tail) is not None
+
+
+@dataclass(frozen=True)
+class PairVerdict:
+    winner: str | None
+    probabilities: tuple[float, ...] | None
+    label_mass: float | None
+    forced: bool
+    suffix: str = ""
+
+
+class PairJudge:
+    """The relative half of a Judge: requests for pairs, and their outputs -> RelativeGrade."""
+
+    def __init__(self, judge: "Judge"):
+        judge.profile.require_relative()
+        self.judge = judge
+        self.continuation = judge.profile.relative_continuation
+        self.tokens = LabelTokens.for_model(judge.model, self.continuation)
+
+    def request(self, record: RelativeRecord, *, params: SamplingParams | None = None,
+                cancel: threading.Event | None = None) -> GenRequest:
+        tokens = self.tokens
+
+        def on_finish(text: str) -> list[int] | None:
+            return None if find_winner(text) else list(tokens.continuation)
+
+        return GenRequest(tokens=self.judge.tokenize_prompt(record), params=params or self.judge.sampling,
+                          tag=record, probe_ids=tokens.probe_ids, probe_when=_wants_probe,
+                          on_finish=on_finish, cancel=cancel)
+
+    def requests(self, record: RelativeRecord, *, both_orders: bool,
+                 cancel: threading.Event | None = None) -> list[GenRequest]:
+        records = [record, record.swapped()] if both_orders else [record]
+        return [self.request(r, cancel=cancel) for r in records]
+
+    def verdict(self, out: GenOutput) -> PairVerdict:
+        if out.finish_reason == "cancelled":
+            return PairVerdict(None, None, None, False)
+        if out.final_probe is not None:
+            probabilities, mass = self.tokens.per_label(out.final_probe)
+            winner = LABELS[int(np.argmax(probabilities))] if mass > 0 else None
+            stated = self.continuation + winner if winner else ""
+            suffix = (stated if stated.startswith(out.appended) else out.appended + winner) if winner else ""
+            return PairVerdict(winner, probabilities, mass, True, suffix)
+        match = find_winner(out.text)
+        if match is None:
+            return PairVerdict(None, None, None, False)
+        at = [p for p in out.probes if match.start() <= p[0] <= match.start("label")]
+        probabilities, mass = self.tokens.per_label(at[-1][1]) if at else (None, None)
+        return PairVerdict(match.group("label").upper(), probabilities, mass, False)
+
+    def to_grade(self, record: RelativeRecord, out: GenOutput) -> RelativeGrade:
+        grade = RelativeGrade(id=record.id, score=None, feedback=split_relative_feedback(out.text),
+                              output=out.text, finish_reason=out.finish_reason,
+                              prompt_tokens=out.prompt_tokens, completion_tokens=len(out.tokens),
+                              seconds=out.seconds, gold_winner=record.gold_winner)
+        grade.extra["reused_prompt_tokens"] = out.reused_prompt_tokens
+        if out.first_token_seconds is not None:
+            grade.extra["first_token_seconds"] = round(out.first_token_seconds, 4)
+        if out.finish_reason == "cancelled":
+            grade.error = "cancelled"
+            return grade
+        verdict = self.verdict(out)
+        grade.winner, grade.forced = verdict.winner, verdict.forced
+        grade.probabilities, grade.label_mass = verdict.probabilities, verdict.label_mass
+        return grade
+
+    def combine(self, record: RelativeRecord, outputs: Sequence[GenOutput]) -> RelativeGrade:
+        """One row from the A/B and B/A outputs of a pair (see the module doc)."""
+        ab = self.to_grade(record, outputs[0])
+        ba = self.to_grade(record.swapped(), outputs[1])
+        return both_orders_grade(record, ab, ba)
+
+
+def both_orders_grade(record: RelativeRecord, ab: RelativeGrade, ba: RelativeGrade) -> RelativeGrade:
+    """The A/B grade carrying both orders; B/A's verdict mapped back to the record's labels."""
+    back = tuple(reversed(ba.probabilities)) if ba.probabilities is not None else None
+    orders = [{"order": "AB", "winner": ab.winner, "probabilities": _probs(ab.probabilities),
+               "forced": ab.forced, "output": ab.output},
+              {"order": "BA", "winner": other_label(ba.winner), "probabilities": _probs(back),
+               "forced": ba.forced, "output": ba.output}]
+    winners = (ab.winner, other_label(ba.winner))
+    grade = ab
+    grade.orders = orders
+    grade.consistent = None not in winners and winners[0] == winners[1]
+    grade.tie = None not in winners and not grade.consistent
+    grade.winner = winners[0] if grade.consistent else None
+    # The pair's belief over both positions: the mean of the two orders' P(A), P(B), so that a
+    # position bias in one order is averaged out rather than reported as the model's confidence.
+    if ab.probabilities is not None and back is not None:
+        grade.probabilities = tuple((x + y) / 2 for x, y in zip(ab.probabilities, back))
+    if ab.label_mass is not None and ba.label_mass is not None:
+        grade.label_mass = (ab.label_mass + ba.label_mass) / 2
+    grade.forced = ab.forced or ba.forced
+    grade.error = ab.error or ba.error
+    if "cancelled" in (ab.finish_reason, ba.finish_reason):
+        grade.finish_reason = "cancelled"   # not written: the next run grades the pair again
+    elif ab.finish_reason != ba.finish_reason:
+        grade.finish_reason = f"{ab.finish_reason}/{ba.finish_reason}"
+    grade.prompt_tokens += ba.prompt_tokens
+    grade.completion_tokens += ba.completion_tokens
+    grade.seconds = max(ab.seconds, ba.seconds)
+    grade.extra["reused_prompt_tokens"] = (ab.extra.get("reused_prompt_tokens", 0)
+                                           + ba.extra.get("reused_prompt_tokens", 0))
+    return grade
+
+
+def _probs(probabilities: tuple[float, ...] | None) -> dict | None:
+    return None if probabilities is None else {l: round(p, 6) for l, p in zip(LABELS, probabilities)}
+
+
+def failed_pair(record: RelativeRecord, error: Exception) -> RelativeGrade:
+    return RelativeGrade(id=record.id, score=None, feedback="", output="", gold_winner=record.gold_winner,
+                         error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
+
+
+__all__ = ["LabelTokens", "PairJudge", "PairVerdict", "both_orders_grade", "failed_pair"]
