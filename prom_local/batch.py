@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import InputError
-from .grading import Grade
+from .grading import Grade, attach_gold
 from .judge import Judge
 from .records import Record, read_records
 from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
@@ -68,6 +68,16 @@ def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
         yield item
 
 
+def _remember_gold(items: Iterator[Record | Grade], gold: dict[str, tuple[int, ...]]
+                   ) -> Iterator[Record | Grade]:
+    """Pass items through, noting each record's list of gold scores for its row (the judge's
+    Grade carries only the single gold_score)."""
+    for item in items:
+        if isinstance(item, Record) and item.gold_scores:
+            gold[item.id] = item.gold_scores
+        yield item
+
+
 def score_file(judge: Judge, input_path: str | Path, output: str | Path | ResultsSink, *,
                on_result: Callable[[Grade, BatchStats], None] | None = None,
                on_token: Callable[[Record, str], None] | None = None,
@@ -80,11 +90,13 @@ def score_file(judge: Judge, input_path: str | Path, output: str | Path | Result
         with ResultsSink(output, retry_errors=retry_errors) as sink:
             return score_file(judge, input_path, sink, on_result=on_result, on_token=on_token, cancel=cancel)
     sink = output
-    items = pending_items(input_path, sink.done_ids, sink.stats, cancel)
+    gold: dict[str, tuple[int, ...]] = {}
+    items = _remember_gold(pending_items(input_path, sink.done_ids, sink.stats, cancel), gold)
     for grade in judge.grade_stream(items, on_token=on_token, cancel=cancel):
+        scores = gold.pop(grade.id, None)
         if grade.finish_reason == "cancelled":
             continue
-        sink.write(grade)
+        sink.write(attach_gold(grade, scores))
         if on_result is not None:
             on_result(grade, sink.stats)
     return sink.stats
