@@ -177,9 +177,10 @@ def looks_like_benchmark(data: Any) -> bool:
         return False
     if any(k in data for k in PAIRWISE_KEYS):
         return True
+    if "response" in data or "orig_response" in data:
+        return False
     text = data.get("instruction")
-    return (isinstance(text, str) and text.lstrip().startswith("###Task Description:")
-            and "response" not in data and "orig_response" not in data)
+    return "gpt4_score" in data or (isinstance(text, str) and text.lstrip().startswith("###Task Description:"))
 
 
 def detect(path: str | Path) -> bool:
@@ -220,6 +221,14 @@ def _load(path: Path) -> tuple[list[tuple[int, Any]], str]:
             raise InputError("expected a JSON array of records", source=str(path))
         return list(enumerate(data)), "record"
     return [(n, line) for n, line in enumerate(raw.split("\n"), 1) if line.strip()], "line"
+
+
+def count_records(path: str | Path) -> int | None:
+    """How many records the file holds (for a progress bar); None when it cannot be read."""
+    try:
+        return len(_load(Path(path))[0])
+    except InputError:
+        return None
 
 
 def read_benchmark(path: str | Path) -> Iterator[Record | InputError]:

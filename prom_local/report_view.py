@@ -167,7 +167,8 @@ def summary_view(summary: Summary, *, title: str | None = None, compact: bool = 
     parts += [counts_line(summary), histogram_line(summary), Text("")]
     if uses_means(summary.correlation):
         parts += [correlation_table(summary.correlation), Text("")]
-        parts.append(figures_table(summary.gold, "agreement with gold (integer scores)"))
+        # A text line, not the table's title: a title wraps at the narrow table's width.
+        parts += [Text("agreement with gold (integer scores)", style="bold"), figures_table(summary.gold)]
     else:
         parts.append(figures_table(summary.gold, "agreement with gold"))
     parts.append(Text(""))
