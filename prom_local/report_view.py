@@ -227,23 +227,22 @@ def relative_view(rel: RelativeSummary, *, title: str | None = None, compact: bo
     parts: list[RenderableType] = [Text(title, style="bold")] if title else []
     v = rel.verdicts
     parts.append(Text(f"relative rows {rel.rows} · A {v['A']} · B {v['B']} · tie {v['tie']} · "
-                      f"no verdict {v['none']} · forced {rel.forced} · errors {rel.errors}"))
+                      f"none {v['none']} · forced {rel.forced} · errors {rel.errors}"))
     table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2, 0, 0))
     table.add_column("figure", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
     table.add_column("detail", no_wrap=not compact, style="dim")
     acc = rel.accuracy
     if acc is not None:
-        table.add_row("accuracy", _pct(acc.accuracy), f"n={acc.n}, ties {acc.ties} counted wrong")
-        table.add_row("  forced", str(acc.forced), f"right {acc.forced_correct}; unforced accuracy "
-                      f"{_pct(acc.accuracy_unforced)}")
+        table.add_row("accuracy", _pct(acc.accuracy), f"n={acc.n} · {acc.ties} tie(s) counted wrong")
+        table.add_row("  forced", str(acc.forced), f"right {acc.forced_correct} · unforced {_pct(acc.accuracy_unforced)}")
     cons = rel.consistency
     if cons is not None:
-        table.add_row("consistent", _pct(cons.rate), f"n={cons.n} rows graded in both orders")
+        table.add_row("consistent", _pct(cons.rate), f"n={cons.n} in both orders")
         table.add_row("tie rate", _pct(cons.tie_rate), "inconsistent orders = tie")
     cal = rel.calibration
     if cal is not None:
-        table.add_row("P(gold)", fmt(cal.mean_p_gold), f"n={cal.n}; Brier {fmt(cal.brier)}, ECE {fmt(cal.ece)}")
+        table.add_row("P(gold)", fmt(cal.mean_p_gold), f"n={cal.n} · Brier {fmt(cal.brier)} · ECE {fmt(cal.ece)}")
     parts.append(table)
     if acc is None:
         parts.append(Text("No gold winners: accuracy needs gold_winner (or preference) in the input.",

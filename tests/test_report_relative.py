@@ -88,9 +88,9 @@ def test_report_cli_relative_and_mixed(tmp_path):
     result = invoke("report", str(path), columns=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "relative rows 10 · A 5 · B 3 · tie 1 · no verdict 1 · forced 1 · errors 1" in out
-    assert "accuracy" in out and "75.0%" in out and "n=8, ties 1 counted wrong" in out
-    assert "consistent" in out and "n=4 rows graded in both orders" in out
+    assert "relative rows 10 · A 5 · B 3 · tie 1 · none 1 · forced 1 · errors 1" in out
+    assert "accuracy" in out and "75.0%" in out and "n=8 · 1 tie(s) counted wrong" in out
+    assert "consistent" in out and "n=4 in both orders" in out
     assert "tie rate" in out and "25.0%" in out
     assert "No gold scores" not in out        # no absolute section for an all-relative file
 
