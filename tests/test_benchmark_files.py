@@ -123,7 +123,7 @@ def test_errors_name_file_record_and_field(tmp_path):
     assert messages[1].startswith(f"{path}: record [1]: field 'gpt4_score': must be an integer 1-5")
     assert "record [2]: field 'instruction': not a Prometheus absolute-grading prompt" in messages[2]
     assert "record [3]: field 'instruction'" in messages[3] and "'Score 3:'" in messages[3]
-    assert "record [4]" in messages[4] and "pairwise benchmark" in messages[4]
+    assert "record [4]: field 'chosen_instruction': not a Prometheus absolute-grading prompt" in messages[4]
     assert [i.record_id for i in items[:2]] == ["69-vicuna", "69-llama-2-chat"]
 
     not_json = tmp_path / "torn.json"
@@ -202,3 +202,33 @@ def test_score_and_report_on_the_vicuna_fixture_with_a_real_model(tmp_path, smol
         assert corr["pearson"] is None and corr["kendall"] is None
     text = invoke("report", str(out)).stdout
     assert "correlation with gold (the Prometheus papers' table)" in text and "gold: gold_mean" in text
+
+
+def test_pairwise_files_become_relative_records():
+    """HHH Alignment's chosen/rejected prompts and AutoJ's labelled pairs, as relative input records
+    (instruction, response_A, response_B, rubric, gold_winner); the chosen side alternates A/B."""
+    path = DATA / "hhh_alignment_eval.sample.json"
+    fail = lambda message, field=None: InputError(message, source="t", field=field)  # noqa: E731
+    mapped = [bf.pairwise_mapping(o, i, fail) for i, o in enumerate(originals(path))]
+    assert [m["gold_winner"] for m in mapped] == ["A", "B", "A"]
+    for i, (m, original) in enumerate(zip(mapped, originals(path))):
+        chosen = bf.parse_prompt(original["chosen_instruction"])
+        rejected = bf.parse_prompt(original["rejected_instruction"])
+        better, worse = (m["response_A"], m["response_B"]) if i % 2 == 0 else (m["response_B"], m["response_A"])
+        assert (better, worse) == (chosen.response, rejected.response)
+        assert m["instruction"] == chosen.instruction and m["rubric"] == chosen.rubric.as_dict()
+        assert "reference_answer" not in m           # HHH prompts have none
+    assert len(list(read_records(path))) == 3        # one item (record or error row) per pair
+
+    autoj = {"scenario": "x", "label": 1, "prompt": "Summarise.", "response 1": " short ", "response 2": " long "}
+    assert bf.pairwise_mapping(autoj, 0, fail) | {"rubric": None} == {
+        "instruction": "Summarise.", "response_A": "long", "response_B": "short", "rubric": None,
+        "gold_winner": "A"}
+    assert bf.pairwise_mapping({**autoj, "label": 2}, 1, fail)["gold_winner"] is None    # a tie
+    assert bf.pairwise_mapping(autoj, 0, fail)["rubric"]["criteria"].startswith("Is the given response")
+    with pytest.raises(InputError, match="field 'label': must be 0, 1 or 2"):
+        bf.pairwise_mapping({**autoj, "label": 7}, 0, fail)
+    mismatched = dict(originals(path)[0])
+    mismatched["rejected_instruction"] = originals(path)[1]["rejected_instruction"]
+    with pytest.raises(InputError, match="its instruction differs"):
+        bf.pairwise_mapping(mismatched, 0, fail)
