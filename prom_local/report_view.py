@@ -226,23 +226,32 @@ def relative_view(rel: RelativeSummary, *, title: str | None = None, compact: bo
     """Accuracy against the gold winner, position consistency, tie rate and calibration."""
     parts: list[RenderableType] = [Text(title, style="bold")] if title else []
     v = rel.verdicts
-    parts.append(Text(f"relative rows {rel.rows} · A {v['A']} · B {v['B']} · tie {v['tie']} · "
-                      f"none {v['none']} · forced {rel.forced} · errors {rel.errors}"))
+    verdicts = f"A {v['A']} · B {v['B']} · tie {v['tie']} · none {v['none']}"
+    counts = f"relative rows {rel.rows} · forced {rel.forced} · errors {rel.errors}"
+    parts.append(Text(f"{counts}\n{verdicts}" if compact else f"relative rows {rel.rows} · {verdicts} · "
+                      f"forced {rel.forced} · errors {rel.errors}"))
     table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2, 0, 0))
     table.add_column("figure", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
-    table.add_column("detail", no_wrap=not compact, style="dim")
+    table.add_column("detail", style="dim")
+    # (wide detail, narrow detail): the TUI's side pane is about 38 columns at 80.
     acc = rel.accuracy
+    rows = []
     if acc is not None:
-        table.add_row("accuracy", _pct(acc.accuracy), f"n={acc.n} · {acc.ties} tie(s) counted wrong")
-        table.add_row("  forced", str(acc.forced), f"right {acc.forced_correct} · unforced {_pct(acc.accuracy_unforced)}")
+        rows.append(("accuracy", _pct(acc.accuracy), f"n={acc.n} · {acc.ties} tie(s) counted wrong",
+                     f"n={acc.n} · ties {acc.ties}"))
+        rows.append(("  forced", str(acc.forced), f"right {acc.forced_correct} · unforced "
+                     f"{_pct(acc.accuracy_unforced)}", f"right {acc.forced_correct}"))
     cons = rel.consistency
     if cons is not None:
-        table.add_row("consistent", _pct(cons.rate), f"n={cons.n} in both orders")
-        table.add_row("tie rate", _pct(cons.tie_rate), "inconsistent orders = tie")
+        rows.append(("consistent", _pct(cons.rate), f"n={cons.n} in both orders", f"n={cons.n}"))
+        rows.append(("tie rate", _pct(cons.tie_rate), "inconsistent orders = tie", ""))
     cal = rel.calibration
     if cal is not None:
-        table.add_row("P(gold)", fmt(cal.mean_p_gold), f"n={cal.n} · Brier {fmt(cal.brier)} · ECE {fmt(cal.ece)}")
+        rows.append(("P(gold)", fmt(cal.mean_p_gold), f"n={cal.n} · Brier {fmt(cal.brier)} · ECE {fmt(cal.ece)}",
+                     f"Brier {fmt(cal.brier)}"))
+    for label, value, wide, narrow in rows:
+        table.add_row(label, value, narrow if compact else wide)
     parts.append(table)
     if acc is None:
         parts.append(Text("No gold winners: accuracy needs gold_winner (or preference) in the input.",
@@ -264,7 +273,10 @@ def file_view(summary: Summary, relative: RelativeSummary | None, *, title: str 
         return summary_view(summary, title=title, compact=compact)
     if summary.rows == 0:
         return relative_view(relative, title=title, compact=compact)
-    return Group(summary_view(summary, title=title, compact=compact), Text(""), relative_view(relative, compact=compact))
+    parts = [summary_view(summary, title=title, compact=compact), Text(""), relative_view(relative, compact=compact)]
+    if compact and relative.rows > summary.rows:   # a narrow pane: the main kind first
+        parts.reverse()
+    return Group(*parts)
 
 
 def relative_comparison_view(cmp: RelativeComparison, name_a: str = "A", name_b: str = "B") -> RenderableType:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prom_local.tui.widgets.batch.results_table import ResultsTable, cells
 from test_report_relative import ROWS, rel_row
-from tui_support import assert_fits, make_app, settled_text, wait_for
+from tui_support import assert_fits, check_snapshot, make_app, settled_text, wait_for
 
 RUBRIC = {"criteria": "Which answer is more accurate?",
           **{f"score{s}_description": f"level {s}" for s in range(1, 6)}}
@@ -65,7 +65,28 @@ def test_review_relative_results(tmp_path, monkeypatch):
             await pilot.press("a", "g")                         # all rows, agreement pane
             text = await settled_text(pilot, app)
             assert_fits(app)
-            assert "relative rows 10 · A 5 · B 3 · tie 1" in text
-            assert "75.0%" in text and "tie rate" in text and "agreement with gold (n=1)" in text
+            assert "relative rows 10 · forced 1 · errors 1" in text and "A 5 · B 3 · tie 1 · none 1" in text
+            assert text.index("relative rows") < text.index("agreement with gold (n=1)")   # main kind first
+            assert "accuracy    75.0%  n=8 · ties 1" in text and "tie rate    25.0%" in text
+
+    asyncio.run(run())
+
+
+def test_relative_agreement_pane_snapshot(tmp_path, monkeypatch):
+    """The agreement pane of an all-pairwise file at 80x24 (the side pane is narrowest there)."""
+    monkeypatch.chdir(tmp_path)
+    write_files(tmp_path)
+    (tmp_path / "pairs.prom.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS), "utf-8")
+    lines = (tmp_path / "pairs.jsonl").read_text("utf-8").splitlines()
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines[:-1]) + "\n", "utf-8")   # pairs only
+
+    async def run():
+        app = make_app(load_on_start=False, batch_input=Path("pairs.jsonl"))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.screen.query_one(ResultsTable).row_count == 10, 10, "the file to open")
+            await pilot.press("g")
+            text = await settled_text(pilot, app)
+            assert_fits(app)
+            check_snapshot("batch-relative-agreement-80x24", text)
 
     asyncio.run(run())
