@@ -129,3 +129,30 @@ def test_compare_relative_runs(tmp_path):
     assert mismatch.returncode == 1
     assert "holds relative rows but" in mismatch.stderr and "abs.jsonl holds absolute rows" in mismatch.stderr
     assert "Traceback" not in mismatch.stderr
+
+
+def test_score_exit_code_and_summary_count_relative_error_rows(tmp_path, smollm2, monkeypatch):
+    """`score` ends with exit 2 when the results file holds error rows, pairwise ones included, and
+    its summary shows the pairwise figures. Every id is already in the results file, so nothing is
+    graded (the engine is a scripted one and is never asked)."""
+    import prom_local.cli.options as cli_options
+    from fake_engine import FakeEngine
+    from prom_local.judge import Judge
+
+    monkeypatch.setattr(cli_options, "Judge", lambda model_path, *, profile, engine, sampling, on_status=None:
+                        Judge.with_engine(FakeEngine(model_path), profile=profile, sampling=sampling))
+    rubric = {"criteria": "Which is better?", **{f"score{s}_description": str(s) for s in range(1, 6)}}
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps({"id": r["id"], "instruction": "Q?", "response_A": "a", "response_B": "b",
+                                       "rubric": rubric}) + "\n" for r in ROWS), "utf-8")
+    out = write(tmp_path / "pairs.prom.jsonl", ROWS)            # p9 is an error row
+    summary_json = tmp_path / "summary.json"
+    result = invoke("score", str(src), "-o", str(out), "--model", str(smollm2), "--ctx", "1024",
+                    "--summary-json", str(summary_json), columns=120)
+    assert result.returncode == 2, result.stderr
+    assert "relative rows 10" in result.stderr and "75.0%" in result.stderr
+    assert json.loads(summary_json.read_text())["relative"]["errors"] == 1
+
+    ok = write(tmp_path / "ok.prom.jsonl", ROWS[:9])
+    src.write_text("".join(line + "\n" for line in src.read_text().splitlines()[:9]), "utf-8")
+    assert invoke("score", str(src), "-o", str(ok), "--model", str(smollm2), "--ctx", "1024").returncode == 0
