@@ -232,3 +232,32 @@ def test_pairwise_files_become_relative_records():
     mismatched["rejected_instruction"] = originals(path)[1]["rejected_instruction"]
     with pytest.raises(InputError, match="its instruction differs"):
         bf.pairwise_mapping(mismatched, 0, fail)
+
+
+def test_correlation_uses_mean_score_and_gold_mean_when_rows_have_them():
+    """Rows of --samples runs (mean_score) against benchmark gold (gold_mean): the papers' table
+    correlates the means; rows without them fall back to the integers, and the table says which."""
+    from prom_local.report import correlation, summarise
+    from prom_local.report_view import summary_view
+
+    rows = [{"id": str(i), "score": round(m), "mean_score": m, "scores": [], "gold_score": round(g),
+             "gold_mean": g, "error": None}
+            for i, (m, g) in enumerate([(1.33, 1.67), (2.67, 2.0), (3.0, 3.67), (4.67, 4.33), (4.0, 5.0)])]
+    corr = correlation(rows)
+    means, golds = [r["mean_score"] for r in rows], [r["gold_mean"] for r in rows]
+    assert (corr.n, corr.predicted, corr.gold) == (5, "mean_score", "gold_mean")
+    assert corr.pearson == pytest.approx(sps.pearsonr(means, golds).statistic)
+    assert corr.spearman == pytest.approx(sps.spearmanr(means, golds).statistic)
+    assert corr.kendall == pytest.approx(sps.kendalltau(means, golds).statistic)
+
+    plain = [{"id": "p", "score": 2, "gold_score": 1, "error": None},
+             {"id": "e", "score": None, "gold_score": 3, "error": "prompt too long"}]
+    mixed = correlation(rows + plain)
+    assert (mixed.n, mixed.predicted, mixed.gold) == (6, "both", "both")
+    assert correlation([{"id": "x", "score": 3, "gold_score": 3}]).pearson is None   # one pair: undefined
+    assert correlation([{"id": "x", "score": 3}]) is None
+
+    from rich.console import Console
+    console = Console(width=60, record=True, color_system=None)
+    console.print(summary_view(summarise(rows), compact=True))
+    assert "mean_score vs gold_mean (n=5)" in console.export_text()
