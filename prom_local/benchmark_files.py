@@ -112,16 +112,22 @@ class ParseError(ValueError):
 
 
 def _parse_rubric(text: str) -> Rubric:
-    lines = text.split("\n")
-    if len(lines) != 6 or not (lines[0].startswith("[") and lines[0].endswith("]")):
-        raise ParseError("the Score Rubrics section is not '[criteria]' + 'Score 1:'..'Score 5:' lines")
-    descriptions = []
-    for score, line in zip(SCORES, lines[1:]):
-        prefix = f"Score {score}: "
-        if not line.startswith(prefix):
+    """'[criteria]' then 'Score 1: ' .. 'Score 5: ' lines; a description may itself span lines (the
+    next score's marker ends it), and parse_prompt's round-trip check catches any misreading."""
+    if not text.startswith("["):
+        raise ParseError("the Score Rubrics section does not start with '[criteria]'")
+    cuts, at = [], 0
+    for score in SCORES:
+        marker = ("]" if score == 1 else "") + f"\nScore {score}: "
+        found = text.find(marker, at)
+        if found < 0:
             raise ParseError(f"the Score Rubrics section has no 'Score {score}:' line where expected")
-        descriptions.append(line[len(prefix):])
-    return Rubric(lines[0][1:-1], tuple(descriptions))  # type: ignore[arg-type]
+        cuts.append((found, found + len(marker)))
+        at = found + len(marker)
+    criteria = text[1:cuts[0][0]]
+    ends = [start for start, _ in cuts[1:]] + [len(text)]
+    descriptions = tuple(text[begin:end] for (_, begin), end in zip(cuts, ends))
+    return Rubric(criteria, descriptions)  # type: ignore[arg-type]
 
 
 def clean_prompt(text: str) -> str:

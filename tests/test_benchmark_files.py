@@ -74,6 +74,9 @@ def test_without_reference_answer_round_trips():
                                          rubric=SCORE_RUBRIC_TEMPLATE.format(**record.rubric.as_dict()))
     parsed = bf.parse_prompt(text)
     assert parsed.reference_answer is None and bf.render(parsed) == text
+    # A description over several lines is kept whole (the next "Score N:" line ends it).
+    multi = bf.Parsed("q", "r", None, bf.Rubric("c", ("one\ntwo", "2", "3", "4", "5")), "prometheus-2")
+    assert bf.parse_prompt(bf.render(multi)) == multi
 
 
 def test_gold_is_the_files_and_ids_are_unique():
