@@ -28,7 +28,9 @@ def default_output(input_path: str | Path) -> str:
     if str(input_path) == "-":
         return "-"
     p = Path(input_path)
-    return str(p.with_name(p.name.removesuffix(".jsonl") + ".prom.jsonl"))
+    # Benchmark files are .json (benchmark_files.py): vicuna_eval.json -> vicuna_eval.prom.jsonl
+    stem = p.name.removesuffix(".jsonl") if p.name.endswith(".jsonl") else p.name.removesuffix(".json")
+    return str(p.with_name(stem + ".prom.jsonl"))
 
 
 def duplicate_row_id(record_id: str, line: int | None) -> str:

@@ -136,6 +136,16 @@ class Grade:
         return cls(**data)
 
 
+def attach_gold(grade: Grade, gold_scores: Sequence[int] | None) -> Grade:
+    """Give a row every annotator's gold score and their mean (benchmark files carry several per
+    record); `report` correlates against gold_mean, as the Prometheus papers do. Rows of inputs with
+    one gold score are left as they were."""
+    if gold_scores:
+        grade.extra["gold_scores"] = list(gold_scores)
+        grade.extra["gold_mean"] = round(sum(gold_scores) / len(gold_scores), 4)
+    return grade
+
+
 def row_probabilities(row: dict) -> tuple[float, ...] | None:
     """P(score = 1..5) from a results row, as to_row writes them ({"1": p, ..., "5": p}); None when
     the row has none, or ones prom-local did not write (a file edited by hand, another tool's)."""

@@ -16,7 +16,7 @@ import numpy as np
 from .engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, LlamaModel,
                      SamplingParams, TokenEvent)
 from .errors import InputError, PromLocalError
-from .grading import MARKER_AT_END, Grade, find_score, normalise, split_feedback
+from .grading import MARKER_AT_END, Grade, attach_gold, find_score, normalise, split_feedback
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prompts import PromptProfile, get_profile
 from .records import AnyRecord, Record, RelativeRecord
@@ -195,6 +195,7 @@ class Judge:
                       finish_reason=out.finish_reason, prompt_tokens=out.prompt_tokens,
                       completion_tokens=len(out.tokens), seconds=out.seconds,
                       gold_score=record.gold_score)
+        attach_gold(grade, record.gold_scores)
         grade.extra["reused_prompt_tokens"] = out.reused_prompt_tokens
         if out.first_token_seconds is not None:
             grade.extra["first_token_seconds"] = round(out.first_token_seconds, 4)

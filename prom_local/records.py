@@ -37,6 +37,9 @@ class Record:
     reference_answer: str | None = None
     gold_score: int | None = None
     line: int | None = None
+    # Every annotator's score, when the input has several (benchmark files: gpt4_score [5, 4, 5]);
+    # gold_score is then their mean rounded half up.
+    gold_scores: tuple[int, ...] | None = None
 
     is_relative: ClassVar[bool] = False
 
@@ -228,7 +231,13 @@ def _open(path: str | Path) -> tuple[BinaryIO, str, bool]:
 
 
 def read_records(path: str | Path) -> Iterator[AnyRecord | InputError]:
-    """Yield a Record or an InputError for every non-blank line of a JSONL file (`-` = stdin)."""
+    """Yield a Record or an InputError for every non-blank line of a JSONL file (`-` = stdin), or
+    for every record of a prometheus-eval benchmark file (benchmark_files.py)."""
+    from . import benchmark_files   # imports this module: imported late
+
+    if benchmark_files.detect(path):
+        yield from benchmark_files.read_benchmark(path)
+        return
     handle, source, close = _open(path)
     try:
         # Lines are decoded one by one, so a line of bad bytes is an error for that line only.

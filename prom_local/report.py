@@ -76,6 +76,70 @@ def agreement(a: Sequence[int | None], b: Sequence[int | None]) -> Agreement:
 
 
 @dataclass
+class Correlation:
+    """The Prometheus papers' table: Pearson, Spearman and Kendall τ (scipy's tau-b, as
+    prometheus-eval's calculate_results) between the model's scores and the gold, over rows that
+    have both. Uses each row's mean_score (--samples) when present, else its score, and gold_mean
+    (benchmark files' mean of the annotators' scores) when present, else gold_score."""
+
+    n: int
+    pearson: float | None
+    spearman: float | None
+    kendall: float | None
+    predicted: str     # which row field the model's side came from: mean_score, score or both
+    gold: str          # gold_mean, gold_score or both
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _side(row: dict, mean_key: str, int_key: str) -> tuple[float | None, str]:
+    mean = _number(row.get(mean_key))
+    if mean is not None:
+        return mean, mean_key
+    value = row.get(int_key)
+    return (float(value), int_key) if value in SCORES else (None, int_key)
+
+
+def correlation(rows: Iterable[dict]) -> Correlation | None:
+    """None when no row has both a predicted score and a gold one."""
+    pairs, used_pred, used_gold = [], set(), set()
+    for row in rows:
+        if row.get("error"):
+            continue
+        pred, pred_key = _side(row, "mean_score", "score")
+        gold, gold_key = _side(row, "gold_mean", "gold_score")
+        if pred is not None and gold is not None:
+            pairs.append((pred, gold))
+            used_pred.add(pred_key)
+            used_gold.add(gold_key)
+    if not pairs:
+        return None
+    x = np.array([p for p, _ in pairs])
+    y = np.array([g for _, g in pairs])
+    constant = len(set(x.tolist())) < 2 or len(set(y.tolist())) < 2   # undefined then
+    return Correlation(
+        n=len(pairs),
+        pearson=None if constant else _finite(sps.pearsonr(x, y).statistic),
+        spearman=None if constant else _finite(sps.spearmanr(x, y).statistic),
+        kendall=None if constant else _finite(sps.kendalltau(x, y).statistic),
+        predicted=used_pred.pop() if len(used_pred) == 1 else "both",
+        gold=used_gold.pop() if len(used_gold) == 1 else "both",
+    )
+
+
+def is_relative(row: dict) -> bool:
+    """A pairwise row (contract: "mode": "relative"); rows without "mode" are absolute."""
+    return row.get("mode") == "relative"
+
+
+@dataclass
 class Summary:
     rows: int
     scored: int
@@ -87,17 +151,20 @@ class Summary:
     # Rows with a gold score but no predicted one: the heatmap cannot show them, so they are counted
     # beside it (the model card's "failed to output a score").
     unscored_with_gold: int = 0
+    correlation: Correlation | None = None
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "gold"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("gold", "correlation")}
         out["histogram"] = {str(k): v for k, v in self.histogram.items()}
         out["mean_score"] = None if self.mean_score is None else round(self.mean_score, 4)
         out["gold"] = self.gold.as_dict() if self.gold else None
+        out["correlation"] = self.correlation.as_dict() if self.correlation else None
         return out
 
 
 def summarise(rows: Iterable[dict]) -> Summary:
-    rows = list(rows)
+    """Figures for the absolute rows (relative rows are report_relative's, left out here)."""
+    rows = [r for r in rows if not is_relative(r)]
     scores = [r.get("score") for r in rows]
     valid = [s for s in scores if s in SCORES]
     gold_pairs = [(r.get("gold_score"), r.get("score")) for r in rows if r.get("gold_score") in SCORES]
@@ -110,6 +177,7 @@ def summarise(rows: Iterable[dict]) -> Summary:
         mean_score=float(np.mean(valid)) if valid else None,
         gold=agreement([g for g, _ in gold_pairs], [p for _, p in gold_pairs]) if gold_pairs else None,
         unscored_with_gold=sum(1 for _, p in gold_pairs if p not in SCORES),
+        correlation=correlation(rows),
     )
 
 
@@ -149,6 +217,9 @@ class RowFilter:
 
 
 def is_disagreement(row: dict) -> bool:
+    if is_relative(row):   # a tie (inconsistent orders) with a gold winner is a wrong verdict too
+        gold = row.get("gold_winner")
+        return gold in ("A", "B") and not row.get("error") and row.get("winner") != gold
     gold, score = row.get("gold_score"), row.get("score")
     return gold in SCORES and score in SCORES and gold != score
 

@@ -12,7 +12,8 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .report import Agreement, Comparison, Summary
+from .report import Agreement, Comparison, Correlation, Summary
+from .report_relative import RelativeComparison, RelativeSummary
 from .rubrics import SCORES
 
 FIGURES = (
@@ -69,6 +70,21 @@ def figures_grid(agree: Agreement) -> Table:
         (l1, v1), (l2, v2) = pairs[i], pairs[i + 1]
         table.add_row(l1, fmt(v1), "  " + l2, fmt(v2))
     return table
+
+
+def correlation_table(corr: Correlation) -> RenderableType:
+    """The Prometheus papers' table: Pearson, Spearman, Kendall τ with n, and what was correlated."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for label in ("n", "Pearson", "Spearman", "Kendall τ"):
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_row(str(corr.n), fmt(corr.pearson), fmt(corr.spearman), fmt(corr.kendall))
+    return Group(Text("correlation with gold (the Prometheus papers' table)", style="bold"), table,
+                 Text(f"model: {corr.predicted}   gold: {corr.gold}", style="dim"))
+
+
+def uses_means(corr: Correlation | None) -> bool:
+    """Whether the correlation differs from the integer-score figures (samples' or annotators' means)."""
+    return corr is not None and (corr.predicted, corr.gold) != ("score", "gold_score")
 
 
 def _shade(count: int, top: int) -> Style:
@@ -137,12 +153,24 @@ def summary_view(summary: Summary, *, title: str | None = None, compact: bool = 
     if compact:
         # The figures and the heatmap first: they are why this pane is open.
         parts += [Text(f"agreement with gold (n={summary.gold.n})", style="bold"),
-                  figures_grid(summary.gold), Text(""),
+                  figures_grid(summary.gold), Text("")]
+        corr = summary.correlation
+        if uses_means(corr):
+            # Means (samples, several annotators) correlate differently from the integer scores.
+            parts += [Text(f"{corr.predicted} vs {corr.gold} (n={corr.n})", style="bold"),
+                      Text(f"Pearson {fmt(corr.pearson)}  Spearman {fmt(corr.spearman)}  "
+                           f"Kendall τ {fmt(corr.kendall)}"), Text("")]
+        parts += [
                   heatmap(summary.gold, unscored=summary.unscored_with_gold), Text(""),
                   counts_line(summary), histogram_line(summary, narrow=True)]
         return Group(*parts)
     parts += [counts_line(summary), histogram_line(summary), Text("")]
-    parts.append(figures_table(summary.gold, "agreement with gold"))
+    if uses_means(summary.correlation):
+        parts += [correlation_table(summary.correlation), Text("")]
+        # A text line, not the table's title: a title wraps at the narrow table's width.
+        parts += [Text("agreement with gold (integer scores)", style="bold"), figures_table(summary.gold)]
+    else:
+        parts.append(figures_table(summary.gold, "agreement with gold"))
     parts.append(Text(""))
     parts.append(heatmap(summary.gold, title="gold vs predicted", unscored=summary.unscored_with_gold))
     return Group(*parts)
@@ -183,5 +211,97 @@ def comparison_view(cmp: Comparison, name_a: str = "A", name_b: str = "B") -> Re
                       "-" if d.expected_a is None else f"{d.expected_a:.2f}",
                       "-" if d.expected_b is None else f"{d.expected_b:.2f}",
                       "-" if d.gold is None else str(d.gold))
+    parts.append(table)
+    return Group(*parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Relative (pairwise) rows.
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def relative_view(rel: RelativeSummary, *, title: str | None = None, compact: bool = False) -> RenderableType:
+    """Accuracy against the gold winner, position consistency, tie rate and calibration."""
+    parts: list[RenderableType] = [Text(title, style="bold")] if title else []
+    v = rel.verdicts
+    verdicts = f"A {v['A']} · B {v['B']} · tie {v['tie']} · none {v['none']}"
+    counts = f"relative rows {rel.rows} · forced {rel.forced} · errors {rel.errors}"
+    parts.append(Text(f"{counts}\n{verdicts}" if compact else f"relative rows {rel.rows} · {verdicts} · "
+                      f"forced {rel.forced} · errors {rel.errors}"))
+    table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2, 0, 0))
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("detail", style="dim")
+    # (wide detail, narrow detail): the TUI's side pane is about 38 columns at 80.
+    acc = rel.accuracy
+    rows = []
+    if acc is not None:
+        rows.append(("accuracy", _pct(acc.accuracy), f"n={acc.n} · {acc.ties} tie(s) counted wrong",
+                     f"n={acc.n} · ties {acc.ties}"))
+        rows.append(("  forced", str(acc.forced), f"right {acc.forced_correct} · unforced "
+                     f"{_pct(acc.accuracy_unforced)}", f"right {acc.forced_correct}"))
+    cons = rel.consistency
+    if cons is not None:
+        rows.append(("consistent", _pct(cons.rate), f"n={cons.n} in both orders", f"n={cons.n}"))
+        rows.append(("tie rate", _pct(cons.tie_rate), "inconsistent orders = tie", ""))
+    cal = rel.calibration
+    if cal is not None:
+        rows.append(("P(gold)", fmt(cal.mean_p_gold), f"n={cal.n} · Brier {fmt(cal.brier)} · ECE {fmt(cal.ece)}",
+                     f"Brier {fmt(cal.brier)}"))
+    for label, value, wide, narrow in rows:
+        table.add_row(label, value, narrow if compact else wide)
+    parts.append(table)
+    if acc is None:
+        parts.append(Text("No gold winners: accuracy needs gold_winner (or preference) in the input.",
+                          style="dim"))
+    if cal is not None and cal.bins and not compact:
+        bins = Table(box=None, pad_edge=False, header_style="bold")
+        for label in ("confidence", "n", "mean", "accuracy"):
+            bins.add_column(label, justify="right", no_wrap=True)
+        for b in cal.bins:
+            bins.add_row(f"{b['from']:.1f}-{b['to']:.1f}", str(b["n"]), fmt(b["confidence"]), _pct(b["accuracy"]))
+        parts += [Text(""), Text("calibration: accuracy by confidence max(P(A), P(B))", style="bold"), bins]
+    return Group(*parts)
+
+
+def file_view(summary: Summary, relative: RelativeSummary | None, *, title: str | None = None,
+              compact: bool = False) -> RenderableType:
+    """A results file: its absolute rows' figures, its relative rows' figures, or both."""
+    if relative is None:
+        return summary_view(summary, title=title, compact=compact)
+    if summary.rows == 0:
+        return relative_view(relative, title=title, compact=compact)
+    parts = [summary_view(summary, title=title, compact=compact), Text(""), relative_view(relative, compact=compact)]
+    if compact and relative.rows > summary.rows:   # a narrow pane: the main kind first
+        parts.reverse()
+    return Group(*parts)
+
+
+def relative_comparison_view(cmp: RelativeComparison, name_a: str = "A", name_b: str = "B") -> RenderableType:
+    parts: list[RenderableType] = [
+        Text(f"relative records in both: {cmp.common}   only in {name_a}: {len(cmp.only_a)}   "
+             f"only in {name_b}: {len(cmp.only_b)}"),
+        Text(f"same winner: {cmp.same_winner} of {cmp.decided_both} decided in both ({_pct(cmp.agreement)})"),
+    ]
+    if cmp.gold_mismatch:
+        parts.append(Text(f"{cmp.gold_mismatch} records have different gold winners in the two files: "
+                          "they were probably not scored from the same input", style="yellow"))
+    if cmp.accuracy_a is not None and cmp.accuracy_b is not None:
+        parts.append(Text(f"accuracy against gold: {name_a} {_pct(cmp.accuracy_a.accuracy)} "
+                          f"(n={cmp.accuracy_a.n}), {name_b} {_pct(cmp.accuracy_b.accuracy)} "
+                          f"(n={cmp.accuracy_b.n})"))
+    parts.append(Text(""))
+    if not cmp.disagreements:
+        parts.append(Text("No record has different verdicts in the two runs."))
+        return Group(*parts)
+    table = Table(title="records with different verdicts", title_justify="left", title_style="bold",
+                  header_style="bold")
+    table.add_column("id", overflow="fold")
+    for label in (name_a, name_b, f"P(A) {name_a}", f"P(A) {name_b}", "gold"):
+        table.add_column(label, justify="right")
+    for d in cmp.disagreements:
+        table.add_row(d["id"], d["a"], d["b"], fmt(d["p_a"]), fmt(d["p_b"]), d["gold"] or "-")
     parts.append(table)
     return Group(*parts)

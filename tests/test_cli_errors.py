@@ -40,13 +40,15 @@ def files(tmp_path) -> dict[str, str]:
                                           {"id": "b", "score": 4, "gold_score": 5}])
     write_jsonl(tmp_path / "other.jsonl", [{"id": "zzz", "score": 3}])
     (tmp_path / "notjson.jsonl").write_text("hello\n")
+    (tmp_path / "torn.json").write_text('[{"idx": 1, "instruction": "###Task')   # a benchmark file, cut
+    write_jsonl(tmp_path / "pairs.jsonl", [{"id": "a", "mode": "relative", "winner": "A", "gold_winner": "B"}])
     (tmp_path / "fake.gguf").write_bytes(b"PK\x03\x04 not a gguf")
     (tmp_path / "a-file").write_text("")
     (tmp_path / "adir").mkdir()
     (tmp_path / "empty-checkpoint").mkdir()
     return {name: str(tmp_path / name) for name in
             ("in.jsonl", "gold.jsonl", "other.jsonl", "notjson.jsonl", "fake.gguf", "a-file", "adir",
-             "empty-checkpoint")} | {"missing": str(tmp_path / "missing.jsonl"),
+             "empty-checkpoint", "torn.json", "pairs.jsonl")} | {"missing": str(tmp_path / "missing.jsonl"),
                                      "out": str(tmp_path / "out.jsonl"),
                                      "store": str(tmp_path / "store")}
 
@@ -57,6 +59,7 @@ CASES = {
     "score": [
         (["score", "{missing}", "-o", "{out}", "-m", "{fake.gguf}"], 2, "missing.jsonl: no such file"),
         (["score", "{adir}", "-o", "{out}", "-m", "{fake.gguf}"], 2, "is a directory, expected a JSONL file"),
+        (["score", "{torn.json}", "-o", "{out}", "-m", "{fake.gguf}"], 2, "torn.json: invalid JSON"),
         (["score", "{in.jsonl}", "-o", "{adir}", "-m", "{fake.gguf}"], 4, "is a directory; give the results a file name"),
         (["score", "{in.jsonl}", "-o", "{a-file}/out.jsonl", "-m", "{fake.gguf}"], 4, "a folder on its path is a file"),
         (["score", "{in.jsonl}", "-o", "{notjson.jsonl}", "-m", "{fake.gguf}"], 4, "not a prom-local output file"),
@@ -101,6 +104,7 @@ CASES = {
         (["compare", "{missing}", "{gold.jsonl}"], 4, "missing.jsonl: no such file"),
         (["compare", "{gold.jsonl}", "{other.jsonl}"], 1, "share no record ids"),
         (["compare", "{gold.jsonl}"], 2, "Missing argument"),
+        (["compare", "{pairs.jsonl}", "{gold.jsonl}"], 1, "compare runs of the same kind"),
     ],
     "convert": [
         (["convert", "{empty-checkpoint}", "--models-dir", "{store}"], 5, "no config.json"),

@@ -32,13 +32,17 @@ def register(app: typer.Typer) -> None:
         counted once, by its first row, with a warning.
         """
         # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
-        from ..report import compare_rows
+        from ..report import compare_rows, is_relative
         from ..report_view import comparison_view
 
         runs = [read_results(a), read_results(b)]
         for run in runs:   # each id counted once; say so, since the figures differ from a plain count
             if run.repeated:
                 err_console.print(f"warning: {run.warning()}", style="yellow", markup=False)
+        kinds = [{"relative" if is_relative(r) else "absolute" for r in run.rows} for run in runs]
+        if "relative" in kinds[0] or "relative" in kinds[1]:
+            _compare_relative(a, b, runs, kinds, top, as_json)
+            return
         cmp = compare_rows(runs[0].rows, runs[1].rows, top=top)
         if cmp.common == 0:
             raise PromLocalError(f"{a} and {b} share no record ids: were they scored from the same input?")
@@ -49,3 +53,28 @@ def register(app: typer.Typer) -> None:
         console = Console(highlight=False)
         console.print(f"[bold]A[/bold] = {escape(str(a))}\n[bold]B[/bold] = {escape(str(b))}")
         console.print(comparison_view(cmp, "A", "B"))
+
+
+def _compare_relative(a: Path, b: Path, runs, kinds: list[set[str]], top: int, as_json: bool) -> None:
+    """Pairwise runs: how often the two name the same winner, and each against the gold winner."""
+    from ..report_relative import compare_relative
+    from ..report_view import relative_comparison_view
+
+    if kinds[0] != kinds[1]:
+        def says(k: set[str]) -> str:
+            return " and ".join(sorted(k)) or "no"
+        raise PromLocalError(f"{a} holds {says(kinds[0])} rows but {b} holds {says(kinds[1])} rows: "
+                             "compare runs of the same kind (pairwise with pairwise, absolute with absolute)")
+    if kinds[0] != {"relative"}:
+        raise PromLocalError(f"{a} and {b} mix absolute and relative rows: compare needs files of "
+                             "one kind; `prom-local report` summarises each kind of a mixed file")
+    cmp = compare_relative(runs[0].rows, runs[1].rows, top=top)
+    if cmp.common == 0:
+        raise PromLocalError(f"{a} and {b} share no record ids: were they scored from the same input?")
+    if as_json:
+        print(json.dumps({**cmp.as_dict(), "mode": "relative", "repeated_ids_a": len(runs[0].repeated),
+                          "repeated_ids_b": len(runs[1].repeated)}, indent=1, ensure_ascii=False))
+        return
+    console = Console(highlight=False)
+    console.print(f"[bold]A[/bold] = {escape(str(a))}\n[bold]B[/bold] = {escape(str(b))}")
+    console.print(relative_comparison_view(cmp, "A", "B"))

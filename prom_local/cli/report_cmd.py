@@ -29,23 +29,31 @@ def register(app: typer.Typer) -> None:
         An id written more than once (files joined by hand, or two runs that appended to the same
         file before results files were locked) is counted once, by its first row, with a warning.
 
-        Prints the score histogram, then exact agreement, within 1, Pearson, Spearman, Kendall τ and
-        quadratic-weighted κ against the input's gold scores, and the heatmap of gold (rows) against
-        predicted (columns) scores.
+        Absolute rows: the score histogram; the Prometheus papers' correlation table (Pearson,
+        Spearman, Kendall τ with n) between the model's scores (mean_score with --samples) and the
+        gold (gold_mean for benchmark files, else gold_score); exact agreement, within 1, the same
+        correlations on the integer scores and quadratic-weighted κ; and the heatmap of gold (rows)
+        against predicted (columns) scores.
+
+        Relative rows: accuracy against gold_winner (ties and forced verdicts counted and shown),
+        position consistency and tie rate for --both-orders rows, and P(A)/P(B) calibration. A file
+        with both kinds gets both sections.
         """
         # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
         from ..report import summarise
-        from ..report_view import summary_view
+        from ..report_relative import summarise_relative
+        from ..report_view import file_view
 
         read = read_results(results)
         if read.repeated:   # counted once each; say so, since the figures differ from a plain count
             err_console.print(f"warning: {read.warning()}", style="yellow", markup=False)
         summary = summarise(read.rows)
+        relative = summarise_relative(read.rows)
         if as_json:
-            print(json.dumps({**summary.as_dict(), "repeated_ids": len(read.repeated)}, indent=1,
-                             ensure_ascii=False))
+            print(json.dumps({**summary.as_dict(), "relative": relative.as_dict() if relative else None,
+                              "repeated_ids": len(read.repeated)}, indent=1, ensure_ascii=False))
         else:
-            Console(highlight=False).print(summary_view(summary, title=str(results)))
+            Console(highlight=False).print(file_view(summary, relative, title=str(results)))
         if png is not None:
             if summary.gold is None:
                 err_console.print(f"[yellow]{results} has no gold scores: no heatmap to save[/yellow]")

@@ -33,6 +33,9 @@ def check_input(path: str) -> None:
 def count_lines(path: str) -> int | None:
     if path == "-":
         return None
+    from ..benchmark_files import count_records, detect
+    if detect(path):   # a JSON array: records, not lines
+        return count_records(path)
     try:
         with open(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
@@ -121,16 +124,17 @@ def register(app: typer.Typer) -> None:
                               "its record was graded again[/yellow]")
         # Imported here: scipy costs ~0.8 s, which `--help` and the other commands should not pay.
         from ..report import summarise
-        from ..report_view import summary_view
+        from ..report_relative import summarise_relative
+        from ..report_view import file_view
 
-        summary = None
+        summary, relative = None, None
         if out != "-" and not Path(out).exists():   # nothing to write (an empty input)
             summary = summarise([])
         elif out != "-":
             results = read_results(out)
             if results.repeated:
                 err_console.print(f"warning: {results.warning()}", style="yellow", markup=False)
-            summary = summarise(results.rows)
+            summary, relative = summarise(results.rows), summarise_relative(results.rows)
         if not quiet:
             err_console.print(f"wrote {stats.graded} rows to {out}"
                               + (f" ({stats.skipped} already there)" if stats.skipped else ""))
@@ -139,15 +143,18 @@ def register(app: typer.Typer) -> None:
                                   f"{stats.tokens_per_second:,.0f} tok/s  "
                                   f"(prompt tokens reused from cache: {stats.reused_prompt_tokens})")
             if summary is not None:
-                err_console.print(summary_view(summary))
+                err_console.print(file_view(summary, relative))
         if summary_json is not None and summary is not None:
             try:
-                summary_json.write_text(json.dumps(summary.as_dict(), indent=1))
+                summary_json.write_text(json.dumps({**summary.as_dict(),
+                                                    "relative": relative.as_dict() if relative else None}, indent=1))
             except OSError as exc:
                 raise OutputError(f"{summary_json}: cannot write the summary ({exc.strerror or exc}); "
                                   f"the rows are safe in {out}") from None
         # The exit code describes the results file as it now stands, resumed rows included.
-        if (summary.errors if summary is not None else stats.errors):
+        # (summarise counts absolute rows; pairwise rows are summarise_relative's)
+        errors = summary.errors + (relative.errors if relative else 0) if summary is not None else stats.errors
+        if errors:
             raise typer.Exit(EXIT_RECORD_ERRORS)
 
 

@@ -159,7 +159,9 @@ class BatchScreen(Screen):
                 key = item.id if item.id not in seen else duplicate_row_id(item.id, item.line)
                 key = self._unique(key, seen)
                 self.records[key] = item
-                self.rows[key] = {"id": key, "score": None, "gold_score": item.gold_score, "pending": True}
+                # Pairwise records carry a gold winner instead of a gold score.
+                self.rows[key] = {"id": key, "score": None, "gold_score": getattr(item, "gold_score", None),
+                                  "gold_winner": getattr(item, "gold_winner", None), "pending": True}
             seen.add(key)
             self.order.append(key)
         for row in message.rows:

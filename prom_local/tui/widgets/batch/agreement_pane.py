@@ -9,7 +9,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from ....report import summarise
-from ....report_view import summary_view
+from ....report_relative import summarise_relative
+from ....report_view import file_view
 
 
 class AgreementPane(VerticalScroll):
@@ -21,4 +22,5 @@ class AgreementPane(VerticalScroll):
         if not graded:
             self.query_one("#agreement", Static).update(Text("Nothing graded yet.", style="dim"))
             return
-        self.query_one("#agreement", Static).update(summary_view(summarise(graded), compact=True))
+        view = file_view(summarise(graded), summarise_relative(graded), compact=True)
+        self.query_one("#agreement", Static).update(view)

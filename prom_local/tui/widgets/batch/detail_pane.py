@@ -8,6 +8,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from ....grading import row_probabilities
+from ....report import is_relative
+from ....report_relative import pair_probabilities, verdict
 from ..probability_bars import ProbabilityBars
 
 PREVIEW = 400
@@ -19,6 +21,8 @@ def header(row: dict) -> Text:
     if row.get("pending"):
         text.append("  not graded yet", style="dim")
         return text
+    if is_relative(row):
+        return relative_header(row, text)
     score, gold = row.get("score"), row.get("gold_score")
     text.append("  score ", style="dim")
     text.append("-" if score is None else str(score), style="bold")
@@ -32,6 +36,38 @@ def header(row: dict) -> Text:
     return text
 
 
+def relative_header(row: dict, text: Text) -> Text:
+    """Winner, gold winner, P(A)/P(B) and, for --both-orders rows, each order's verdict."""
+    shown, gold = verdict(row), row.get("gold_winner")
+    text.append("  winner ", style="dim")
+    text.append({"none": "-", "tie": "tie"}.get(shown, shown), style="bold")
+    if gold is not None:
+        text.append("  gold ", style="dim")
+        text.append(str(gold), style="bold green" if shown == gold else "bold red")
+    if row.get("forced"):
+        text.append("  forced", style="bold yellow")
+    probs = pair_probabilities(row)
+    if probs is not None:
+        text.append(f"\nP(A)={probs[0]:.2f}  P(B)={probs[1]:.2f}", style="dim")
+    orders = row.get("orders")
+    if isinstance(orders, list) and orders:
+        consistent = row.get("consistent")
+        text.append("\nconsistent" if consistent else "\ninconsistent (a tie)",
+                    style="green" if consistent else "yellow")
+        for order in orders:
+            if isinstance(order, dict):
+                text.append(f"  {order.get('order', '?')}: {order.get('winner') or '-'}", style="dim")
+    return text
+
+
+def _record_texts(record) -> list[tuple[str, str]]:
+    """The record's texts, for absolute records (response) and pairwise ones (response_A/_B)."""
+    fields = (("Instruction", "instruction"), ("Response", "response"),
+              ("Response A", "response_A"), ("Response B", "response_B"))
+    return [(label, value) for label, name in fields
+            if isinstance(value := getattr(record, name, None), str)]
+
+
 def body(row: dict, record) -> Text:
     text = Text()
     if row.get("error"):
@@ -41,7 +77,7 @@ def body(row: dict, record) -> Text:
         text.append("Feedback\n", style="bold")
         text.append(feedback + "\n\n")
     if record is not None:
-        for label, value in (("Instruction", record.instruction), ("Response", record.response)):
+        for label, value in _record_texts(record):
             text.append(f"{label}\n", style="bold dim")
             shown = value if len(value) <= PREVIEW else value[:PREVIEW] + "…"
             text.append(shown + "\n\n", style="dim")

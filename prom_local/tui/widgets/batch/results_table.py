@@ -7,7 +7,8 @@ import re
 from rich.text import Text
 from textual.widgets import DataTable
 
-from ....report import is_disagreement
+from ....report import is_disagreement, is_relative
+from ....report_relative import verdict
 
 COLUMNS = (("id", "id"), ("score", "score"), ("gold", "gold"), ("forced", "forced"), ("error", "error"))
 WIDTHS = {"id": 8, "score": 5, "gold": 4, "forced": 6, "error": 14}
@@ -22,6 +23,8 @@ def short_error(error: str) -> str:
 
 
 def cells(row: dict) -> list[Text]:
+    if is_relative(row):
+        return relative_cells(row)
     score, gold = row.get("score"), row.get("gold_score")
     if row.get("pending"):
         score_cell = Text("·", style="dim")
@@ -34,6 +37,26 @@ def cells(row: dict) -> list[Text]:
     return [
         Text(str(row.get("id")), overflow="ellipsis", no_wrap=True),
         score_cell,
+        Text("-" if gold is None else str(gold), style="dim" if gold is None else ""),
+        Text("forced", style="yellow") if row.get("forced") else Text(""),
+        Text(short_error(error), style="red", no_wrap=True, overflow="ellipsis"),
+    ]
+
+
+def relative_cells(row: dict) -> list[Text]:
+    """A pairwise row in the same columns: the winner (A, B, or tie when the two orders
+    disagreed) where a score goes, the gold winner under gold."""
+    gold = row.get("gold_winner")
+    shown = verdict(row)
+    if shown == "none":
+        winner = Text("-", style="red")
+    else:
+        winner = Text(shown, style="bold red" if is_disagreement(row)
+                      else ("bold green" if gold is not None else "bold"))
+    error = row.get("error") or ""
+    return [
+        Text(str(row.get("id")), overflow="ellipsis", no_wrap=True),
+        winner,
         Text("-" if gold is None else str(gold), style="dim" if gold is None else ""),
         Text("forced", style="yellow") if row.get("forced") else Text(""),
         Text(short_error(error), style="red", no_wrap=True, overflow="ellipsis"),
