@@ -147,7 +147,7 @@ def test_score_exit_code_and_summary_count_relative_error_rows(tmp_path, smollm2
                                        "rubric": rubric}) + "\n" for r in ROWS), "utf-8")
     out = write(tmp_path / "pairs.prom.jsonl", ROWS)            # p9 is an error row
     summary_json = tmp_path / "summary.json"
-    result = invoke("score", str(src), "-o", str(out), "--model", str(smollm2), "--ctx", "1024",
+    result = invoke("score", str(src), "-o", str(out), "--model", str(smollm2), "--ctx", "1024", "--profile", "prometheus-2",
                     "--summary-json", str(summary_json), columns=120)
     assert result.returncode == 2, result.stderr
     assert "relative rows 10" in result.stderr and "75.0%" in result.stderr
