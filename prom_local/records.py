@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Mapping
 
@@ -33,6 +33,9 @@ class Record:
     reference_answer: str | None = None
     gold_score: int | None = None
     line: int | None = None
+    # The JSON object the record was read from, as given: what `--server` sends, so every field
+    # (those the server knows and this client may not) reaches the server unchanged.
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def has_reference(self) -> bool:
@@ -96,7 +99,7 @@ def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
         raise fail("must be a string or an integer", "id")
     return Record(id=str(rid), instruction=instruction, response=response, rubric=rubric,  # type: ignore[arg-type]
-                  reference_answer=reference, gold_score=gold, line=line)
+                  reference_answer=reference, gold_score=gold, line=line, raw=data)
 
 
 def _rubric(data: Mapping[str, Any], fail) -> Rubric:
