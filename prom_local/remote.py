@@ -110,6 +110,7 @@ class RemoteJudge:
         self.busy_wait = busy_wait
         self._say = on_status or (lambda message: None)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._has_key = bool(api_key)
         self._client = httpx.Client(base_url=self.url, headers=headers, trust_env=False,
                                     timeout=httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT))
         try:
@@ -166,8 +167,9 @@ class RemoteJudge:
                           path=details.get("path"), details=details)
 
     def _refused_key(self) -> RemoteError:
-        return RemoteError(f"the server at {self.url} refused the API key (401): give the key it was "
-                           "started with (--api-key, --api-key-file or PROM_LOCAL_API_KEY)")
+        what = "refused the API key" if self._has_key else "requires an API key"
+        return RemoteError(f"the server at {self.url} {what} (401): give the key it was started with "
+                           "(--api-key, --api-key-file or PROM_LOCAL_API_KEY)")
 
     # -- grading ---------------------------------------------------------------------------------
     def grade_one(self, record: Record, cancel: threading.Event | None = None) -> Grade:

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
                             (score1, score2, score3, score4, score5), rubric_preset)
         source = "<stdin>" if instruction is None and response is None else "<arguments>"
         record = record_from_mapping(data, line=1, source=source)
-        if opts.parallel is None:  # one record: more sequences would only reserve KV cache
+        if server is None and opts.parallel is None:  # one record: more sequences would only reserve KV cache
             opts.parallel = 1
         judge = (connect(server, api_key, api_key_file, opts, source=source) if server is not None
                  else opts.judge())
