@@ -83,8 +83,9 @@ def sampling_body(params: SamplingParams) -> dict:
 def record_body(record: Record) -> dict:
     """The record as the server reads it: the JSON object it came from, under the id the local row
     is written with (a line without an id is known by its line number)."""
-    if record.raw is not None:
-        body = dict(record.raw)
+    raw = getattr(record, "raw", None)
+    if raw is not None:
+        body = dict(raw)
     else:  # built in code, not read from JSON: its fields in the input shape
         body = {"instruction": record.instruction, "response": record.response,
                 "rubric": record.rubric.as_dict()}
@@ -94,6 +95,24 @@ def record_body(record: Record) -> dict:
             body["gold_score"] = record.gold_score
     body["id"] = record.id
     return body
+
+
+@dataclass
+class ServerGrade(Grade):
+    """A row as the server wrote it: written to the results file verbatim (every field, also those
+    of record kinds this client's Grade does not model), counted like any Grade."""
+
+    row: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, row: dict) -> "ServerGrade":
+        # A row of another kind (a relative verdict) may lack the absolute row's required fields.
+        grade = cls.from_row({"score": None, "feedback": "", "output": "", **row})
+        grade.row = row
+        return grade
+
+    def to_row(self) -> dict:
+        return dict(self.row)
 
 
 class RemoteJudge:
@@ -191,10 +210,12 @@ class RemoteJudge:
                 raise self._refused_key()
             if status == 404:
                 raise RemoteError(f"{self.url} has no POST /v1/grade: not a prom-local server, or an older one")
-            if status == 503:
+            if status in (502, 504):  # a proxy in front says the server behind it is gone
+                raise RemoteError(f"lost the server at {self.url} ({status}: {_message(response)})")
+            if status in (503, 429):
                 delay = min(_retry_after(response, 1.0), MAX_RETRY_AFTER)
                 if waited + delay > self.busy_wait:
-                    raise RemoteError(f"the server at {self.url} stayed busy (503: {_message(response)}) "
+                    raise RemoteError(f"the server at {self.url} stayed busy ({status}: {_message(response)}) "
                                       f"for {waited:.0f} s")
                 if cancel is not None:
                     if cancel.wait(delay):
@@ -213,10 +234,10 @@ class RemoteJudge:
 
     def _row(self, record: Record, response: httpx.Response) -> Grade:
         row = _json(response)
-        if row.get("id") != record.id or "score" not in row:
+        if row.get("id") != record.id:
             raise RemoteError(f"the server at {self.url} answered line {record.line} with something "
                               "that is not its row")
-        return Grade.from_row(row)
+        return ServerGrade.of(row)
 
     def grade_stream(self, records: Iterable[Record | Grade], *,
                      on_token: Callable[[Record, str], None] | None = None,

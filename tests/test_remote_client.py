@@ -74,20 +74,23 @@ def test_check_url():
 
 
 def test_rows_equal_a_local_judge_on_the_same_engine_in_input_order(live, smollm2, tmp_path):
-    records = [short_record(i) for i in range(7)] + ['{"id": "broken"', {"id": "bad", "instruction": "x"}]
+    # With a prompt too long for the context: the same error row as locally, from the server's engine.
+    records = [short_record(i) for i in range(7)] + ['{"id": "broken"', {"id": "bad", "instruction": "x"},
+                                                     short_record(9, response="아주 긴 답 " * 800)]
     src = write_jsonl(tmp_path / "in.jsonl", records)
     with Judge.with_engine(FakeEngine(smollm2, REPLY, n_ctx=2048)) as local:
         score_file(local, src, tmp_path / "local.jsonl")
     with RemoteJudge(live.url, api_key=KEY, source=str(src)) as judge:
         assert (judge.model_name, judge.concurrency) == ("smol", 3)  # the server's slots, from /v1/models
         stats = score_file(judge, src, tmp_path / "remote.jsonl")
-    assert stats.graded == 9 and stats.errors == 2
+    assert stats.graded == 10 and stats.errors == 3
     got, want = read_jsonl(tmp_path / "remote.jsonl"), read_jsonl(tmp_path / "local.jsonl")
     drop = {"seconds", "first_token_seconds"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in got] == \
            [{k: v for k, v in r.items() if k not in drop} for r in want]
     # The whole line's object was sent, under the row's id (line 8 has no usable id: its line number).
     assert got[7]["id"] == "8" and got[7]["error"].startswith(f"{src}:8: invalid JSON")
+    assert "prompt is" in got[9]["error"] and got[9]["prompt_tokens"] > 2048
 
 
 def test_the_clients_sampling_options_are_the_ones_used(live):

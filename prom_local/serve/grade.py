@@ -65,7 +65,7 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     if service.config.log_requests:
         log.info("grade request: %s", json.dumps(data, ensure_ascii=False)[:4000])
 
-    n_records = sum(isinstance(item, Record) for item in items)
+    n_records = sum(not isinstance(item, Grade) for item in items)  # error rows take no sequence
     if n_records > service.admission.limit:
         raise bad_request(f"At most {service.admission.limit} records per request (--parallel plus --max-queue).")
     if sampling:  # this request's options: a view of the Judge on the same engine
