@@ -122,7 +122,7 @@ def test_busy_past_the_wait_ends_the_run_with_exit_11(live):
     admission = live.service.admission
     assert admission.try_take(admission.limit)
     record = record_from_mapping(short_record(2), line=1)
-    with RemoteJudge(live.url, api_key=KEY, busy_wait=1.5) as judge:
+    with RemoteJudge(live.url, api_key=KEY, busy_wait=0.5) as judge:   # less than one Retry-After
         with pytest.raises(RemoteError) as info:
             judge.grade(record)
     assert info.value.exit_code == 11 and "stayed busy (503" in str(info.value)
