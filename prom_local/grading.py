@@ -140,10 +140,15 @@ def attach_gold(grade: Grade, gold_scores: Sequence[int] | None) -> Grade:
     """Give a row every annotator's gold score and their mean (benchmark files carry several per
     record); `report` correlates against gold_mean, as the Prometheus papers do. Rows of inputs with
     one gold score are left as they were."""
-    if gold_scores:
-        grade.extra["gold_scores"] = list(gold_scores)
-        grade.extra["gold_mean"] = round(sum(gold_scores) / len(gold_scores), 4)
+    grade.extra.update(gold_fields(gold_scores))
     return grade
+
+
+def gold_fields(gold_scores: Sequence[int] | None) -> dict:
+    """The row fields for a record's list of gold scores ({} without one)."""
+    if not gold_scores:
+        return {}
+    return {"gold_scores": list(gold_scores), "gold_mean": round(sum(gold_scores) / len(gold_scores), 4)}
 
 
 def row_probabilities(row: dict) -> tuple[float, ...] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Iterator, Mapping, Union
 
@@ -41,6 +41,10 @@ class Record:
     # gold_score is then their mean rounded half up.
     gold_scores: tuple[int, ...] | None = None
 
+    # The JSON object the record was read from, as given: what `--server` sends, so every field
+    # (those the server knows and this client may not) reaches the server unchanged.
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
     is_relative: ClassVar[bool] = False
 
     @property
@@ -62,6 +66,7 @@ class RelativeRecord:
     reference_answer: str | None = None
     gold_winner: str | None = None    # "A" | "B"
     line: int | None = None
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)  # as Record.raw
 
     is_relative: ClassVar[bool] = True
 
@@ -127,7 +132,7 @@ def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
             id=rid, instruction=instruction,  # type: ignore[arg-type]
             response_A=text("response_A", required=True), response_B=text("response_B", required=True),  # type: ignore[arg-type]
             rubric=_relative_rubric(data, fail), reference_answer=text("reference_answer", required=False),
-            gold_winner=_gold_winner(data, fail), line=line)
+            gold_winner=_gold_winner(data, fail), line=line, raw=data)
     response = text("response", required=True)
     reference = text("reference_answer", required=False)
 
@@ -149,7 +154,7 @@ def record_from_mapping(data: Any, *, line: int, source: str = "<input>",
         gold = int(as_float)
 
     return Record(id=rid, instruction=instruction, response=response, rubric=rubric,  # type: ignore[arg-type]
-                  reference_answer=reference, gold_score=gold, line=line)
+                  reference_answer=reference, gold_score=gold, line=line, raw=data)
 
 
 def _record_id(data: Mapping[str, Any], line: int, default_id: str | None, fail) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,15 @@ def files(tmp_path) -> dict[str, str]:
             ("in.jsonl", "gold.jsonl", "other.jsonl", "notjson.jsonl", "fake.gguf", "a-file", "adir",
              "empty-checkpoint", "torn.json", "pairs.jsonl")} | {"missing": str(tmp_path / "missing.jsonl"),
                                      "out": str(tmp_path / "out.jsonl"),
-                                     "store": str(tmp_path / "store")}
+                                     "store": str(tmp_path / "store"),
+                                     "dead": _dead_url()}
+
+
+def _dead_url() -> str:
+    """A loopback URL where nothing listens (a port the OS just gave out and took back)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 # (argv with {placeholders} from `files`, exit code, what the message says). Exit codes: 1 other
@@ -72,12 +81,25 @@ CASES = {
         (["score", "{in.jsonl}", "--actors", "2"], 2, "--actors needs --ray"),
         (["score", "{in.jsonl}", "--ray", "local", "--both-orders"], 2, "--both-orders is not supported with --ray"),
         (["score", "{in.jsonl}", "--parallel", "0"], 2, "--parallel"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--server", "ftp://box"], 2, "expected http://HOST:PORT"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--server", "http://box:port"], 2, "not a URL"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--server", "{dead}"], 11, "connection refused"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--server", "{dead}", "--ctx", "512"], 2,
+         "--ctx is an option of a local model"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--server", "{dead}", "--ray", "local"], 2, "--ray and --server"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--api-key-file", "{in.jsonl}"], 2, "--api-key-file needs --server"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--server", "{dead}", "--api-key-file", "{missing}"], 2,
+         "--api-key-file"),
     ],
     "grade": [
         (["grade", "-i", "q", "-r", "r", "--rubric-preset", "nope"], 2, "unknown rubric preset 'nope'"),
         (["grade", "-i", "q", "-r", "r", "--rubric-preset", "helpfulness", "-m", "{fake.gguf}"], 3, "not a GGUF file"),
         (["grade", "-i", "q", "-r", "r"], 2, "field 'criteria': missing or empty"),
         (["grade"], 2, "<stdin>:1: invalid JSON"),   # stdin is not a terminal here, and empty
+        (["grade", "-i", "q", "-r", "r", "--rubric-preset", "helpfulness", "--server", "{dead}"], 11,
+         "connection refused"),
+        (["grade", "-i", "q", "-r", "r", "--server", "{dead}", "--gpu-layers", "0"], 2,
+         "--gpu-layers is an option of a local model"),
     ],
     "serve": [   # a model that fails to load is told after the port opens: tests/test_serve.py
         (["serve", "--api-key-file", "{missing}"], 2, "--api-key-file"),
@@ -87,6 +109,8 @@ CASES = {
     "tui": [
         (["tui", "--gpu-layers", "lots"], 2, "--gpu-layers"),
         (["tui", "--parallel", "0"], 2, "--parallel"),
+        (["tui", "--server", "localhost:8000"], 2, "expected http://HOST:PORT"),
+        (["tui", "--server", "{dead}", "--threads", "2"], 2, "--threads is an option of a local model"),
     ],
     "render": [
         (["render", "{in.jsonl}", "--profile", "nope"], 2, "unknown prompt profile 'nope'"),

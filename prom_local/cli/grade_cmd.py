@@ -12,6 +12,7 @@ from ..errors import InputError
 from ..records import record_from_mapping
 from ..rubrics import SCORES, presets
 from .options import EngineOptions, err_console, with_engine_options
+from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect
 
 
 def _record_data(instruction, response, reference, criteria, descriptions, preset) -> dict:
@@ -55,16 +56,27 @@ def register(app: typer.Typer) -> None:
         rubric_preset: Annotated[Optional[str], typer.Option(
             "--rubric-preset", help="A built-in rubric: " + ", ".join(presets()))] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result row as JSON at the end.")] = False,
+        server: ServerOpt = None,
+        api_key: ApiKeyOpt = None,
+        api_key_file: ApiKeyFileOpt = None,
         *, opts: EngineOptions,
     ) -> None:
-        """Grade one record given as flags (or a JSON object on stdin), streaming the feedback."""
+        """Grade one record given as flags (or a JSON object on stdin), streaming the feedback
+        (with --server, printed once the server's answer is back).
+
+        Exit codes: 0 graded; 2 bad input or option, or the record could not be graded; 3 model
+        missing or unloadable; 11 --server unreachable, refused the API key, busy or gone.
+        """
+        check_remote_options(server, api_key_file, opts)
         data = _record_data(instruction, response, reference, criteria,
                             (score1, score2, score3, score4, score5), rubric_preset)
         source = "<stdin>" if instruction is None and response is None else "<arguments>"
         record = record_from_mapping(data, line=1, source=source)
-        if opts.parallel is None:  # one record: more sequences would only reserve KV cache
+        if server is None and opts.parallel is None:  # one record: more sequences would only reserve KV cache
             opts.parallel = 1
-        with opts.judge() as judge:
+        judge = (connect(server, api_key, api_key_file, opts, source=source) if server is not None
+                 else opts.judge())
+        with judge:
             result = judge.grade(record, on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         sys.stdout.write("\n")
         probs = ("  P(1..5) = " + " ".join(f"{p:.2f}" for p in result.probabilities)

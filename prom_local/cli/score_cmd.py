@@ -17,7 +17,9 @@ from ..records import read_records
 from ..results_sink import BatchStats, ResultsSink
 from ..models import resolve_model
 from ..workload import pending_work
+from ..remote import RemoteError
 from .options import EngineOptions, err_console, with_engine_options
+from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect
 
 EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
 
@@ -66,13 +68,17 @@ def register(app: typer.Typer) -> None:
         actors: Annotated[Optional[int], typer.Option(
             "--actors", min=1, help="With --ray: engines to start (default: one per GPU, or one per "
             "node without GPUs). Each has its own --parallel slots.")] = None,
+        server: ServerOpt = None,
+        api_key: ApiKeyOpt = None,
+        api_key_file: ApiKeyFileOpt = None,
         *, opts: EngineOptions,
     ) -> None:
         """Grade every record of a JSONL file; one output row per record, resumable after a kill.
 
         Exit codes: 0 all records scored; 2 the results file has error rows (bad input, too long),
         or a bad argument; 3 model missing or unloadable; 4 output file unusable, or the disk filled
-        up (re-run to resume); 9 another run is writing OUTPUT; 130 interrupted (re-run to resume).
+        up (re-run to resume); 9 another run is writing OUTPUT; 11 --server unreachable, refused the
+        API key, stayed busy or went away mid-run (re-run to resume); 130 interrupted (re-run to resume).
         """
         out = output or default_output(input)
         total = count_lines(input)
@@ -80,6 +86,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--actors needs --ray")
         if ray is not None and both_orders:
             raise typer.BadParameter("--both-orders is not supported with --ray yet; run without --ray")
+        if ray is not None and server is not None:
+            raise typer.BadParameter("--ray and --server: give one (where the model runs)")
+        check_remote_options(server, api_key_file, opts)
         opts.engine_config()   # a bad --gpu-layers fails here, before any file or model is touched
         say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
         progress = Progress(
@@ -97,7 +106,10 @@ def register(app: typer.Typer) -> None:
             # The lock before anything slow: a second writer of OUT is refused at once.
             with ResultsSink(out, retry_errors=retry_errors) as sink:
                 check_input(input)
-                if ray is None:
+                if server is not None:
+                    stats = _score_on_server(input, sink, server, api_key, api_key_file, opts, quiet,
+                                             progress, task, on_result)
+                elif ray is None:
                     # KV memory sized to the records this run will grade (prompts tokenized with the
                     # vocabulary only), so --parallel auto and --gpu-layers auto choose from the real need.
                     resolved = resolve_model(opts.model, opts.models_dir)
@@ -156,6 +168,21 @@ def register(app: typer.Typer) -> None:
         errors = summary.errors + (relative.errors if relative else 0) if summary is not None else stats.errors
         if errors:
             raise typer.Exit(EXIT_RECORD_ERRORS)
+
+
+def _score_on_server(input, sink: ResultsSink, server, api_key, api_key_file, opts: EngineOptions, quiet,
+                     progress, task, on_result) -> BatchStats:
+    judge = connect(server, api_key, api_key_file, opts, quiet=quiet,
+                    source="<stdin>" if input == "-" else str(input))
+    with judge, progress:
+        progress.start_task(task)
+        try:
+            stats = score_file(judge, input, sink, on_result=on_result)
+        except RemoteError as exc:
+            raise RemoteError(f"{exc}; {sink.name} keeps the {sink.stats.graded} rows written in this run: "
+                              "re-run the same command to resume") from None
+        progress.update(task, completed=stats.skipped + stats.graded)
+    return stats
 
 
 def _score_on_ray(input, sink: ResultsSink, address, actors, opts: EngineOptions, progress, task, on_result,

@@ -9,9 +9,12 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from ..model_info import describe_judge
+from ..errors import UsageError
+from ..model_info import ModelInfo, describe_judge
 from ..models import resolve_model
+from ..remote import RemoteJudge
 from .options import EngineOptions, with_engine_options
+from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect, read_key
 
 
 def make_loader(opts: EngineOptions) -> Callable:
@@ -30,6 +33,31 @@ def make_loader(opts: EngineOptions) -> Callable:
     return load
 
 
+def make_remote_loader(server: str, api_key: str | None, api_key_file: Path | None,
+                       opts: EngineOptions) -> Callable:
+    """The app's loader with --server: the server's model, graded over HTTP. Picking another
+    model (F4) is refused: the server decides which model it serves."""
+
+    def load(spec: str | None, on_status: Callable[[str], None]):
+        if spec != opts.model:
+            raise UsageError(f"this TUI grades on the server at {server}, which serves one model; "
+                             "restart it without --server to use the models here")
+        judge = connect(server, api_key, api_key_file, opts, on_status=on_status)
+        return judge, remote_model_info(judge)
+
+    return load
+
+
+def remote_model_info(judge: RemoteJudge) -> ModelInfo:
+    """The model panel's facts about the server's model, as the server reports them."""
+    info, details = judge.info, judge.info.details
+    return ModelInfo(name=info.model, quant=details.get("quant"), path=Path(info.path or info.model),
+                     size_bytes=int(details.get("size_bytes") or 0),
+                     layers_on_gpu=int(details.get("layers_on_gpu") or 0), n_layer=int(details.get("n_layer") or 0),
+                     n_ctx=int(info.n_ctx or 0), backend=f"{info.backend or '?'} server",
+                     offload=f"graded by the server at {info.url}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("tui")
     @with_engine_options
@@ -38,11 +66,17 @@ def register(app: typer.Typer) -> None:
             help="Open this JSONL file in the batch screen.", show_default=False)] = None,
         output: Annotated[Optional[Path], typer.Option(
             "--output", "-o", help="Results file for INPUT (default: INPUT.prom.jsonl, as `score`).")] = None,
+        server: ServerOpt = None,
+        api_key: ApiKeyOpt = None,
+        api_key_file: ApiKeyFileOpt = None,
         *, opts: EngineOptions,
     ) -> None:
         """Interactive grading and batch review in the terminal (F1 lists the keys)."""
         opts.engine_config()  # a bad option fails here, not in the app's worker thread
+        check_remote_options(server, api_key_file, opts)
         from ..tui import PromLocalApp   # Textual loads only for this command
 
-        PromLocalApp(make_loader(opts), model=opts.model, models_dir=opts.models_dir,
+        loader = (make_remote_loader(server, read_key(api_key, api_key_file), None, opts) if server is not None
+                  else make_loader(opts))
+        PromLocalApp(loader, model=opts.model, models_dir=opts.models_dir,
                      batch_input=input, batch_output=output).run()

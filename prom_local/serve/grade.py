@@ -2,25 +2,31 @@
 
 One record (a JSON object) gives one row, or a 400 naming the bad field; a list gives a list of
 rows in input order, with an error row for each bad record, as `score` writes for a bad line.
-The records are graded by the Judge on the shared engine, together with everyone else's requests.
+`{"records": ..., "sampling": {...}}` does the same with the client's sampling options (what
+`score --server` sends), and "both_orders": true grades relative records A/B and B/A. The records are graded by the library's own `Judge.grade_stream`, in a
+thread of their own, on the shared engine together with everyone else's requests: every kind of
+record the library grades, this endpoint grades the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import dataclasses
 import json
 import logging
+import threading
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..batch import error_grade
-from ..engine import DoneEvent, ErrorEvent
 from ..errors import InputError, UsageError
 from ..grading import Grade
 from ..records import Record, record_from_mapping
 from .bridge import finish_unless_gone
 from .errors import ApiError, bad_request
-from .schema import parse_json
+from .schema import parse_grade, parse_json
 from .service import Service
 
 log = logging.getLogger("prom_local.serve")
@@ -42,7 +48,7 @@ def _parse(data: object) -> list[Record | Grade]:
 
 async def grade(service: Service, request: Request) -> JSONResponse:
     service.check_key(request)
-    data = parse_json(await service.read_body(request))
+    data, sampling, both_orders = parse_grade(parse_json(await service.read_body(request)))
     judge = service.require_judge()
     single = isinstance(data, dict)
     if single:
@@ -59,33 +65,74 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     if service.config.log_requests:
         log.info("grade request: %s", json.dumps(data, ensure_ascii=False)[:4000])
 
-    records = [(i, item) for i, item in enumerate(items) if not isinstance(item, Grade)]
-    rows: list[dict | None] = [item.to_row() if isinstance(item, Grade) else None for item in items]
-    if records:
-        limit = service.admission.limit
-        if len(records) > limit:
-            raise bad_request(f"At most {limit} records per request (--parallel plus --max-queue).")
-        requests = []
-        for i, record in records:
-            try:
-                req = judge.record_request(record)
-            except UsageError as err:   # a relative record on an absolute-only profile
-                raise bad_request(str(err)) from None
-            req.tag = i
-            requests.append(req)
-        flight = service.submit(requests)
-        by_index = dict(records)
+    pairs = [item for item in items if getattr(item, "is_relative", False)]
+    if pairs:
+        try:
+            judge.profile.require_relative()
+        except UsageError as err:   # relative records on an absolute-only profile
+            raise bad_request(str(err)) from None
+    # Error rows take no sequence; a pair graded in both orders takes two.
+    n_records = sum(not isinstance(item, Grade) for item in items) + (len(pairs) if both_orders else 0)
+    if n_records > service.admission.limit:
+        raise bad_request(f"At most {service.admission.limit} records per request (--parallel plus --max-queue).")
+    if sampling:  # this request's options: a view of the Judge on the same engine
+        judge = copy.copy(judge)
+        judge.sampling = dataclasses.replace(judge.sampling, **sampling)
+    service.admit(n_records)
+    cancel = threading.Event()
 
-        async def collect() -> None:
-            async for _, event in flight.events():
-                if isinstance(event, DoneEvent):
-                    i = event.output.tag
-                    rows[i] = judge.to_grade(by_index[i], event.output).to_row()
-                elif isinstance(event, ErrorEvent):
-                    rows[event.tag] = judge.failed_grade(by_index[event.tag], event.error).to_row()
+    def run() -> list[dict]:
+        try:
+            rows = []
+            for row_grade in judge.grade_stream(items, cancel=cancel, both_orders=both_orders):
+                if row_grade.finish_reason != "error":  # not a bad record, nor one too long to run
+                    service.metrics.output(row_grade.prompt_tokens,
+                                           int(row_grade.extra.get("reused_prompt_tokens", 0)),
+                                           row_grade.completion_tokens, row_grade.finish_reason == "cancelled")
+                rows.append(row_grade.to_row())
+            return rows
+        finally:  # only once the engine has let go of every sequence
+            service.release(n_records)
 
-        if not await finish_unless_gone(request, collect(), flight):
-            return JSONResponse({}, status_code=499)
-    if any(row is None for row in rows):  # pragma: no cover - every request ends with an event
+    work = _in_thread(run)
+    if not await finish_unless_gone(request, work, _Cancel(cancel)):
+        return JSONResponse({}, status_code=499)
+    rows = work.result()
+    if len(rows) != len(items):  # pragma: no cover - grade_stream gives one row per item
         raise ApiError(500, "a record ended without a result", type="server_error")
     return JSONResponse(rows[0] if single else rows)
+
+
+class _Cancel:
+    """What finish_unless_gone cancels when the client leaves: the grade_stream's cancel event."""
+
+    def __init__(self, event: threading.Event):
+        self.cancel = event.set
+
+
+def _in_thread(fn) -> asyncio.Future:
+    """fn() in a thread of its own (not the loop's small default pool: one grading request must
+    never wait for another's to end before reaching the engine), as a future of the loop."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, error) -> None:
+        if future.done():  # the client left and the future was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is gone (shutting down): nobody waits for the rows
+            pass
+
+    threading.Thread(target=target, daemon=True, name="prom-local-serve-grade").start()
+    return future

@@ -110,3 +110,45 @@ def _from_validation(exc: ValidationError) -> ApiError:
             param += ("." if param else "") + part
     message = first["msg"]
     return bad_request(f"Invalid value for '{param}': {message}" if param else message, param=param or None)
+
+
+class GradeSampling(BaseModel):
+    """POST /v1/grade's optional "sampling": the SamplingParams of `score`'s options (a `--server`
+    client sends its own); fields left out keep the server's."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: StrictInt | None = Field(default=None, ge=0)
+    repeat_penalty: float | None = Field(default=None, gt=0)
+    seed: StrictInt | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=0)
+
+
+ENVELOPE_KEYS = ("records", "sampling", "both_orders")
+
+
+def parse_grade(data: object) -> tuple[object, dict, bool]:
+    """POST /v1/grade's body -> (the record or list of records, sampling fields given, both_orders).
+    The body is a record, a list of records, or {"records": record-or-list, "sampling": {...},
+    "both_orders": bool} (both_orders: relative records graded A/B and B/A, as `score --both-orders`)."""
+    if not (isinstance(data, dict) and "records" in data):
+        return data, {}, False
+    unknown = [k for k in data if k not in ENVELOPE_KEYS]
+    if unknown:
+        raise bad_request(f"Unknown field '{unknown[0]}' beside 'records' (expected: "
+                          f"{', '.join(ENVELOPE_KEYS)}).", param=unknown[0])
+    sampling = data.get("sampling") or {}
+    if not isinstance(sampling, dict):
+        raise bad_request("'sampling' must be an object.", param="sampling")
+    try:
+        given = GradeSampling.model_validate(sampling).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        error = _from_validation(exc)
+        error.param = f"sampling.{error.param}" if error.param else "sampling"
+        error.message = error.message.replace("Invalid value for '", "Invalid value for 'sampling.")
+        raise error from None
+    both_orders = data.get("both_orders", False)
+    if not isinstance(both_orders, bool):
+        raise bad_request("'both_orders' must be true or false.", param="both_orders")
+    return data["records"], given, both_orders

@@ -50,6 +50,7 @@ class Service:
         self._loaded = threading.Event()
         self._closed = False
         self._key = config.api_key.encode() if config.api_key else None
+        self._facts: dict | None = None
 
     # -- life -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -93,8 +94,22 @@ class Service:
         info = {"model": self.config.model_name, "path": str(self.config.model_path)}
         if self.ready:
             info.update(backend=self.engine.describe()["backend"], parallel=self.engine.n_parallel,
-                        n_ctx=self.engine.n_ctx, max_prompt_tokens=self.max_prompt_tokens)
+                        n_ctx=self.engine.n_ctx, max_prompt_tokens=self.max_prompt_tokens,
+                        profile=self.judge.profile.name, **self._model_facts())
         return info
+
+    def _model_facts(self) -> dict:
+        """What a `--server` client's model panel shows (quant, size, GPU layers), read once."""
+        if self._facts is None:
+            try:
+                from ..model_info import describe_judge
+
+                model = describe_judge(self.judge)
+                self._facts = {"quant": model.quant, "size_bytes": model.size_bytes,
+                               "layers_on_gpu": model.layers_on_gpu, "n_layer": model.n_layer}
+            except Exception:  # an engine without a GGUF behind it (a test's): the facts are optional
+                self._facts = {}
+        return self._facts
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -132,17 +147,24 @@ class Service:
                 raise too_big
         return bytes(body)
 
+    def admit(self, n: int) -> None:
+        """Take room for n sequences in the bounded queue, or refuse with 503 + Retry-After."""
+        if not self.admission.try_take(n):
+            raise overloaded(retry_after=max(1, n))
+        with self.metrics._lock:
+            self.metrics.admitted += n
+
+    def release(self, n: int) -> None:
+        self.admission.give_back(n)
+        with self.metrics._lock:
+            self.metrics.admitted -= n
+
     def submit(self, requests: list) -> Flight:
         """Submit an HTTP request's engine requests, or refuse them when the queue is full."""
-        if not self.admission.try_take(len(requests)):
-            raise overloaded(retry_after=max(1, len(requests)))
-        with self.metrics._lock:
-            self.metrics.admitted += len(requests)
+        self.admit(len(requests))
 
         def on_end(out: GenOutput | None) -> None:
-            self.admission.give_back(1)
-            with self.metrics._lock:
-                self.metrics.admitted -= 1
+            self.release(1)
             if out is not None:
                 self.metrics.output(out.prompt_tokens, out.reused_prompt_tokens, len(out.tokens),
                                     out.finish_reason == "cancelled")

@@ -1,0 +1,82 @@
+"""`--server URL` (and its API key) for score, grade and tui: grade on a running `prom-local serve`.
+
+With --server the engine options split in three: sampling options (--temperature, --max-tokens,
+--seed, --top-p, --top-k, --repeat-penalty) travel with every record, so rows equal a local run with
+the same options; --parallel is how many records are in flight (default: the server's slots);
+options about a local model and its engine (--models-dir, --profile, --ctx, --gpu-layers,
+--threads, --verbose) are refused, since the server's own apply. --model is checked against the
+model the server serves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from ..errors import UsageError
+from ..remote import RemoteJudge, ServerInfo, check_url
+from .options import FLAGS, EngineOptions, err_console
+
+ServerOpt = Annotated[Optional[str], typer.Option(
+    "--server", metavar="URL", help="Grade on a running `prom-local serve` at this URL (e.g. "
+    "http://gpu-box:8000) instead of loading a model here. Sampling options and --parallel (records "
+    "in flight; default: the server's slots) apply; local engine options are refused.")]
+ApiKeyOpt = Annotated[Optional[str], typer.Option(
+    "--api-key", envvar="PROM_LOCAL_API_KEY", help="With --server: the key the server requires.")]
+ApiKeyFileOpt = Annotated[Optional[Path], typer.Option(
+    "--api-key-file", help="With --server: read the key from this file (keeps it out of `ps`).")]
+
+# Options about a local model and engine: meaningless against a server, refused rather than ignored.
+LOCAL_ONLY = ("models_dir", "profile", "ctx", "gpu_layers", "threads", "verbose")
+
+
+def check_remote_options(server: str | None, api_key_file: Path | None, opts: EngineOptions) -> None:
+    """Option conflicts, before any file or network is touched. (--api-key alone is ignored: it
+    may come from PROM_LOCAL_API_KEY, set for `serve` on the same machine.)"""
+    if server is None:
+        if api_key_file is not None:
+            raise UsageError("--api-key-file needs --server")
+        return
+    check_url(server)
+    for name in LOCAL_ONLY:
+        flag = FLAGS[name]
+        if getattr(opts, name) != flag.cli_default:
+            raise UsageError(f"{flag.flags[0]} is an option of a local model; with --server the server's "
+                             f"own engine options apply (drop {flag.flags[0]}, or drop --server)")
+
+
+def read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
+    from .serve_cmd import _read_key   # the same rules as `serve --api-key/--api-key-file`
+
+    return _read_key(api_key, api_key_file)
+
+
+def model_matches(spec: str, info: ServerInfo) -> bool:
+    """Whether --model names the model the server serves: its served name, its file (path or name,
+    with or without .gguf), or a store name like prometheus-ko or prometheus-ko:Q4_K_M."""
+    wanted = Path(spec.replace(":", ".")).name.removesuffix(".gguf").lower()
+    names = {info.model.lower()}
+    if info.path:
+        names.add(Path(info.path).name.removesuffix(".gguf").lower())
+    return any(wanted == name or name.startswith(wanted + ".") for name in names)
+
+
+def connect(server: str, api_key: str | None, api_key_file: Path | None, opts: EngineOptions, *,
+            source: str = "<input>", quiet: bool = False,
+            on_status: Callable[[str], None] | None = None) -> RemoteJudge:
+    """A RemoteJudge on the server, with this command's sampling options; refuses a --model that
+    names another model than the server's."""
+    say = on_status or ((lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]")))
+    judge = RemoteJudge(server, api_key=read_key(api_key, api_key_file), sampling=opts.sampling_params(),
+                        concurrency=opts.parallel, source=source, on_status=say)
+    info = judge.info
+    if opts.model is not None and not model_matches(opts.model, info):
+        judge.close()
+        raise UsageError(f"--model {opts.model} (or PROM_LOCAL_MODEL) does not match the server at "
+                         f"{info.url}, which serves {info.model}" + (f" ({info.path})" if info.path else "")
+                         + ": drop --model to grade with it")
+    say(f"server: {info.url}  model {info.model}  backend {info.backend}  parallel {info.parallel}"
+        + (f"  (sending {judge.concurrency} at once)" if judge.concurrency != info.parallel else ""))
+    return judge
