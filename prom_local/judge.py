@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -21,6 +21,7 @@ from .prompt_tokens import render_prompt, tokenize_prompt
 from .prompts import PromptProfile, get_profile
 from .records import Record
 from .rubrics import SCORES, Rubric
+from .samples import combine
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,18 @@ class Judge:
 
     >>> judge = Judge("models/prometheus-ko/prometheus-ko.Q4_K_M.gguf")
     >>> feedbacks, scores = judge.absolute_grade(instructions=[...], responses=[...], rubric=rubric)
+
+    `sampling=SamplingParams(n=3, temperature=1.0, ...)` grades each record from 3 samples that
+    share one prompt computation (see samples.py); the engine then keeps at least 3 sequences.
     """
 
     def __init__(self, model: str | Path, *, profile: str | PromptProfile = "prometheus-ko",
                  engine: EngineConfig | None = None, sampling: SamplingParams | None = None,
                  on_status: Callable[[str], None] | None = None):
         profile = get_profile(profile) if isinstance(profile, str) else profile  # before the load
+        engine = engine or EngineConfig()
+        if sampling is not None and sampling.n > engine.min_parallel:
+            engine = replace(engine, min_parallel=sampling.n)   # one sequence per sample
         self._attach(Engine(model, engine, on_status=on_status), profile, sampling)
 
     @classmethod
@@ -177,6 +184,13 @@ class Judge:
         grade.probabilities, grade.score_mass = verdict.probabilities, verdict.score_mass
         return grade
 
+    def samples_grade(self, record: Record, outputs: Sequence[GenOutput]) -> Grade:
+        """The row of a record graded from several samples (SamplingParams.n): see samples.combine."""
+        outputs = sorted(outputs, key=lambda out: out.index)
+        if len(outputs) == 1 and self.sampling.n <= 1:
+            return self.to_grade(record, outputs[0])
+        return combine([self.to_grade(record, out) for out in outputs])
+
     @staticmethod
     def failed_grade(record: Record, error: Exception) -> Grade:
         """The error row of a record the engine could not run (a prompt too long for the context)."""
@@ -189,9 +203,13 @@ class Judge:
         """Grade records, up to the engine's n_parallel at once, yielding Grades in input order.
 
         A `Grade` in the input (an error row made upstream) is passed through at its position.
+        With n samples per record, each record's row combines its n outputs (samples_grade) and
+        on_token streams the first sample's text.
         """
         order: dict[int, Record] = {}
         done: dict[int, Grade] = {}
+        outputs: dict[int, list[GenOutput]] = {}
+        n = max(1, self.sampling.n)
         next_out = 0
 
         def requests():
@@ -206,18 +224,23 @@ class Judge:
 
         for event in self.engine.generate(requests()):
             if isinstance(event, TokenEvent):
-                if on_token is not None:
+                if on_token is not None and event.index == 0:
                     on_token(order[event.tag], event.text)
                 continue
             if isinstance(event, DoneEvent):
                 i = event.output.tag
-                done[i] = self.to_grade(order[i], event.output)
+                outputs.setdefault(i, []).append(event.output)
+                if len(outputs[i]) < n:
+                    continue
+                done[i] = self.samples_grade(order[i], outputs.pop(i))
             elif isinstance(event, ErrorEvent):
                 done[event.tag] = self.failed_grade(order[event.tag], event.error)
             while next_out in done:
                 order.pop(next_out, None)
                 yield done.pop(next_out)
                 next_out += 1
+        for i, outs in outputs.items():  # an engine that gave fewer samples than asked (a test's)
+            done[i] = self.samples_grade(order[i], outs)
         for i in sorted(done):  # ready-made rows after the last engine event
             yield done.pop(i)
 

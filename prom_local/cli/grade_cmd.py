@@ -11,6 +11,7 @@ import typer
 from ..errors import InputError
 from ..records import record_from_mapping
 from ..rubrics import SCORES, presets
+from ..samples import samples_line
 from .options import EngineOptions, err_console, with_engine_options
 
 
@@ -63,7 +64,7 @@ def register(app: typer.Typer) -> None:
         source = "<stdin>" if instruction is None and response is None else "<arguments>"
         record = record_from_mapping(data, line=1, source=source)
         if opts.parallel is None:  # one record: more sequences would only reserve KV cache
-            opts.parallel = 1
+            opts.parallel = opts.sampling_params().n   # (one per sample)
         with opts.judge() as judge:
             result = judge.grade(record, on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         sys.stdout.write("\n")
@@ -71,6 +72,8 @@ def register(app: typer.Typer) -> None:
                  if result.probabilities else "")
         forced = " (forced: the model wrote no score)" if result.forced else ""
         err_console.print(f"[bold]score {result.score}[/bold]{forced}{probs}")
+        if "samples" in result.extra:
+            err_console.print(samples_line(result.extra))
         if as_json:
             print(json.dumps(result.to_row(), ensure_ascii=False))
         if result.error:
