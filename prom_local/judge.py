@@ -131,8 +131,12 @@ class Judge:
         return tokenize_prompt(record, self.profile, self.model)
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
-    def record_request(self, record: Record, cancel: threading.Event | None = None) -> GenRequest:
-        return self.grading_request(self.tokenize_prompt(record), tag=record, cancel=cancel)
+    def record_request(self, record: Record, cancel: threading.Event | None = None, *,
+                       samples: int | None = None) -> GenRequest:
+        """The engine request for a record: the Judge's sampling, `samples` outputs of it if given
+        (else SamplingParams.n); samples_grade makes its outputs into the record's row."""
+        params = self.sampling if samples is None else replace(self.sampling, n=samples)
+        return self.grading_request(self.tokenize_prompt(record), params=params, tag=record, cancel=cancel)
 
     def grading_request(self, tokens: list[int], *, params: SamplingParams | None = None,
                         tag: object = None, cancel: threading.Event | None = None) -> GenRequest:
@@ -187,7 +191,7 @@ class Judge:
     def samples_grade(self, record: Record, outputs: Sequence[GenOutput]) -> Grade:
         """The row of a record graded from several samples (SamplingParams.n): see samples.combine."""
         outputs = sorted(outputs, key=lambda out: out.index)
-        if len(outputs) == 1 and self.sampling.n <= 1:
+        if len(outputs) == 1:
             return self.to_grade(record, outputs[0])
         return combine([self.to_grade(record, out) for out in outputs])
 

@@ -16,7 +16,6 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -179,21 +178,29 @@ def with_engine_options(func: Callable) -> Callable:
     extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.cli_default,
                                annotation=f.annotated()) for f in ENGINE_FLAGS]
 
+    # typer hands a parameter annotated typer.Context the running command's context, which says
+    # where each value came from (a --protocol must not override a flag given explicitly).
+    context = inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        opts = EngineOptions(**{name: kwargs.pop(name) for name in FLAGS}, given=_given(FLAGS))
+        ctx = kwargs.pop(_CTX, None)
+        opts = EngineOptions(**{name: kwargs.pop(name) for name in FLAGS}, given=_given(ctx, FLAGS))
         return func(*args, opts=opts, **kwargs)
 
-    wrapper.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+    wrapper.__signature__ = inspect.Signature(own + extra + [context])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + extra + [context]}
     del wrapper.__wrapped__  # typer must read the new signature, not the wrapped function's
     return wrapper
 
 
-def _given(names) -> frozenset:
-    """Which of these parameters the command line (or the environment) set, in the running command."""
-    ctx = click.get_current_context(silent=True)
+_CTX = "engine_options_context"
+
+
+def _given(ctx: typer.Context | None, names) -> frozenset:
+    """Which of these parameters the command line (or the environment) set."""
     if ctx is None:
         return frozenset()
-    return frozenset(name for name in names if ctx.get_parameter_source(name) in
-                     (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT))
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    return frozenset(name for name, source in sources.items()
+                     if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"))

@@ -2,6 +2,8 @@
 
 One record (a JSON object) gives one row, or a 400 naming the bad field; a list gives a list of
 rows in input order, with an error row for each bad record, as `score` writes for a bad line.
+`?samples=N` grades each record from N samples of one prompt computation (as `score --samples`;
+default: the server's --samples), drawn with the server's sampling settings.
 The records are graded by the Judge on the shared engine, together with everyone else's requests.
 """
 
@@ -59,6 +61,7 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     if service.config.log_requests:
         log.info("grade request: %s", json.dumps(data, ensure_ascii=False)[:4000])
 
+    samples = _samples(request, service)
     records = [(i, item) for i, item in enumerate(items) if isinstance(item, Record)]
     rows: list[dict | None] = [item.to_row() if isinstance(item, Grade) else None for item in items]
     if records:
@@ -67,17 +70,20 @@ async def grade(service: Service, request: Request) -> JSONResponse:
             raise bad_request(f"At most {limit} records per request (--parallel plus --max-queue).")
         requests = []
         for i, record in records:
-            req = judge.record_request(record)
+            req = judge.record_request(record, samples=samples)
             req.tag = i
             requests.append(req)
         flight = service.submit(requests)
         by_index = dict(records)
+        outputs: dict[int, list] = {}
 
         async def collect() -> None:
             async for _, event in flight.events():
                 if isinstance(event, DoneEvent):
                     i = event.output.tag
-                    rows[i] = judge.to_grade(by_index[i], event.output).to_row()
+                    outputs.setdefault(i, []).append(event.output)
+                    if len(outputs[i]) == max(1, requests[0].params.n):
+                        rows[i] = judge.samples_grade(by_index[i], outputs.pop(i)).to_row()
                 elif isinstance(event, ErrorEvent):
                     rows[event.tag] = judge.failed_grade(by_index[event.tag], event.error).to_row()
 
@@ -86,3 +92,14 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     if any(row is None for row in rows):  # pragma: no cover - every request ends with an event
         raise ApiError(500, "a record ended without a result", type="server_error")
     return JSONResponse(rows[0] if single else rows)
+
+
+def _samples(request: Request, service: Service) -> int | None:
+    raw = request.query_params.get("samples")
+    if raw is None:
+        return None
+    most = service.judge.engine.n_parallel if service.judge is not None else 1
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise bad_request(f"samples must be a whole number from 1 to {most} (the server's --parallel: "
+                          "each sample decodes in its own sequence).", param="samples")
+    return int(raw)
