@@ -68,12 +68,16 @@ CASES = {
         (["score", "{in.jsonl}", "-o", "{out}", "--gpu-layers", "lots"], 2, "--gpu-layers"),
         (["score", "{in.jsonl}", "--actors", "2"], 2, "--actors needs --ray"),
         (["score", "{in.jsonl}", "--parallel", "0"], 2, "--parallel"),
+        (["score", "{in.jsonl}", "--samples", "0"], 2, "--samples"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--protocol", "nope"], 2, "unknown protocol 'nope' (known: paper)"),
     ],
     "grade": [
         (["grade", "-i", "q", "-r", "r", "--rubric-preset", "nope"], 2, "unknown rubric preset 'nope'"),
         (["grade", "-i", "q", "-r", "r", "--rubric-preset", "helpfulness", "-m", "{fake.gguf}"], 3, "not a GGUF file"),
         (["grade", "-i", "q", "-r", "r"], 2, "field 'criteria': missing or empty"),
         (["grade"], 2, "<stdin>:1: invalid JSON"),   # stdin is not a terminal here, and empty
+        (["grade", "-i", "q", "-r", "r", "--rubric-preset", "helpfulness", "--protocol", "nope"], 2,
+         "unknown protocol 'nope'"),
     ],
     "serve": [   # a model that fails to load is told after the port opens: tests/test_serve.py
         (["serve", "--api-key-file", "{missing}"], 2, "--api-key-file"),
