@@ -87,6 +87,26 @@ def test_greedy_samples_equal_each_other_and_a_single_run(engine):
 
 
 @slow
+def test_cancel_ends_every_sample_and_too_many_samples_are_refused(engine):
+    tokens = engine.model.tokenize(CHAT)
+    handle = engine.submit(GenRequest(tokens=tokens, params=replace(PAPER, n=3, max_tokens=400)))
+    for event in handle.events():
+        if getattr(event, "text", ""):   # the first token delta: the samples are generating
+            handle.cancel()
+            break
+    # The rest of the stream: one DoneEvent per sample (nothing hangs), cancelled unless that
+    # sample happened to end in the very step the cancel came after.
+    outs = handle.results()
+    assert [o.index for o in outs] == [0, 1, 2]
+    assert all(o.finish_reason in ("cancelled", "stop") for o in outs)
+    assert any(o.finish_reason == "cancelled" for o in outs)
+    with pytest.raises(ValueError, match="4 samples of one prompt need 4 parallel sequences"):
+        engine.submit(GenRequest(tokens=tokens, params=replace(PAPER, n=4))).results()
+    # The engine is free again: a fresh request runs to its end.
+    assert len(engine.submit(GenRequest(tokens=tokens, params=replace(PAPER, n=3))).results()) == 3
+
+
+@slow
 def test_each_sample_gets_its_own_forced_score_and_the_row_combines_them():
     record = record_from_mapping(short_record(1), line=1)
     sampling = SamplingParams(temperature=1.0, top_p=0.9, repeat_penalty=1.03, seed=3, max_tokens=12, n=3)

@@ -270,7 +270,7 @@ class Engine:
             self._discard(active)
             self._final(active.job, Raised(error))
         while self.scheduler.window:
-            self._final(self.scheduler.window.popleft(), Raised(error))
+            self._final(self.scheduler.window.popleft(), Raised(error), whole=True)
 
     def _cancel_all(self) -> None:
         """On close: everything in flight or queued ends as cancelled."""
