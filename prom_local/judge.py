@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -21,6 +21,7 @@ from .prompt_tokens import render_prompt, tokenize_prompt
 from .prompts import PromptProfile, get_profile
 from .records import AnyRecord, Record, RelativeRecord
 from .rubrics import SCORES, Rubric
+from .samples import combine
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,18 @@ class Judge:
 
     >>> judge = Judge("models/prometheus-ko/prometheus-ko.Q4_K_M.gguf")
     >>> feedbacks, scores = judge.absolute_grade(instructions=[...], responses=[...], rubric=rubric)
+
+    `sampling=SamplingParams(n=3, temperature=1.0, ...)` grades each record from 3 samples that
+    share one prompt computation (see samples.py); the engine then keeps at least 3 sequences.
     """
 
     def __init__(self, model: str | Path, *, profile: str | PromptProfile = "prometheus-ko",
                  engine: EngineConfig | None = None, sampling: SamplingParams | None = None,
                  on_status: Callable[[str], None] | None = None):
         profile = get_profile(profile) if isinstance(profile, str) else profile  # before the load
+        engine = engine or EngineConfig()
+        if sampling is not None and sampling.n > engine.min_parallel:
+            engine = replace(engine, min_parallel=sampling.n)   # one sequence per sample
         self._attach(Engine(model, engine, on_status=on_status), profile, sampling)
 
     @classmethod
@@ -133,10 +140,15 @@ class Judge:
         return tokenize_prompt(record, self.profile, self.model)
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
-    def record_request(self, record: AnyRecord, cancel: threading.Event | None = None) -> GenRequest:
+    def record_request(self, record: AnyRecord, cancel: threading.Event | None = None, *,
+                       samples: int | None = None) -> GenRequest:
+        """The engine request for a record: the Judge's sampling, `samples` outputs of it if given
+        (else SamplingParams.n); samples_grade makes its outputs into the record's row. A pair
+        (relative record) is graded once per order: samples apply to absolute records."""
         if record.is_relative:
             return self.pairs.request(record, cancel=cancel)  # type: ignore[arg-type]
-        return self.grading_request(self.tokenize_prompt(record), tag=record, cancel=cancel)
+        params = self.sampling if samples is None else replace(self.sampling, n=samples)
+        return self.grading_request(self.tokenize_prompt(record), params=params, tag=record, cancel=cancel)
 
     def grading_request(self, tokens: list[int], *, params: SamplingParams | None = None,
                         tag: object = None, cancel: threading.Event | None = None) -> GenRequest:
@@ -179,14 +191,18 @@ class Judge:
             return self.pairs.requests(record, both_orders=both_orders, cancel=cancel)  # type: ignore[arg-type]
         return [self.record_request(record, cancel)]
 
-    def record_grade(self, record: AnyRecord, results: Sequence[GenOutput | Exception]) -> Grade:
-        """The row of a record from what its requests (record_requests) ended with."""
+    def record_grade(self, record: AnyRecord, results: Sequence[Sequence[GenOutput] | Exception]) -> Grade:
+        """The row of a record from what each of its requests (record_requests) ended with: its
+        outputs (one per sample), or the exception that stopped it."""
         for result in results:
             if isinstance(result, Exception):
                 return self.failed_grade(record, result)
-        if len(results) == 2:
-            return self.pairs.combine(record, results)  # type: ignore[arg-type]
-        return self.to_grade(record, results[0])  # type: ignore[arg-type]
+        if record.is_relative:
+            outs = [result[0] for result in results]  # type: ignore[index]
+            if len(outs) == 2:
+                return self.pairs.combine(record, outs)  # type: ignore[arg-type]
+            return self.to_grade(record, outs[0])
+        return self.samples_grade(record, results[0])  # type: ignore[arg-type]
 
     def to_grade(self, record: AnyRecord, out: GenOutput) -> Grade:
         if record.is_relative:
@@ -207,6 +223,13 @@ class Judge:
         grade.probabilities, grade.score_mass = verdict.probabilities, verdict.score_mass
         return grade
 
+    def samples_grade(self, record: Record, outputs: Sequence[GenOutput]) -> Grade:
+        """The row of a record graded from several samples (SamplingParams.n): see samples.combine."""
+        outputs = sorted(outputs, key=lambda out: out.index)
+        if len(outputs) == 1:
+            return self.to_grade(record, outputs[0])
+        return combine([self.to_grade(record, out) for out in outputs])
+
     @staticmethod
     def failed_grade(record: AnyRecord, error: Exception) -> Grade:
         """The error row of a record the engine could not run (a prompt too long for the context)."""
@@ -222,11 +245,15 @@ class Judge:
         """Grade records, up to the engine's n_parallel at once, yielding Grades in input order.
 
         A `Grade` in the input (an error row made upstream) is passed through at its position.
-        `both_orders`: relative records are graded A/B and B/A (see relative.py).
+        `both_orders`: relative records are graded A/B and B/A (see relative.py). With n samples
+        per record, each record's row combines its n outputs (samples_grade) and on_token streams
+        the first sample's text.
         """
         order: dict[int, AnyRecord] = {}
         parts: dict[int, list] = {}   # what each of a record's requests ended with, by request
         done: dict[int, Grade] = {}
+        outputs: dict[tuple[int, int], list[GenOutput]] = {}   # the samples a request has ended
+        expected: dict[tuple[int, int], int] = {}              # how many samples it gives
         next_out = 0
 
         def requests():
@@ -239,17 +266,23 @@ class Judge:
                 parts[i] = [None] * len(reqs)
                 for k, req in enumerate(reqs):
                     req.tag = (i, k)
+                    expected[(i, k)] = max(1, req.params.n)
                     yield req
 
         for event in self.engine.generate(requests()):
             if isinstance(event, TokenEvent):
-                if on_token is not None and event.tag[1] == 0:   # a pair streams its first order
-                    on_token(order[event.tag[0]], event.text)
+                if on_token is not None and event.tag[1] == 0 and event.index == 0:
+                    on_token(order[event.tag[0]], event.text)   # a pair streams its first order
                 continue
             if isinstance(event, DoneEvent):
                 (i, k), result = event.output.tag, event.output
+                outputs.setdefault((i, k), []).append(result)
+                if len(outputs[(i, k)]) < expected[(i, k)]:
+                    continue
+                result = outputs.pop((i, k))
             elif isinstance(event, ErrorEvent):
                 (i, k), result = event.tag, event.error
+                outputs.pop((i, k), None)
             else:
                 continue
             parts[i][k] = result
@@ -259,6 +292,8 @@ class Judge:
                 order.pop(next_out, None)
                 yield done.pop(next_out)
                 next_out += 1
+        for (i, _k), outs in outputs.items():  # an engine that gave fewer samples than asked (a test's)
+            done[i] = self.samples_grade(order[i], outs)
         for i in sorted(done):  # ready-made rows after the last engine event
             yield done.pop(i)
 

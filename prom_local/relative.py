@@ -14,7 +14,7 @@ MT-Bench paper's convention for position-inconsistent verdicts).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -100,7 +100,7 @@ class PairJudge:
         def on_finish(text: str) -> list[int] | None:
             return None if find_winner(text) else list(tokens.continuation)
 
-        return GenRequest(tokens=self.judge.tokenize_prompt(record), params=params or self.judge.sampling,
+        return GenRequest(tokens=self.judge.tokenize_prompt(record), params=params or replace(self.judge.sampling, n=1),
                           tag=record, probe_ids=tokens.probe_ids, probe_when=_wants_probe,
                           on_finish=on_finish, cancel=cancel)
 

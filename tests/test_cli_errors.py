@@ -90,6 +90,8 @@ CASES = {
         (["score", "{in.jsonl}", "-o", "{out}", "--api-key-file", "{in.jsonl}"], 2, "--api-key-file needs --server"),
         (["score", "{in.jsonl}", "-o", "{out}", "--server", "{dead}", "--api-key-file", "{missing}"], 2,
          "--api-key-file"),
+        (["score", "{in.jsonl}", "--samples", "0"], 2, "--samples"),
+        (["score", "{in.jsonl}", "-o", "{out}", "--protocol", "nope"], 2, "unknown protocol 'nope' (known: paper)"),
     ],
     "grade": [
         (["grade", "-i", "q", "-r", "r", "--rubric-preset", "nope"], 2, "unknown rubric preset 'nope'"),
@@ -100,6 +102,8 @@ CASES = {
          "connection refused"),
         (["grade", "-i", "q", "-r", "r", "--server", "{dead}", "--gpu-layers", "0"], 2,
          "--gpu-layers is an option of a local model"),
+        (["grade", "-i", "q", "-r", "r", "--rubric-preset", "helpfulness", "--protocol", "nope"], 2,
+         "unknown protocol 'nope'"),
     ],
     "serve": [   # a model that fails to load is told after the port opens: tests/test_serve.py
         (["serve", "--api-key-file", "{missing}"], 2, "--api-key-file"),

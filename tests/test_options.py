@@ -93,3 +93,47 @@ def test_the_store_option_is_one_declaration():
                 helps[name] = param.help
     assert {"score", "grade", "tui", "render", "models", "info", "convert", "pull"} <= set(helps)
     assert set(helps.values()) == {FLAGS["models_dir"].help}
+
+
+# ----------------------------------------------------------------------------------------------
+# --samples and --protocol: the protocol fills what was not given explicitly.
+
+def _probe_app(seen: list):
+    from prom_local.cli.options import with_engine_options
+    probe = typer.Typer()
+
+    @probe.command()
+    @with_engine_options
+    def run(*, opts: EngineOptions) -> None:
+        seen.append((opts.sampling_params(), opts.engine_config()))
+
+    return probe
+
+
+def test_protocol_paper_sets_the_papers_sampling():
+    seen: list = []
+    result = CliRunner().invoke(_probe_app(seen), ["--protocol", "paper"])
+    assert result.exit_code == 0, result.output
+    sampling, engine = seen[0]
+    assert sampling == SamplingParams(temperature=1.0, top_p=0.9, repeat_penalty=1.03, n=3)
+    assert engine.min_parallel == 3     # one sequence per sample
+
+
+def test_explicit_flags_override_the_protocol_even_at_their_default_value():
+    seen: list = []
+    result = CliRunner().invoke(_probe_app(seen), ["--protocol", "paper", "--samples", "5",
+                                                   "--temperature", "0.0", "--seed", "9"])
+    assert result.exit_code == 0, result.output
+    sampling, engine = seen[0]
+    # --temperature 0.0 equals the default, and still wins: it was given.
+    assert sampling == SamplingParams(temperature=0.0, top_p=0.9, repeat_penalty=1.03, n=5, seed=9)
+    assert engine.min_parallel == 5
+
+
+def test_samples_without_a_protocol_and_an_unknown_protocol():
+    seen: list = []
+    assert CliRunner().invoke(_probe_app(seen), ["--samples", "2"]).exit_code == 0
+    assert seen[0][0] == SamplingParams(n=2)
+    result = CliRunner().invoke(_probe_app(seen), ["--protocol", "papers"])
+    assert result.exit_code == 2 and "--protocol" in result.output and "paper" in result.output
+    assert CliRunner().invoke(_probe_app(seen), ["--samples", "0"]).exit_code == 2

@@ -16,7 +16,7 @@ import pytest
 from prom_local.engine.cache import PrefixCache, common_prefix
 from prom_local.engine.config import SamplingParams
 from prom_local.engine.requests import GenRequest
-from prom_local.engine.scheduler import (CONTINUATION_RESERVE, MIN_WAIT_GAIN, RUNNING, WAITING, Job,
+from prom_local.engine.scheduler import (CONTINUATION_RESERVE, FORKED, MIN_WAIT_GAIN, RUNNING, WAITING, Job,
                                          Scheduler)
 from prom_local.errors import ContextOverflow
 
@@ -310,3 +310,82 @@ def test_common_prefix_respects_the_limit():
     assert common_prefix(a, np.arange(10), 9) == 9       # the last prompt token is never reused
     assert common_prefix(a, np.r_[np.arange(4), [99]], 9) == 4
     assert common_prefix(a, [], 9) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Samples of one prompt (SamplingParams.n): admitted together, the prompt computed once, forked.
+
+def sampled(tokens, n, max_tokens=8) -> Job:
+    return Job(GenRequest(tokens=list(tokens), params=SamplingParams(max_tokens=max_tokens, n=n)))
+
+
+def test_samples_are_admitted_together_and_only_the_first_computes_the_prompt():
+    sched, memory = make(n_parallel=3)
+    j = sampled(prompt(0, 1), n=3)
+    sched.offer(j)
+    first, *siblings = sched.admit()
+    assert [a.sample for a in (first, *siblings)] == [0, 1, 2]
+    assert len({a.seq for a in (first, *siblings)}) == 3 and not sched.has_free_slot()
+    assert first.forks == siblings and all(a.state == FORKED for a in siblings)
+    sched.start_waiting()
+    assert sched.runnable() == [first]                 # siblings wait; they never prefill
+    assert first.pending == prompt(0, 1) and all(not a.pending for a in siblings)
+    assert not memory.calls or all(c[0] == "rm" for c in memory.calls)   # nothing copied yet
+
+
+def test_fork_copies_the_whole_prompt_kv_to_each_sibling():
+    sched, memory = make(n_parallel=3)
+    tokens = prompt(0, 1)
+    sched.offer(sampled(tokens, n=3))
+    first, *siblings = sched.admit()
+    sched.start_waiting()
+    prefill(sched, first)
+    memory.calls.clear()
+    started = sched.fork(first)
+    assert started == siblings
+    for s in siblings:
+        assert ("cp", first.seq, s.seq) in memory.calls
+        assert list(sched.cache.tokens(s.seq)) == tokens     # all of it: nothing left to compute
+        assert s.reused == len(tokens) and s.state == RUNNING and not s.prefilling
+    assert sched.stats.forked_tokens == 2 * len(tokens)
+    assert sched.fork(first) == []                           # once only
+
+
+def test_samples_wait_for_enough_free_sequences_and_nothing_overtakes_them():
+    sched, _ = make(n_parallel=3)
+    sched.offer(job(prompt(0, 1)))
+    (run_alone_active,) = sched.admit()
+    group, later = sampled(prompt(0, 2), n=3), job(prompt(0, 3))
+    offer(sched, group, later)
+    assert sched.admit() == []            # 2 free < 3 samples: wait, and `later` does not jump ahead
+    sched.release(run_alone_active)
+    admitted = sched.admit()
+    assert [a.job for a in admitted] == [group] * 3 and list(sched.window) == [later]
+
+
+def test_more_samples_than_sequences_is_refused():
+    sched, _ = make(n_parallel=2)
+    with pytest.raises(ValueError, match="3 samples of one prompt need 3 parallel sequences"):
+        sched.offer(sampled(prompt(0, 1), n=3))
+    assert not sched.window
+
+
+def test_a_cancelled_sampled_request_leaves_all_its_sequences():
+    sched, _ = make(n_parallel=3)
+    j = sampled(prompt(0, 1), n=3)
+    sched.offer(j)
+    admitted = sched.admit()
+    j.cancel()
+    _, holding = sched.drop_cancelled()
+    assert holding == admitted
+    for a in holding:
+        sched.release(a)
+    assert sched.fork(admitted[0]) == []     # released siblings are not started
+    assert sched.idle()
+
+
+def test_a_job_settles_after_its_last_sample():
+    j = sampled(prompt(0, 1), n=3)
+    assert [j.settle(), j.settle(), j.settle()] == [False, False, True]
+    refused = sampled(prompt(0, 1), n=3)
+    assert refused.settle(whole=True)

@@ -198,6 +198,17 @@ def test_grade_rows_equal_score_rows(server, tmp_path, smollm2):
     assert refused.status_code == 400 and "has no relative (pairwise) prompt" in refused.json()["error"]["message"]
 
 
+
+def test_grade_samples_query_gives_sample_rows(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    row = httpx.post(server.url + "/v1/grade?samples=2", json=short_record(5), headers=headers,
+                     timeout=300).json()
+    # The server samples greedily (its defaults): both samples are the same judgment.
+    assert row["samples"] == 2 and row["scores"] == [row["score"]] * 2 and row["score_spread"] == 0
+    too_many = httpx.post(server.url + "/v1/grade?samples=5", json=short_record(5), headers=headers)
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "samples"
+
+
 # Questions SmolLM2 answers with confident tokens, each answer starting differently. The engine's
 # float arithmetic depends on how a prompt was cut into batches (how much of it came from the
 # prefix cache: a concurrent repeat of a question reuses more than a lone request), which can flip

@@ -11,6 +11,7 @@ import typer
 from ..errors import InputError
 from ..records import record_from_mapping
 from ..rubrics import SCORES, presets
+from ..samples import samples_line
 from .options import EngineOptions, err_console, with_engine_options
 from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect
 
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
         source = "<stdin>" if instruction is None and response is None else "<arguments>"
         record = record_from_mapping(data, line=1, source=source)
         if server is None and opts.parallel is None:  # one record: more sequences would only reserve KV cache
-            opts.parallel = 1
+            opts.parallel = opts.sampling_params().n   # (one per sample)
         judge = (connect(server, api_key, api_key_file, opts, source=source) if server is not None
                  else opts.judge())
         with judge:
@@ -83,6 +84,8 @@ def register(app: typer.Typer) -> None:
                  if result.probabilities else "")
         forced = " (forced: the model wrote no score)" if result.forced else ""
         err_console.print(f"[bold]score {result.score}[/bold]{forced}{probs}")
+        if "samples" in result.extra:
+            err_console.print(samples_line(result.extra))
         if as_json:
             print(json.dumps(result.to_row(), ensure_ascii=False))
         if result.error:

@@ -23,6 +23,7 @@ from ..engine import EngineConfig, SamplingParams
 from ..judge import Judge
 from ..models import resolve_model
 from ..offload import parse_gpu_layers
+from ..samples import PROTOCOLS, apply_protocol
 
 # soft_wrap: long paths in messages stay on one line (greppable), tables still fit the terminal.
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -92,7 +93,18 @@ ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
          "this (1.0 = off).", float, into=(SamplingParams, "top_p")),
     Flag("top_k", ("--top-k",), "Sample only from this many most likely tokens (0 = off).", int,
          into=(SamplingParams, "top_k")),
-    Flag("repeat_penalty", ("--repeat-penalty",), "1.0 = off.", float, into=(SamplingParams, "repeat_penalty")),
+    Flag("repeat_penalty", ("--repeat-penalty",), "Divide the logits of tokens already in the prompt or the "
+         "output by this (multiply negative ones), as vLLM and transformers do; 1.0 = off.", float,
+         into=(SamplingParams, "repeat_penalty")),
+    Flag("samples", ("--samples",), "Sampled judgments per record, from one prompt computation (its KV "
+         "copied to each); the row gets the mean score, the scores and their spread. Sample i is seeded "
+         "--seed + i; use with --temperature > 0. Each sample takes one of the --parallel sequences "
+         "(raised to N if fewer).", int,
+         into=(SamplingParams, "n"), option=dict(min=1)),
+    Flag("protocol", ("--protocol",), "paper: the Prometheus papers' sampling, as prometheus-eval's "
+         "evaluation runs it: --temperature 1.0 --top-p 0.9 --repeat-penalty 1.03 --samples 3 (their "
+         "mean is the score). Flags given explicitly override the protocol's values.", Optional[str],
+         default=None, option=dict(metavar="|".join(PROTOCOLS))),
     Flag("max_tokens", ("--max-tokens",), "Most new tokens per feedback.", int,
          into=(SamplingParams, "max_tokens")),
     Flag("verbose", ("--verbose",), "Show llama.cpp's own log.", bool, into=(EngineConfig, "verbose")),
@@ -120,10 +132,18 @@ class _EngineOptionsBase:
                       for flag in ENGINE_FLAGS if flag.into and flag.into[0] is cls})
 
     def engine_config(self) -> EngineConfig:
-        return self._build(EngineConfig)
+        config = self._build(EngineConfig)
+        config.min_parallel = self.sampling_params().n   # a record's samples decode side by side
+        return config
 
     def sampling_params(self) -> SamplingParams:
-        return self._build(SamplingParams)
+        """The flags' SamplingParams; --protocol's values for the fields not given explicitly."""
+        explicit = {f.into[1] for f in ENGINE_FLAGS
+                    if f.name in self.given and f.into and f.into[0] is SamplingParams}  # type: ignore[attr-defined]
+        try:
+            return apply_protocol(self._build(SamplingParams), self.protocol, keep=explicit)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--protocol") from None
 
     def judge(self, *, quiet: bool = False, on_status: Callable[[str], None] | None = None,
               need_tokens: int | None = None) -> Judge:
@@ -138,8 +158,11 @@ class _EngineOptionsBase:
 
 # The values of every engine option, as given on the command line (one attribute per Flag, with
 # its default); engine_config() / sampling_params() turn them into the library's objects.
+# `given`: the flags set on the command line or by environment (not defaults), which a --protocol
+# does not override.
 EngineOptions = dataclasses.make_dataclass(
-    "EngineOptions", [(f.name, f.type, dataclasses.field(default=f.cli_default)) for f in ENGINE_FLAGS],
+    "EngineOptions", [(f.name, f.type, dataclasses.field(default=f.cli_default)) for f in ENGINE_FLAGS]
+    + [("given", frozenset, dataclasses.field(default=frozenset()))],
     bases=(_EngineOptionsBase,))
 EngineOptions.__module__ = __name__
 
@@ -155,12 +178,29 @@ def with_engine_options(func: Callable) -> Callable:
     extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.cli_default,
                                annotation=f.annotated()) for f in ENGINE_FLAGS]
 
+    # typer hands a parameter annotated typer.Context the running command's context, which says
+    # where each value came from (a --protocol must not override a flag given explicitly).
+    context = inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        opts = EngineOptions(**{name: kwargs.pop(name) for name in FLAGS})
+        ctx = kwargs.pop(_CTX, None)
+        opts = EngineOptions(**{name: kwargs.pop(name) for name in FLAGS}, given=_given(ctx, FLAGS))
         return func(*args, opts=opts, **kwargs)
 
-    wrapper.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+    wrapper.__signature__ = inspect.Signature(own + extra + [context])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + extra + [context]}
     del wrapper.__wrapped__  # typer must read the new signature, not the wrapped function's
     return wrapper
+
+
+_CTX = "engine_options_context"
+
+
+def _given(ctx: typer.Context | None, names) -> frozenset:
+    """Which of these parameters the command line (or the environment) set."""
+    if ctx is None:
+        return frozenset()
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    return frozenset(name for name, source in sources.items()
+                     if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"))

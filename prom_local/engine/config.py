@@ -6,7 +6,7 @@ need the defaults read them without touching llama.cpp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,14 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     seed: int = 0
     max_tokens: int = 512
+    # Samples of one prompt (vLLM's and OpenAI's `n`): the prompt is decoded once and its KV copied
+    # to n sequences, sample i drawing with seed + i. Each sample needs a sequence of its own.
+    n: int = 1
+
+    def for_sample(self, i: int) -> "SamplingParams":
+        """The settings sample i draws with: the same, seeded seed + i (a run is reproducible, and
+        samples at a temperature differ from one another)."""
+        return self if i == 0 else replace(self, seed=self.seed + i)
 
 
 @dataclass
@@ -28,6 +36,8 @@ class EngineConfig:
     gpu_layers: int | None = None        # None = auto, -1 = all, 0 = CPU, N = N layers
     n_threads: int | None = None
     n_parallel: int | None = 1           # sequences in flight; None = choose from memory (auto)
+    # Fewest sequences, whatever n_parallel says: requests with SamplingParams.n samples need n.
+    min_parallel: int = 1
     n_batch: int = 512
     verbose: bool = False
     # Requests read ahead of the free slots, to start those that share a cached prefix first.

@@ -6,6 +6,8 @@ Each class owns one C object and frees it; none of them knows about requests or 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from ..errors import ModelLoadError
@@ -132,13 +134,20 @@ class LlamaBatch:
 class SamplerChain:
     """llama.cpp's sampler chain for one request's SamplingParams."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int):
+    def __init__(self, params: SamplingParams, n_vocab: int, history: Sequence[int] = ()):
         ll = self._ll = require_llama()
         chain = self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         p = params
         if p.repeat_penalty != 1.0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty,
+            # The penalty as vLLM and transformers apply it, whom the Prometheus papers' settings
+            # (1.03) were given for: every token of the prompt and of the output so far, no window
+            # (vLLM's _apply_penalties masks prompt | output). llama.cpp's own default looks at the
+            # last 64 generated tokens only, so the prompt is fed in and the window spans it all.
+            window = len(history) + p.max_tokens + 64
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(n_vocab, window, p.repeat_penalty,
                                                                               0.0, 0.0))
+            for token in history:
+                ll.llama_sampler_accept(chain, token)
         if p.temperature <= 0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
             return

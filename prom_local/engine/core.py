@@ -100,7 +100,7 @@ class Engine:
     def _step(self) -> None:
         sched = self.scheduler
         for job in self._hub.take_cancelled():
-            self._final(job, DoneEvent(_unstarted_output(job.req)))
+            self._unstarted(job)
         while sched.room() > 0:
             job = self._hub.next_job()
             if job is None:
@@ -108,17 +108,18 @@ class Engine:
             try:
                 sched.offer(job)
             except (ContextOverflow, ValueError) as exc:
-                self._final(job, ErrorEvent(job.req.tag, exc))
+                self._final(job, ErrorEvent(job.req.tag, exc), whole=True)
         # Cancellation is checked between steps, never mid-decode.
         waiting, running = sched.drop_cancelled()
         for job in waiting:
-            self._final(job, DoneEvent(_unstarted_output(job.req)))
+            self._unstarted(job)
         for active in running:
             active.progress.finish_reason = "cancelled"
             self._final(active.job, DoneEvent(self._release(active)))
         for active in sched.admit():
-            active.progress = _Progress(SamplerChain(active.job.req.params, self.model.n_vocab),
-                                        time.perf_counter())
+            req = active.job.req
+            active.progress = _Progress(SamplerChain(req.params.for_sample(active.sample), self.model.n_vocab,
+                                                     history=req.tokens), time.perf_counter())
         sched.start_waiting()
         runnable = sched.runnable()
         if runnable:
@@ -151,11 +152,15 @@ class Engine:
 
     def _decode_and_sample(self, items: list[tuple[Active, int]]) -> None:
         for active, index in self._decode(items):
-            try:
-                self._after_logits(active, index)
-            except Exception as exc:  # a request's own callback failed: that request ends
-                self._discard(active)
-                self._final(active.job, Raised(exc))
+            # A prompt's first logits also start its sibling samples (SamplingParams.n), which
+            # have just taken a copy of its KV: each samples its first token from these logits.
+            for sample in [active] + self.scheduler.fork(active):
+                try:
+                    self._after_logits(sample, index)
+                except Exception as exc:  # a request's own callback failed: that request ends
+                    self._discard(sample)
+                    sample.job.cancel()   # and its other samples with it
+                    self._final(sample.job, Raised(exc))
 
     def _decode(self, items: list[tuple[Active, int]]) -> list[tuple[Active, int]]:
         """Decode the next `take` pending tokens of each (active, take); return who got logits where."""
@@ -208,7 +213,7 @@ class Engine:
         text = p.text_bytes.decode("utf-8", "ignore")
         delta, p.text = text[len(p.text):], text
         if delta:
-            active.job.sink.put(TokenEvent(req.tag, delta))
+            active.job.sink.put(TokenEvent(req.tag, delta, active.sample))
         if len(p.generated) >= active.budget:
             self._finish(active, "length", unfed=token)
             return
@@ -228,9 +233,16 @@ class Engine:
         self._final(active.job, DoneEvent(self._release(active)))
 
     # -- endings ----------------------------------------------------------------------------------
-    def _final(self, job: Job, event) -> None:
+    def _final(self, job: Job, event, whole: bool = False) -> None:
+        """Deliver one sample's last event (`whole`: the request's, as for one never admitted);
+        the sink hears finish() once, after the request's last."""
         job.sink.put(event)
-        job.sink.finish()
+        if job.settle(whole):
+            job.sink.finish()
+
+    def _unstarted(self, job: Job) -> None:
+        for i in range(job.n):
+            self._final(job, DoneEvent(_unstarted_output(job.req, i)))
 
     def _release(self, active: Active, final: np.ndarray | None = None) -> GenOutput:
         req, p = active.job.req, active.progress
@@ -241,7 +253,7 @@ class Engine:
             finish_reason=p.finish_reason or "stop", prompt_tokens=len(req.tokens),
             reused_prompt_tokens=active.reused, probes=p.probes, appended=p.appended,
             final_probe=final, seconds=time.perf_counter() - p.started,
-            first_token_seconds=p.first_token)
+            first_token_seconds=p.first_token, index=active.sample)
         self.stats.prompt_tokens += len(req.tokens)
         self.stats.reused_tokens += active.reused
         self._discard(active)
@@ -258,7 +270,7 @@ class Engine:
             self._discard(active)
             self._final(active.job, Raised(error))
         while self.scheduler.window:
-            self._final(self.scheduler.window.popleft(), Raised(error))
+            self._final(self.scheduler.window.popleft(), Raised(error), whole=True)
 
     def _cancel_all(self) -> None:
         """On close: everything in flight or queued ends as cancelled."""
@@ -268,7 +280,7 @@ class Engine:
         queued = list(self.scheduler.window) + self._hub.drain()
         self.scheduler.window.clear()
         for job in queued:
-            self._final(job, DoneEvent(_unstarted_output(job.req)))
+            self._unstarted(job)
 
     def close(self) -> None:
         if getattr(self, "_hub", None) is not None:
@@ -289,6 +301,6 @@ class Engine:
         self.close()
 
 
-def _unstarted_output(req: GenRequest) -> GenOutput:
+def _unstarted_output(req: GenRequest, index: int = 0) -> GenOutput:
     return GenOutput(tag=req.tag, text="", tokens=[], finish_reason="cancelled",
-                     prompt_tokens=len(req.tokens), reused_prompt_tokens=0, probes=[])
+                     prompt_tokens=len(req.tokens), reused_prompt_tokens=0, probes=[], index=index)

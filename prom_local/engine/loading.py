@@ -43,8 +43,12 @@ def load(path: Path, config: EngineConfig, say: Callable[[str], None]) -> Loaded
 
 
 def _choose_parallel(probe: LlamaModel, config: EngineConfig, n_ctx: int, say) -> int:
+    least = max(1, config.min_parallel)
     if config.n_parallel is not None:
-        return max(1, int(config.n_parallel))
+        if config.n_parallel < least:
+            say(f"parallel: {least} sequences, not {config.n_parallel}: each of the {least} samples "
+                "of a record decodes in its own")
+        return max(least, int(config.n_parallel))
     on_gpu = config.gpu_layers != 0 and gpu_offload_supported()
     free = free_gpu_memory() if on_gpu else None
     if on_gpu and free is None:
@@ -52,7 +56,9 @@ def _choose_parallel(probe: LlamaModel, config: EngineConfig, n_ctx: int, say) -
     n, reason = choose_parallel(probe.shape(), n_ctx=n_ctx, gpu=on_gpu,
                                 free_bytes=free if on_gpu else available_memory())
     say(reason)
-    return n
+    if n < least:
+        say(f"parallel: {least} sequences after all, one for each sample of a record")
+    return max(n, least)
 
 
 def _plan(probe: LlamaModel, config: EngineConfig, total_ctx: int) -> OffloadPlan:

@@ -1,5 +1,8 @@
 """What goes into the engine and what comes out: token lists in, token deltas and outputs out.
 
+A request with `params.n` > 1 asks for n samples of one prompt: its events carry the sample's
+`index`, and it ends with n DoneEvents (or one ErrorEvent).
+
 Scores are not known here. A request carries generic hooks instead: token ids whose probabilities
 to report when its text reaches a given state, and a callback that may append tokens when
 generation ends (the forced-score continuation of grading.py).
@@ -46,12 +49,14 @@ class GenOutput:
     final_probe: np.ndarray | None = None
     seconds: float = 0.0
     first_token_seconds: float | None = None
+    index: int = 0                        # which sample of the request (SamplingParams.n)
 
 
 @dataclass
 class TokenEvent:
     tag: object
     text: str
+    index: int = 0                        # which sample of the request
 
 
 @dataclass
@@ -75,3 +80,4 @@ class EngineStats:
     prompt_tokens: int = 0       # prompt tokens of finished requests
     reused_tokens: int = 0       # of which taken from the KV cache instead of computed
     waits: int = 0               # requests that waited for another sequence's prefix
+    forked_tokens: int = 0       # of reused_tokens, those copied from a sibling sample's prompt

@@ -9,6 +9,11 @@ what is cached or being computed, unless the oldest request has been passed over
 computing the same tokens in parallel. Each round decodes one token of every generating sequence
 together, and a chunk of the oldest unfinished prompt.
 
+A request for n samples of one prompt (SamplingParams.n) is admitted when n sequences are free:
+the first computes the prompt, the others wait (FORKED) until its logits are ready, then take a
+copy of its KV and sample from the same logits, each with its own sampler, so the prompt is
+computed once whatever n is.
+
 Each admitted request gets a fresh `Active` (its state while it holds a sequence); releasing it
 drops that object and leaves the sequence's KV in the prefix cache for the next request.
 """
@@ -39,14 +44,14 @@ MIN_WAIT_GAIN = 32
 # and chunks are cut so that none is left this short (re-computing <8 tokens costs nothing).
 EXACT_TAIL = 8
 
-WAITING, RUNNING = "waiting", "running"
+WAITING, RUNNING, FORKED = "waiting", "running", "forked"   # forked: waits for a sibling's prompt
 
 
 class Job:
     """A request inside the engine: its tokens as an array (prefix matching runs on every
     admission), its arrival number once in the window, and who hears about it (`sink`)."""
 
-    __slots__ = ("req", "arr", "index", "sink", "_cancelled")
+    __slots__ = ("req", "arr", "index", "sink", "_cancelled", "outstanding")
 
     def __init__(self, req: GenRequest, sink: Any = None):
         self.req = req
@@ -54,6 +59,17 @@ class Job:
         self.index = -1
         self.sink = sink
         self._cancelled = False
+        self.outstanding = self.n   # samples not yet ended; the sink hears finish() after the last
+
+    @property
+    def n(self) -> int:
+        return max(1, self.req.params.n)
+
+    def settle(self, whole: bool = False) -> bool:
+        """One sample ended (or, `whole`, the request did, as a refused one does); True once
+        nothing of the request is left in the engine."""
+        self.outstanding = 0 if whole else self.outstanding - 1
+        return self.outstanding <= 0
 
     def cancel(self) -> None:
         self._cancelled = True   # a plain flag: set from any thread, read between steps
@@ -78,6 +94,8 @@ class Active:
     reused: int = 0               # prompt tokens taken from the cache
     counted_wait: bool = False
     progress: Any = None          # the engine's per-request output state
+    sample: int = 0               # which of the request's samples this sequence draws
+    forks: list["Active"] = field(default_factory=list)   # sibling samples waiting on this prompt
 
     def feed(self, tokens: list[int]) -> None:
         """Tokens to decode (a continuation) before the next logits."""
@@ -135,6 +153,9 @@ class Scheduler:
         ValueError for an empty one, which would have no logits to start from)."""
         if not job.req.tokens:
             raise ValueError("the prompt has no tokens")
+        if job.n > self.n_parallel:
+            raise ValueError(f"{job.n} samples of one prompt need {job.n} parallel sequences; "
+                             f"the engine has {self.n_parallel}")
         self.check_fits(len(job.req.tokens), job.req.params.max_tokens)
         job.index = self._arrivals
         self._arrivals += 1
@@ -154,16 +175,24 @@ class Scheduler:
         """Give free sequences to window requests; returns the new Actives (state WAITING)."""
         admitted = []
         while self.window and self.has_free_slot():
-            if self._skips >= self.n_parallel:
-                job = self.window.popleft()
-            else:
-                job = self._pick()
-                self.window.remove(job)
+            job = self.window[0] if self._skips >= self.n_parallel else self._pick()
+            free = [s for s, a in enumerate(self.slots) if a is None]
+            if job.n > len(free):
+                break   # its samples start together; the sequences in use free up, none refill first
+            self.window.remove(job)
             oldest = min([job.index] + [j.index for j in self.window])
             self._skips = 0 if job.index == oldest else self._skips + 1
-            free = [s for s, a in enumerate(self.slots) if a is None]
             seq = self.cache.choose(free, job.arr, (j.arr for j in self.window))
-            admitted.append(self._admit(seq, job))
+            first = self._admit(seq, job)
+            admitted.append(first)
+            for i in range(1, job.n):
+                # The siblings' sequences: those whose cache the upcoming prompts need least.
+                free.remove(admitted[-1].seq)
+                seq = self.cache.choose(free, job.arr, (j.arr for j in self.window))
+                sibling = self._admit(seq, job, sample=i)
+                sibling.state = FORKED
+                first.forks.append(sibling)
+                admitted.append(sibling)
         return admitted
 
     def _pick(self) -> Job:
@@ -184,10 +213,10 @@ class Scheduler:
         active = self.slots[seq]
         return have if active is None else max(have, common_prefix(active.job.arr, arr, limit))
 
-    def _admit(self, seq: int, job: Job) -> Active:
+    def _admit(self, seq: int, job: Job, sample: int = 0) -> Active:
         self._admissions += 1
         self.cache.touch(seq, self._admissions)
-        active = Active(job=job, seq=seq, admitted=self._admissions,
+        active = Active(job=job, seq=seq, admitted=self._admissions, sample=sample,
                         budget=self.budget(len(job.req.tokens), job.req.params.max_tokens))
         self.slots[seq] = active
         return active
@@ -223,6 +252,22 @@ class Scheduler:
         active.reused = have
         active.pending = list(active.job.req.tokens[have:])
         active.state = RUNNING
+
+    def fork(self, active: Active) -> list[Active]:
+        """When `active` has its prompt's logits: its waiting siblings take a copy of its KV (the
+        prompt, all of it) and are returned, to sample from those same logits. [] otherwise."""
+        forks, active.forks = active.forks, []
+        started = []
+        for sibling in forks:
+            if self.slots[sibling.seq] is not sibling:   # released meanwhile (cancelled)
+                continue
+            self.cache.reuse(sibling.seq, active.seq, self.cache.n[active.seq])
+            sibling.reused = len(sibling.job.req.tokens)
+            self.stats.forked_tokens += sibling.reused
+            sibling.state = RUNNING
+            sibling.prefilling = False
+            started.append(sibling)
+        return started
 
     # -- rounds -----------------------------------------------------------------------------------
     def runnable(self) -> list[Active]:

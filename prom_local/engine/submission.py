@@ -49,24 +49,36 @@ class RequestHandle:
         return self.request.tag
 
     def events(self) -> Iterator[Event]:
-        """TokenEvents, then one DoneEvent or ErrorEvent; raises what broke the request, if
-        anything did (a request callback that raised, an engine failure). Iterate it once."""
+        """TokenEvents, then one DoneEvent per sample (SamplingParams.n, each with its `index`) or
+        one ErrorEvent; raises what broke the request, if anything did (a request callback that
+        raised, an engine failure). Iterate it once."""
+        left = max(1, self.request.params.n)
         while True:
             item = self._queue.get()
             if isinstance(item, Raised):
                 raise item.error
             yield item
-            if isinstance(item, (DoneEvent, ErrorEvent)):
+            if isinstance(item, DoneEvent):
+                left -= 1
+            if isinstance(item, ErrorEvent) or left == 0:
                 return
 
-    def result(self) -> GenOutput:
-        """Wait for the output (an ErrorEvent's error is raised)."""
+    def results(self) -> list[GenOutput]:
+        """Wait for every sample's output, in sample order (an ErrorEvent's error is raised)."""
+        outputs = []
         for event in self.events():
             if isinstance(event, DoneEvent):
-                return event.output
-            if isinstance(event, ErrorEvent):
+                outputs.append(event.output)
+            elif isinstance(event, ErrorEvent):
                 raise event.error
-        raise RuntimeError("the event stream ended without a result")  # pragma: no cover
+        return sorted(outputs, key=lambda out: out.index)
+
+    def result(self) -> GenOutput:
+        """Wait for the output (the first sample's, when there are several)."""
+        outputs = self.results()
+        if not outputs:  # pragma: no cover
+            raise RuntimeError("the event stream ended without a result")
+        return outputs[0]
 
     def cancel(self) -> None:
         """Stop the request; its sequence is freed at the next step and its events end with a

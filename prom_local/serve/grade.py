@@ -3,9 +3,11 @@
 One record (a JSON object) gives one row, or a 400 naming the bad field; a list gives a list of
 rows in input order, with an error row for each bad record, as `score` writes for a bad line.
 `{"records": ..., "sampling": {...}}` does the same with the client's sampling options (what
-`score --server` sends), and "both_orders": true grades relative records A/B and B/A. The records are graded by the library's own `Judge.grade_stream`, in a
-thread of their own, on the shared engine together with everyone else's requests: every kind of
-record the library grades, this endpoint grades the same way.
+`score --server` sends), and "both_orders": true grades relative records A/B and B/A.
+`?samples=N` (or "n" in "sampling") grades each record from N samples of one prompt computation
+(as `score --samples`; default: the server's --samples). The records are graded by the library's
+own `Judge.grade_stream`, in a thread of their own, on the shared engine together with everyone
+else's requests: every kind of record the library grades, this endpoint grades the same way.
 """
 
 from __future__ import annotations
@@ -65,14 +67,23 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     if service.config.log_requests:
         log.info("grade request: %s", json.dumps(data, ensure_ascii=False)[:4000])
 
+    samples = _samples(request, service)
+    if samples is not None:
+        sampling = {**sampling, "n": samples}
+    elif sampling.get("n", 1) > judge.engine.n_parallel:   # a --server client's --samples
+        raise bad_request(f"sampling.n must be at most {judge.engine.n_parallel} (the server's --parallel: "
+                          "each sample decodes in its own sequence).", param="sampling.n")
     pairs = [item for item in items if getattr(item, "is_relative", False)]
     if pairs:
         try:
             judge.profile.require_relative()
         except UsageError as err:   # relative records on an absolute-only profile
             raise bad_request(str(err)) from None
-    # Error rows take no sequence; a pair graded in both orders takes two.
-    n_records = sum(not isinstance(item, Grade) for item in items) + (len(pairs) if both_orders else 0)
+    # Error rows take no sequence; a pair graded in both orders takes two; an absolute record one
+    # per sample.
+    n_samples = max(1, sampling.get("n", judge.sampling.n))
+    n_absolute = sum(not isinstance(item, Grade) for item in items) - len(pairs)
+    n_records = n_absolute * n_samples + len(pairs) * (2 if both_orders else 1)
     if n_records > service.admission.limit:
         raise bad_request(f"At most {service.admission.limit} records per request (--parallel plus --max-queue).")
     if sampling:  # this request's options: a view of the Judge on the same engine
@@ -136,3 +147,14 @@ def _in_thread(fn) -> asyncio.Future:
 
     threading.Thread(target=target, daemon=True, name="prom-local-serve-grade").start()
     return future
+
+
+def _samples(request: Request, service: Service) -> int | None:
+    raw = request.query_params.get("samples")
+    if raw is None:
+        return None
+    most = service.judge.engine.n_parallel if service.judge is not None else 1
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise bad_request(f"samples must be a whole number from 1 to {most} (the server's --parallel: "
+                          "each sample decodes in its own sequence).", param="samples")
+    return int(raw)

@@ -123,6 +123,7 @@ class GradeSampling(BaseModel):
     repeat_penalty: float | None = Field(default=None, gt=0)
     seed: StrictInt | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=0)
+    n: StrictInt | None = Field(default=None, ge=1)   # samples per record (score --samples)
 
 
 ENVELOPE_KEYS = ("records", "sampling", "both_orders")
