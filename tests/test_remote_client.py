@@ -4,6 +4,7 @@ records, bad keys) without inference. Real inference through real processes: tes
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from pathlib import Path
@@ -29,12 +30,13 @@ REPLY = Reply("The answer is right. [RESULT] 4")
 class LiveServer:
     """create_app on uvicorn in a thread, with a scripted-engine Judge put in place of a loaded model."""
 
-    def __init__(self, gguf: Path, *, max_body_bytes: int = 1 << 20, max_queue: int = 8):
+    def __init__(self, gguf: Path, *, max_body_bytes: int = 1 << 20, max_queue: int = 8,
+                 profile: str = "prometheus-ko"):
         self.service = Service(ServeConfig(model_path=gguf, model_name="smol", api_key=KEY,
                                            max_body_bytes=max_body_bytes, max_queue=max_queue))
         engine = FakeEngine(gguf, REPLY, n_ctx=2048)
         engine.n_parallel = 3
-        self.service.judge = Judge.with_engine(engine)
+        self.service.judge = Judge.with_engine(engine, profile=profile)
         self.service.admission = Admission(engine.n_parallel + max_queue)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -91,6 +93,35 @@ def test_rows_equal_a_local_judge_on_the_same_engine_in_input_order(live, smollm
     # The whole line's object was sent, under the row's id (line 8 has no usable id: its line number).
     assert got[7]["id"] == "8" and got[7]["error"].startswith(f"{src}:8: invalid JSON")
     assert "prompt is" in got[9]["error"] and got[9]["prompt_tokens"] > 2048
+
+
+def test_pairs_in_both_orders_and_benchmark_gold_lists_come_back_as_local_rows(smollm2, tmp_path):
+    """What other helpers added to the library reaches a --server run: relative records graded in
+    both orders (the request says so), and a benchmark file's gold lists (never sent: kept locally)."""
+    pair = {"id": "p1", "instruction": "Capital of Australia?", "response_A": "Sydney.",
+            "response_B": "Canberra.", "rubric": "Is it correct?", "gold_winner": "B"}
+    src = write_jsonl(tmp_path / "in.jsonl", [pair, short_record(1), dict(pair, id="p2", response_A="Perth.")])
+    server = LiveServer(smollm2, profile="prometheus-2")
+    server.wait_started()
+    try:
+        with Judge.with_engine(FakeEngine(smollm2, REPLY, n_ctx=2048), profile="prometheus-2") as local:
+            score_file(local, src, tmp_path / "local.jsonl", both_orders=True)
+        with RemoteJudge(server.url, api_key=KEY, source=str(src)) as judge:
+            score_file(judge, src, tmp_path / "remote.jsonl", both_orders=True)
+            # A benchmark file's record is built in code (no JSON line to send): its gold list
+            # stays here and joins the server's row.
+            built = dataclasses.replace(record_from_mapping(short_record(2), line=1), raw=None,
+                                        gold_score=5, gold_scores=(4, 5, 5))
+            row = judge.grade(built).to_row()
+    finally:
+        server.stop()
+    got, want = read_jsonl(tmp_path / "remote.jsonl"), read_jsonl(tmp_path / "local.jsonl")
+    drop = {"seconds", "first_token_seconds", "reused_prompt_tokens"}
+    assert [r.get("mode") for r in got] == ["relative", None, "relative"]
+    assert [len(r["orders"]) for r in got if r.get("mode")] == [2, 2]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in got] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in want]
+    assert (row["gold_score"], row["gold_scores"], row["gold_mean"]) == (5, [4, 5, 5], 4.6667)
 
 
 def test_the_clients_sampling_options_are_the_ones_used(live):
