@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -18,9 +19,10 @@ from .engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, Gen
 from .errors import InputError, PromLocalError
 from .grading import MARKER_AT_END, Grade, attach_gold, find_score, normalise, split_feedback
 from .prompt_tokens import render_prompt, tokenize_prompt
+from .prometheus_eval_calls import PrometheusEvalCalls
 from .prompts import PromptProfile, get_profile
-from .records import AnyRecord, Record, RelativeRecord
-from .rubrics import SCORES, Rubric
+from .records import AnyRecord, Record
+from .rubrics import SCORES
 from .samples import combine
 
 
@@ -86,7 +88,7 @@ def _wants_probe(text: str) -> bool:
     return "result" in tail.lower() and MARKER_AT_END.search(tail) is not None
 
 
-class Judge:
+class Judge(PrometheusEvalCalls):
     """A Prometheus-style judge on a local GGUF.
 
     >>> judge = Judge("models/prometheus-ko/prometheus-ko.Q4_K_M.gguf")
@@ -122,6 +124,14 @@ class Judge:
         self.model = engine.model
         self.score_tokens = ScoreTokens.for_model(self.model, self.profile.score_continuation)
         self._pairs = None   # the relative half (relative.PairJudge), made on first use
+
+    def with_sampling(self, sampling: SamplingParams) -> "Judge":
+        """This judge with other sampling settings, on the same model and engine (a view for one
+        request or call: closing either closes both)."""
+        view = copy.copy(self)
+        view.sampling = sampling
+        view._pairs = None   # the relative half reads its own judge's sampling
+        return view
 
     @property
     def pairs(self):
@@ -302,55 +312,6 @@ class Judge:
         cb = (lambda _r, text: on_token(text)) if on_token else None
         return next(iter(self.grade_stream([record], on_token=cb, cancel=cancel)))
 
-    # -- prometheus-eval compatible ---------------------------------------------------------------
-    def absolute_grade(self, *, instructions: Sequence[str], responses: Sequence[str],
-                       rubric: str | Mapping[str, str] | Rubric | Sequence,
-                       reference_answers: Sequence[str | None] | None = None,
-                       params: Mapping | None = None) -> tuple[list[str], list[int | None]]:
-        """Same call as prometheus-eval's `PrometheusEval.absolute_grade` -> (feedbacks, scores).
-
-        `params` is accepted for compatibility; sampling comes from the Judge (greedy by default).
-        Unlike prometheus-eval there is no resampling: a missing score is forced from the model's
-        own distribution, so every score is an int unless a record errored.
-        """
-        if len(instructions) != len(responses):
-            raise ValueError("instructions and responses must have the same length")
-        refs = list(reference_answers) if reference_answers is not None else [None] * len(responses)
-        if len(refs) != len(responses):
-            raise ValueError("reference_answers must have the same length as responses")
-        rubrics = list(rubric) if isinstance(rubric, (list, tuple)) else [rubric] * len(responses)
-        records = [Record(id=str(i), instruction=ins, response=res, rubric=_as_rubric(rb),
-                          reference_answer=ref or None)
-                   for i, (ins, res, ref, rb) in enumerate(zip(instructions, responses, refs, rubrics))]
-        grades = list(self.grade_stream(records))
-        return [g.feedback for g in grades], [g.score for g in grades]
-
-    def relative_grade(self, *, instructions: Sequence[str], responses_A: Sequence[str],
-                       responses_B: Sequence[str], rubric: str | Sequence[str],
-                       reference_answers: Sequence[str | None] | None = None,
-                       params: Mapping | None = None) -> tuple[list[str], list[str | None]]:
-        """Same call as prometheus-eval's `PrometheusEval.relative_grade` -> (feedbacks, ["A"|"B"]).
-
-        `rubric` is the criteria string (or one per pair), passed to the template verbatim as
-        prometheus-eval does. `params` is accepted for compatibility; sampling comes from the Judge.
-        A missing verdict is forced from the model's own P(A), P(B); None only for a pair that
-        errored (e.g. too long for the context).
-        """
-        n = len(instructions)
-        if not (len(responses_A) == len(responses_B) == n):
-            raise ValueError("instructions, responses_A and responses_B must have the same length")
-        refs = list(reference_answers) if reference_answers is not None else [None] * n
-        rubrics = [rubric] * n if isinstance(rubric, str) else list(rubric)
-        if len(refs) != n or len(rubrics) != n:
-            raise ValueError("rubric and reference_answers must be one string or one per pair")
-        records = [RelativeRecord(id=str(i), instruction=ins, response_A=a, response_B=b, rubric=rb,
-                                  reference_answer=ref or None)
-                   for i, (ins, a, b, rb, ref) in enumerate(zip(instructions, responses_A, responses_B,
-                                                                rubrics, refs))]
-        self.pairs  # noqa: B018  (a profile without a relative prompt fails here, before any work)
-        grades = list(self.grade_stream(records))
-        return [g.feedback for g in grades], [getattr(g, "winner", None) for g in grades]
-
     def close(self) -> None:
         self.engine.close()
 
@@ -359,14 +320,6 @@ class Judge:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _as_rubric(rubric: str | Mapping[str, str] | Rubric) -> Rubric:
-    if isinstance(rubric, Rubric):
-        return rubric
-    if isinstance(rubric, str):
-        return Rubric.parse(rubric)
-    return Rubric.from_mapping(rubric)
 
 
 __all__ = ["Judge", "ScoreTokens", "Verdict", "render_prompt", "InputError"]

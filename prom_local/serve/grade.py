@@ -13,7 +13,6 @@ else's requests: every kind of record the library grades, this endpoint grades t
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import json
 import logging
@@ -87,8 +86,7 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     if n_records > service.admission.limit:
         raise bad_request(f"At most {service.admission.limit} records per request (--parallel plus --max-queue).")
     if sampling:  # this request's options: a view of the Judge on the same engine
-        judge = copy.copy(judge)
-        judge.sampling = dataclasses.replace(judge.sampling, **sampling)
+        judge = judge.with_sampling(dataclasses.replace(judge.sampling, **sampling))
     service.admit(n_records)
     cancel = threading.Event()
 
