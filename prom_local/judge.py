@@ -14,59 +14,17 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, LlamaModel,
-                     SamplingParams, TokenEvent)
-from .errors import InputError, PromLocalError
-from .grading import MARKER_AT_END, Grade, attach_gold, find_score, normalise, split_feedback
+from .engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, SamplingParams,
+                     TokenEvent)
+from .errors import InputError
+from .grading import MARKER_AT_END, Grade, attach_gold, find_score, split_feedback
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prometheus_eval_calls import PrometheusEvalCalls
 from .prompts import PromptProfile, get_profile
 from .records import AnyRecord, Record
 from .rubrics import SCORES
 from .samples import combine
-
-
-@dataclass(frozen=True)
-class ScoreTokens:
-    """How this model's tokenizer writes the score: which ids mean 1..5, and what to append to force
-    the model to state one. Derived from the tokenizer, not assumed, so any GGUF works."""
-
-    by_score: tuple[tuple[int, ...], ...]   # token ids that begin score s (e.g. "1" and " 1")
-    continuation: tuple[int, ...]           # tokens of "\n  [RESULT] " up to where scores differ
-
-    @property
-    def probe_ids(self) -> list[int]:
-        return [t for ids in self.by_score for t in ids]
-
-    def per_score(self, probs: np.ndarray) -> tuple[tuple[float, ...], float]:
-        """Probabilities of probe_ids -> (P(1..5) renormalised over 1..5, raw mass on 1..5)."""
-        sums, i = [], 0
-        for ids in self.by_score:
-            sums.append(float(probs[i:i + len(ids)].sum()))
-            i += len(ids)
-        return normalise(sums), float(sum(sums))
-
-    @classmethod
-    def for_model(cls, model: LlamaModel, continuation_text: str) -> "ScoreTokens":
-        tokenized = [model.tokenize(continuation_text + str(s), special=False) for s in SCORES]
-        common = 0
-        while all(len(t) > common for t in tokenized) and len({t[common] for t in tokenized}) == 1:
-            common += 1
-        by_score = []
-        for s, toks in zip(SCORES, tokenized):
-            ids = {toks[common]} if len(toks) > common else set()
-            # The model may also write the digit with or without a leading space.
-            for variant in (str(s), " " + str(s)):
-                v = model.tokenize(variant, special=False)
-                if len(v) == 1:
-                    ids.add(v[0])
-            by_score.append(tuple(sorted(ids)))
-        seen: set[int] = set()
-        for ids in by_score:
-            if seen & set(ids):
-                raise PromLocalError("this tokenizer does not give the scores 1..5 distinct tokens")
-            seen |= set(ids)
-        return cls(tuple(by_score), tuple(tokenized[0][:common]))
+from .verdict_tokens import VerdictTokens
 
 
 @dataclass(frozen=True)
@@ -122,7 +80,8 @@ class Judge(PrometheusEvalCalls):
         self.sampling = sampling or SamplingParams()
         self.engine = engine
         self.model = engine.model
-        self.score_tokens = ScoreTokens.for_model(self.model, self.profile.score_continuation)
+        self.score_tokens = VerdictTokens.for_model(self.model, self.profile.score_continuation,
+                                                   [str(s) for s in SCORES])
         self._pairs = None   # the relative half (relative.PairJudge), made on first use
 
     def with_sampling(self, sampling: SamplingParams) -> "Judge":
@@ -180,7 +139,7 @@ class Judge(PrometheusEvalCalls):
         if out.final_probe is not None:
             # The model ended without a valid score: its own next-token distribution after the
             # appended marker decides, with no resampling.
-            probabilities, mass = self.score_tokens.per_score(out.final_probe)
+            probabilities, mass = self.score_tokens.distribution(out.final_probe)
             score = int(np.argmax(probabilities)) + 1 if mass > 0 else None
             # What was appended, and the score the model would write next.
             stated = self.profile.score_continuation + str(score)
@@ -191,7 +150,7 @@ class Judge(PrometheusEvalCalls):
         if match is None:  # cut by the caller (a stop string) before any verdict
             return Verdict(None, None, None, False)
         at = [p for p in out.probes if match.start() <= p[0] <= match.start("score")]
-        probabilities, mass = self.score_tokens.per_score(at[-1][1]) if at else (None, None)
+        probabilities, mass = self.score_tokens.distribution(at[-1][1]) if at else (None, None)
         return Verdict(int(match.group("score")), probabilities, mass, False)
 
     def record_requests(self, record: AnyRecord, cancel: threading.Event | None = None, *,
@@ -322,4 +281,4 @@ class Judge(PrometheusEvalCalls):
         self.close()
 
 
-__all__ = ["Judge", "ScoreTokens", "Verdict", "render_prompt", "InputError"]
+__all__ = ["Judge", "Verdict", "render_prompt", "InputError"]

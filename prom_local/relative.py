@@ -20,54 +20,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .engine import GenOutput, GenRequest, SamplingParams
-from .errors import PromLocalError
-from .grading import (WINNER_AT_END, RelativeGrade, find_winner, normalise, split_relative_feedback)
+from .grading import WINNER_AT_END, RelativeGrade, find_winner, split_relative_feedback
 from .prompts import LABELS
 from .records import RelativeRecord, other_label
+from .verdict_tokens import VerdictTokens
 
 if TYPE_CHECKING:
-    from .engine import LlamaModel
     from .judge import Judge
-
-
-@dataclass(frozen=True)
-class LabelTokens:
-    """Which ids begin each verdict label in this tokenizer ("A" and " A"...), and the tokens of the
-    profile's marker up to where the labels differ (appended to force a verdict)."""
-
-    by_label: tuple[tuple[int, ...], ...]
-    continuation: tuple[int, ...]
-
-    @property
-    def probe_ids(self) -> list[int]:
-        return [t for ids in self.by_label for t in ids]
-
-    def per_label(self, probs: np.ndarray) -> tuple[tuple[float, ...], float]:
-        """P(probe_ids) -> (P(A), P(B) renormalised over the labels, raw mass on the labels)."""
-        sums, i = [], 0
-        for ids in self.by_label:
-            sums.append(float(probs[i:i + len(ids)].sum()))
-            i += len(ids)
-        return normalise(sums), float(sum(sums))
-
-    @classmethod
-    def for_model(cls, model: "LlamaModel", continuation_text: str,
-                  labels: Sequence[str] = LABELS) -> "LabelTokens":
-        tokenized = [model.tokenize(continuation_text + label, special=False) for label in labels]
-        common = 0
-        while all(len(t) > common for t in tokenized) and len({t[common] for t in tokenized}) == 1:
-            common += 1
-        by_label = []
-        for label, toks in zip(labels, tokenized):
-            ids = {toks[common]} if len(toks) > common else set()
-            for variant in (label, " " + label):   # with or without the space the marker ends in
-                v = model.tokenize(variant, special=False)
-                if len(v) == 1:
-                    ids.add(v[0])
-            by_label.append(tuple(sorted(ids)))
-        if set(by_label[0]) & set(by_label[1]) or not all(by_label):
-            raise PromLocalError("this tokenizer does not give the verdict labels A and B distinct tokens")
-        return cls(tuple(by_label), tuple(tokenized[0][:common]))
 
 
 def _wants_probe(text: str) -> bool:
@@ -91,7 +50,7 @@ class PairJudge:
         judge.profile.require_relative()
         self.judge = judge
         self.continuation = judge.profile.relative_continuation
-        self.tokens = LabelTokens.for_model(judge.model, self.continuation)
+        self.tokens = VerdictTokens.for_model(judge.model, self.continuation, LABELS)
 
     def request(self, record: RelativeRecord, *, params: SamplingParams | None = None,
                 cancel: threading.Event | None = None) -> GenRequest:
@@ -113,7 +72,7 @@ class PairJudge:
         if out.finish_reason == "cancelled":
             return PairVerdict(None, None, None, False)
         if out.final_probe is not None:
-            probabilities, mass = self.tokens.per_label(out.final_probe)
+            probabilities, mass = self.tokens.distribution(out.final_probe)
             winner = LABELS[int(np.argmax(probabilities))] if mass > 0 else None
             stated = self.continuation + winner if winner else ""
             suffix = (stated if stated.startswith(out.appended) else out.appended + winner) if winner else ""
@@ -122,7 +81,7 @@ class PairJudge:
         if match is None:
             return PairVerdict(None, None, None, False)
         at = [p for p in out.probes if match.start() <= p[0] <= match.start("label")]
-        probabilities, mass = self.tokens.per_label(at[-1][1]) if at else (None, None)
+        probabilities, mass = self.tokens.distribution(at[-1][1]) if at else (None, None)
         return PairVerdict(match.group("label").upper(), probabilities, mass, False)
 
     def to_grade(self, record: RelativeRecord, out: GenOutput) -> RelativeGrade:
@@ -190,4 +149,4 @@ def failed_pair(record: RelativeRecord, error: Exception) -> RelativeGrade:
                          error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
 
 
-__all__ = ["LabelTokens", "PairJudge", "PairVerdict", "both_orders_grade", "failed_pair"]
+__all__ = ["PairJudge", "PairVerdict", "both_orders_grade", "failed_pair"]

@@ -67,7 +67,7 @@ def test_model_written_score_with_probabilities_at_the_score_position(copy_judge
     before_digit = copy_judge.model.tokenize(grade.output[:grade.output.rindex("4")], special=False)
     ids = copy_judge.score_tokens.probe_ids
     raw = _reference_probabilities(smollm2, prompt, before_digit, ids)
-    per_score, mass = copy_judge.score_tokens.per_score(raw)
+    per_score, mass = copy_judge.score_tokens.distribution(raw)
     # Not bit-equal: the two contexts differ in settings like flash attention. A wrong position
     # would be off by orders of magnitude (P(digit) right after "]" is ~0.0005 here).
     assert grade.score_mass == pytest.approx(mass, abs=0.01)

@@ -1,0 +1,62 @@
+"""How a model's tokenizer writes a verdict: which token ids begin each label (the scores "1".."5",
+or the pairwise "A"/"B"), and which tokens of the score marker to append to make the model state one.
+
+Derived from the tokenizer, not assumed, so any GGUF works. The judge probes the next-token
+distribution at these ids where the model writes its verdict, or after the appended marker when
+the output ended without one (the forced verdict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .errors import PromLocalError
+from .grading import normalise
+
+if TYPE_CHECKING:
+    from .engine import LlamaModel
+
+
+@dataclass(frozen=True)
+class VerdictTokens:
+    labels: tuple[str, ...]
+    by_label: tuple[tuple[int, ...], ...]   # token ids that begin each label (e.g. "1" and " 1")
+    continuation: tuple[int, ...]           # tokens of the marker ("\n  [RESULT] ") up to where labels differ
+
+    @property
+    def probe_ids(self) -> list[int]:
+        return [t for ids in self.by_label for t in ids]
+
+    def distribution(self, probs: np.ndarray) -> tuple[tuple[float, ...], float]:
+        """P(probe_ids) -> (P(each label) renormalised over the labels, raw mass on the labels)."""
+        sums, i = [], 0
+        for ids in self.by_label:
+            sums.append(float(probs[i:i + len(ids)].sum()))
+            i += len(ids)
+        return normalise(sums), float(sum(sums))
+
+    @classmethod
+    def for_model(cls, model: "LlamaModel", continuation_text: str, labels: Sequence[str]) -> "VerdictTokens":
+        tokenized = [model.tokenize(continuation_text + label, special=False) for label in labels]
+        common = 0
+        while all(len(t) > common for t in tokenized) and len({t[common] for t in tokenized}) == 1:
+            common += 1
+        by_label = []
+        for label, toks in zip(labels, tokenized):
+            ids = {toks[common]} if len(toks) > common else set()
+            # The model may also write the label with or without a leading space.
+            for variant in (label, " " + label):
+                v = model.tokenize(variant, special=False)
+                if len(v) == 1:
+                    ids.add(v[0])
+            by_label.append(tuple(sorted(ids)))
+        seen: set[int] = set()
+        for ids in by_label:
+            if not ids or seen & set(ids):
+                raise PromLocalError(f"this tokenizer does not give the verdicts {', '.join(labels)} "
+                                     "distinct tokens")
+            seen |= set(ids)
+        return cls(tuple(labels), tuple(by_label), tuple(tokenized[0][:common]))
