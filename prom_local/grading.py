@@ -136,6 +136,18 @@ class Grade:
         return cls(**data)
 
 
+def note_run(grade: Grade, out) -> bool:
+    """Put what the engine measured of a finished output (`out`, an engine GenOutput) into its row;
+    False when the output was cancelled, which makes the row an error row with no verdict."""
+    grade.extra["reused_prompt_tokens"] = out.reused_prompt_tokens
+    if out.first_token_seconds is not None:
+        grade.extra["first_token_seconds"] = round(out.first_token_seconds, 4)
+    if out.finish_reason == "cancelled":
+        grade.error = "cancelled"
+        return False
+    return True
+
+
 def attach_gold(grade: Grade, gold_scores: Sequence[int] | None) -> Grade:
     """Give a row every annotator's gold score and their mean (benchmark files carry several per
     record); `report` correlates against gold_mean, as the Prometheus papers do. Rows of inputs with

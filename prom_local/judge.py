@@ -12,12 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-import numpy as np
-
 from .engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, SamplingParams,
                      TokenEvent)
 from .errors import InputError
-from .grading import MARKER_AT_END, Grade, attach_gold, find_score, split_feedback
+from .grading import MARKER_AT_END, Grade, attach_gold, find_score, note_run, split_feedback
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prometheus_eval_calls import PrometheusEvalCalls
 from .prompts import PromptProfile, get_profile
@@ -137,20 +135,12 @@ class Judge(PrometheusEvalCalls):
         if out.finish_reason == "cancelled":
             return Verdict(None, None, None, False)
         if out.final_probe is not None:
-            # The model ended without a valid score: its own next-token distribution after the
-            # appended marker decides, with no resampling.
-            probabilities, mass = self.score_tokens.distribution(out.final_probe)
-            score = int(np.argmax(probabilities)) + 1 if mass > 0 else None
-            # What was appended, and the score the model would write next.
-            stated = self.profile.score_continuation + str(score)
-            suffix = (stated if stated.startswith(out.appended) else out.appended + str(score)) \
-                if score is not None else ""
-            return Verdict(score, probabilities, mass, True, suffix)
+            label, probabilities, mass, suffix = self.score_tokens.forced(out, self.profile.score_continuation)
+            return Verdict(int(label) if label else None, probabilities, mass, True, suffix)
         match = find_score(out.text)
         if match is None:  # cut by the caller (a stop string) before any verdict
             return Verdict(None, None, None, False)
-        at = [p for p in out.probes if match.start() <= p[0] <= match.start("score")]
-        probabilities, mass = self.score_tokens.distribution(at[-1][1]) if at else (None, None)
+        probabilities, mass = self.score_tokens.written(out, match.start(), match.start("score"))
         return Verdict(int(match.group("score")), probabilities, mass, False)
 
     def record_requests(self, record: AnyRecord, cancel: threading.Event | None = None, *,
@@ -181,11 +171,7 @@ class Judge(PrometheusEvalCalls):
                       completion_tokens=len(out.tokens), seconds=out.seconds,
                       gold_score=record.gold_score)
         attach_gold(grade, record.gold_scores)
-        grade.extra["reused_prompt_tokens"] = out.reused_prompt_tokens
-        if out.first_token_seconds is not None:
-            grade.extra["first_token_seconds"] = round(out.first_token_seconds, 4)
-        if out.finish_reason == "cancelled":
-            grade.error = "cancelled"
+        if not note_run(grade, out):
             return grade
         verdict = self.verdict(out)
         grade.score, grade.forced = verdict.score, verdict.forced

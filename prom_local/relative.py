@@ -17,10 +17,8 @@ import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
 from .engine import GenOutput, GenRequest, SamplingParams
-from .grading import WINNER_AT_END, RelativeGrade, find_winner, split_relative_feedback
+from .grading import WINNER_AT_END, RelativeGrade, find_winner, note_run, split_relative_feedback
 from .prompts import LABELS
 from .records import RelativeRecord, other_label
 from .verdict_tokens import VerdictTokens
@@ -72,16 +70,12 @@ class PairJudge:
         if out.finish_reason == "cancelled":
             return PairVerdict(None, None, None, False)
         if out.final_probe is not None:
-            probabilities, mass = self.tokens.distribution(out.final_probe)
-            winner = LABELS[int(np.argmax(probabilities))] if mass > 0 else None
-            stated = self.continuation + winner if winner else ""
-            suffix = (stated if stated.startswith(out.appended) else out.appended + winner) if winner else ""
+            winner, probabilities, mass, suffix = self.tokens.forced(out, self.continuation)
             return PairVerdict(winner, probabilities, mass, True, suffix)
         match = find_winner(out.text)
         if match is None:
             return PairVerdict(None, None, None, False)
-        at = [p for p in out.probes if match.start() <= p[0] <= match.start("label")]
-        probabilities, mass = self.tokens.distribution(at[-1][1]) if at else (None, None)
+        probabilities, mass = self.tokens.written(out, match.start(), match.start("label"))
         return PairVerdict(match.group("label").upper(), probabilities, mass, False)
 
     def to_grade(self, record: RelativeRecord, out: GenOutput) -> RelativeGrade:
@@ -89,11 +83,7 @@ class PairJudge:
                               output=out.text, finish_reason=out.finish_reason,
                               prompt_tokens=out.prompt_tokens, completion_tokens=len(out.tokens),
                               seconds=out.seconds, gold_winner=record.gold_winner)
-        grade.extra["reused_prompt_tokens"] = out.reused_prompt_tokens
-        if out.first_token_seconds is not None:
-            grade.extra["first_token_seconds"] = round(out.first_token_seconds, 4)
-        if out.finish_reason == "cancelled":
-            grade.error = "cancelled"
+        if not note_run(grade, out):
             return grade
         verdict = self.verdict(out)
         grade.winner, grade.forced = verdict.winner, verdict.forced

@@ -17,7 +17,7 @@ from .errors import PromLocalError
 from .grading import normalise
 
 if TYPE_CHECKING:
-    from .engine import LlamaModel
+    from .engine import GenOutput, LlamaModel
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,23 @@ class VerdictTokens:
             sums.append(float(probs[i:i + len(ids)].sum()))
             i += len(ids)
         return normalise(sums), float(sum(sums))
+
+    def forced(self, out: "GenOutput", marker: str) -> tuple[str | None, tuple[float, ...], float, str]:
+        """The verdict of an output that ended without one, from the model's own next-token
+        distribution after the appended marker (no resampling): (label, P(labels), mass on the
+        labels, the text that states it, to append to the output)."""
+        probabilities, mass = self.distribution(out.final_probe)
+        if mass <= 0:
+            return None, probabilities, mass, ""
+        label = self.labels[int(np.argmax(probabilities))]
+        stated = marker + label   # what was appended, and the label the model would write next
+        return label, probabilities, mass, stated if stated.startswith(out.appended) else out.appended + label
+
+    def written(self, out: "GenOutput", start: int, end: int) -> tuple[tuple[float, ...] | None, float | None]:
+        """P(labels) and the mass on them where the model wrote its verdict: the last probe taken
+        between text offsets `start` and `end` (the marker and the label); (None, None) if none was."""
+        at = [p for p in out.probes if start <= p[0] <= end]
+        return self.distribution(at[-1][1]) if at else (None, None)
 
     @classmethod
     def for_model(cls, model: "LlamaModel", continuation_text: str, labels: Sequence[str]) -> "VerdictTokens":
