@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InputError
+from .grading import round_half_up
 from .records import Record, record_from_mapping
 from .rubrics import SCORES, Rubric
 
@@ -187,7 +188,7 @@ def gold_from(value: Any) -> tuple[list[int], float, int]:
             raise ParseError(f"must be an integer 1-5 or a list of them, got {json.dumps(value)[:60]}")
         scores.append(int(v))
     mean = sum(scores) / len(scores)
-    return scores, mean, math.floor(mean + 0.5)
+    return scores, mean, round_half_up(mean)
 
 
 def looks_like_benchmark(data: Any) -> bool:

@@ -68,6 +68,12 @@ def normalise(probabilities: Sequence[float]) -> tuple[float, ...]:
     return tuple(p / total for p in probabilities)
 
 
+def round_half_up(x: float) -> int:
+    """A mean score as one score. Python's round() rounds halves to even (round(2.5) == 2); a mean
+    of 2.5 is reported as 3, for sample means and benchmark gold means alike."""
+    return math.floor(x + 0.5)
+
+
 def expected_score(probabilities: Sequence[float]) -> float | None:
     if not probabilities or sum(probabilities) <= 0:
         return None

@@ -7,13 +7,12 @@ row: the mean score, the n scores and their spread, the first sample's feedback.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import fields, replace
 from typing import Iterable, Sequence
 
 from .engine import SamplingParams
-from .grading import Grade
+from .grading import Grade, round_half_up
 
 # The Prometheus papers' protocol, as prometheus-eval's evaluation code runs it (the repository
 # github.com/prometheus-eval/prometheus-eval, commit dcfb442):
@@ -41,11 +40,6 @@ def apply_protocol(params: SamplingParams, name: str | None, keep: Iterable[str]
     keep = set(keep)
     known = {f.name for f in fields(SamplingParams)}
     return replace(params, **{k: v for k, v in PROTOCOLS[name].items() if k in known and k not in keep})
-
-
-def round_half_up(x: float) -> int:
-    # Python's round() rounds halves to even (round(2.5) == 2); a mean of 2.5 is reported as 3.
-    return math.floor(x + 0.5)
 
 
 def combine(grades: Sequence[Grade]) -> Grade:

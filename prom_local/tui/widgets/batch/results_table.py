@@ -33,14 +33,7 @@ def cells(row: dict) -> list[Text]:
     else:
         style = "bold red" if is_disagreement(row) else ("bold green" if gold is not None else "bold")
         score_cell = Text(str(score), style=style)
-    error = row.get("error") or ""
-    return [
-        Text(str(row.get("id")), overflow="ellipsis", no_wrap=True),
-        score_cell,
-        Text("-" if gold is None else str(gold), style="dim" if gold is None else ""),
-        Text("forced", style="yellow") if row.get("forced") else Text(""),
-        Text(short_error(error), style="red", no_wrap=True, overflow="ellipsis"),
-    ]
+    return _row_cells(row, score_cell, gold)
 
 
 def relative_cells(row: dict) -> list[Text]:
@@ -53,10 +46,15 @@ def relative_cells(row: dict) -> list[Text]:
     else:
         winner = Text(shown, style="bold red" if is_disagreement(row)
                       else ("bold green" if gold is not None else "bold"))
+    return _row_cells(row, winner, gold)
+
+
+def _row_cells(row: dict, verdict_cell: Text, gold) -> list[Text]:
+    """The table's columns: id, the verdict (a score or a winner), its gold, forced, the error."""
     error = row.get("error") or ""
     return [
         Text(str(row.get("id")), overflow="ellipsis", no_wrap=True),
-        winner,
+        verdict_cell,
         Text("-" if gold is None else str(gold), style="dim" if gold is None else ""),
         Text("forced", style="yellow") if row.get("forced") else Text(""),
         Text(short_error(error), style="red", no_wrap=True, overflow="ellipsis"),
