@@ -22,8 +22,11 @@ class Flight:
     engine's next step."""
 
     def __init__(self, engine, requests: list[GenRequest],
-                 on_end: Callable[[GenOutput | None], None] | None = None):
+                 on_end: Callable[[GenOutput | None], None] | None = None, tokens: bool = True):
+        # tokens=False: the caller wants only the results (/v1/grade), so token events stay in
+        # their thread instead of waking the event loop once per generated token.
         self._on_end = on_end or (lambda output: None)
+        self._tokens = tokens
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         self.handles = [engine.submit(req) for req in requests]
@@ -40,6 +43,8 @@ class Flight:
             for event in handle.events():
                 if isinstance(event, DoneEvent):
                     output = event.output
+                elif isinstance(event, TokenEvent) and not self._tokens:
+                    continue
                 self._post((index, event))
         except BaseException as exc:  # a request callback or the engine failed: tell the caller
             self._post((index, exc))

@@ -70,7 +70,7 @@ async def grade(service: Service, request: Request) -> JSONResponse:
             req = judge.record_request(record)
             req.tag = i
             requests.append(req)
-        flight = service.submit(requests)
+        flight = service.submit(requests, tokens=False)
         by_index = dict(records)
 
         async def collect() -> None:

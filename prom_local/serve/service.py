@@ -132,8 +132,9 @@ class Service:
                 raise too_big
         return bytes(body)
 
-    def submit(self, requests: list) -> Flight:
-        """Submit an HTTP request's engine requests, or refuse them when the queue is full."""
+    def submit(self, requests: list, tokens: bool = True) -> Flight:
+        """Submit an HTTP request's engine requests, or refuse them when the queue is full.
+        tokens=False: only their results are wanted (no token events reach the event loop)."""
         if not self.admission.try_take(len(requests)):
             raise overloaded(retry_after=max(1, len(requests)))
         with self.metrics._lock:
@@ -147,4 +148,4 @@ class Service:
                 self.metrics.output(out.prompt_tokens, out.reused_prompt_tokens, len(out.tokens),
                                     out.finish_reason == "cancelled")
 
-        return Flight(self.engine, requests, on_end=on_end)
+        return Flight(self.engine, requests, on_end=on_end, tokens=tokens)
