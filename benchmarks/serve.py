@@ -1,30 +1,46 @@
 #!/usr/bin/env python
-"""`prom-local serve` under N concurrent clients vs `prom-local score --parallel N` (and, optionally,
-llama.cpp's own `llama-server -np N`), on the same Korean judge records and GGUF, in one invocation.
+"""`prom-local serve --parallel N` vs llama.cpp's own `llama-server -np N`, N concurrent clients each,
+on the same Korean judge records, the same GGUF and the same prompt tokens, in one invocation.
 
-Each system is a fresh process and its clock starts when the process starts, so the model load is
-counted on every side (as a user who starts it for a batch would see it):
-  score   `prom-local score --parallel N` on a JSONL file (the baseline);
-  serve   `prom-local serve --parallel N` + N client threads, each posting one record at a time to
-          /v1/grade (the same rows `score` writes), until all records are graded;
-  llama   `llama-server -np N` + N clients posting the same prompt (the card's system prompt and
-          user message) to /v1/chat/completions with max_tokens (only with --llama-server PATH).
-Workloads as in throughput.py: `repeat` (several responses per instruction) and `distinct`.
-Prints records/min, p50/p95 latency per request, prompt and generated tokens/s, the ratio to
-score, and the server's RSS after load and after the run (a bounded soak).
+Systems (each a fresh process on 127.0.0.1, on a port the OS picked):
+  serve   `prom-local serve --parallel N`; N client threads each post one record at a time to
+          /v1/grade (the rows `score` writes) until every record is graded;
+  llama   `llama-server -np N`; N client threads each post one record at a time to /completion
+          with `prompt` = the token ids prom-local renders for that record (its tokenizer, its
+          card prompt; llama-server takes an id list as is, adding no BOS), so both servers
+          decode exactly the same prompt tokens. The script checks this: every serve row's
+          prompt_tokens must equal that id list's length, and llama-server's tokens_evaluated too;
+  score   (with --systems ... score) `prom-local score --parallel N` on the same records as a file,
+          the batch baseline (model load counted, as before).
+Same sampling on both servers: greedy (temperature 0, llama-server's top_k 1 path), no repeat
+penalty, max tokens --max-tokens (n_predict). Same CPU threads (--threads, -t/-tb; default the
+os.sched_getaffinity count), per-sequence context (-c = ctx x N, split into N slots), batch 512,
+flash attention off (prom-local's CPU default; llama-server's `auto` would turn it on).
+prom-local additionally decodes a few tokens (the forced "[RESULT] N" continuation) when a grade
+ends without a score; llama-server has no such step. Tokens generated are counted on both sides.
 
-    python benchmarks/serve.py                                   # SmolLM2, 8 records, N=4, ~5 min on 2 cores
-    python benchmarks/serve.py --clients 2 4 --records 16 --max-tokens 96
-    python benchmarks/serve.py --llama-server ~/llama.cpp/build/bin/llama-server
+Workloads as in throughput.py: `repeat` (several responses per instruction, round-robin) and
+`distinct` (every instruction differs). For every (workload, N, round) each system runs once,
+the order alternating per round so drifting machine load favours none. Clock: from the first
+request to the last answer, model load EXCLUDED (load_s is reported beside it; records/min
+with load included is the last column). Prints records/min, p50/p95 request latency, prompt
+tokens/s (all prompt tokens sent / wall; the share reused from cache is shown), generated
+tokens/s, the server process's CPU seconds per record (user + system, all threads: less
+sensitive than wall time to other jobs on the machine, though spinning threads inflate it), the
+ratio prom-local/llama-server per row, the load average, and both servers' RSS.
+Bounded: --records records per run, and --timeout seconds per run (then the run is marked).
 
-Building llama-server (about 10 minutes on 2 cores; not needed for the other columns): take
-llama.cpp from the llama-cpp-python sdist the venv was built from (same version as the runtime),
-    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 && tar xzf llama_cpp_python-0.3.36.tar.gz
-    cd llama_cpp_python-0.3.36/vendor/llama.cpp
-    cmake -B build -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=OFF
+    python benchmarks/serve.py --llama-server /work/build/llama-server --clients 1 2 4 --rounds 2
+    python benchmarks/serve.py --llama-server PATH --systems serve llama score --clients 4
+
+Building llama-server (about 10-15 minutes on 2 cores): the llama.cpp that llama-cpp-python
+0.3.36 vendors, i.e. the same llama.cpp as prom-local's runtime:
+    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d sdist
+    tar xzf sdist/llama_cpp_python-0.3.36.tar.gz && cd llama_cpp_python-0.3.36/vendor/llama.cpp
+    cmake -B build -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=OFF -DCMAKE_BUILD_TYPE=Release
     cmake --build build -j2 --target llama-server          # -> build/bin/llama-server
-(-DGGML_NATIVE=OFF: on these VMs llama.cpp's AMX kernels crash; the venv is built the same way.)
-Everything listens on 127.0.0.1 only.
+(-DGGML_NATIVE=OFF: this CPU's AMX kernels segfault in a native build; the venv's llama-cpp-python
+is built the same way.)
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ import concurrent.futures
 import json
 import os
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -53,13 +70,26 @@ sys.path.insert(0, str(ROOT / "tests"))
 from throughput import build_workloads  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+THREADS = len(os.sched_getaffinity(0))
 
 
 def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
 
 
 def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -82,38 +112,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stats(name: str, wall: float, latencies: list[float], rows: list[dict], extra: dict) -> dict:
-    prompt = sum(r.get("prompt_tokens", 0) for r in rows)
-    gen = sum(r.get("completion_tokens", 0) for r in rows)
-    lat = sorted(latencies)
-    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else float("nan")
-    return {"system": name, "wall_s": wall, "records_per_min": len(rows) / wall * 60,
-            "p50_s": statistics.median(lat) if lat else float("nan"), "p95_s": p95,
-            "prompt_tok_s": prompt / wall, "gen_tok_s": gen / wall, **extra}
+def prompt_ids(model: str, records: list[dict]) -> list[list[int]]:
+    """The token ids prom-local decodes for each record (its tokenizer, the card's prompt)."""
+    from prom_local.engine import LlamaModel
+    from prom_local.prompt_tokens import tokenize_prompt
+    from prom_local.prompts import get_profile
+    from prom_local.records import record_from_mapping
+
+    vocab = LlamaModel(model, vocab_only=True)
+    profile = get_profile("prometheus-ko")
+    return [tokenize_prompt(record_from_mapping(r, line=i + 1), profile, vocab) for i, r in enumerate(records)]
 
 
-def run_score(args, records: list[dict], n: int, tmp: Path) -> dict:
-    src, out = tmp / "in.jsonl", tmp / f"score-{n}.jsonl"
-    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
-    out.unlink(missing_ok=True)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out), "-m", args.model,
-                    "--parallel", str(n), "--ctx", str(args.ctx), "--max-tokens", str(args.max_tokens),
-                    "--gpu-layers", args.gpu_layers, "-q"], env=ENV, check=False, capture_output=True)
-    wall = time.perf_counter() - start
-    rows = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
-    return _stats("score", wall, [], rows, {})
-
-
-def _clients(n: int, items: list, call) -> tuple[list, list[float]]:
-    """n threads, each taking the next item when its previous request is answered."""
+def _clients(n: int, items: list, call, timeout: float) -> tuple[list, list[float]]:
+    """n threads, each taking the next item when its previous request is answered; none starts a
+    new one after `timeout` seconds (those items stay None)."""
     results: list = [None] * len(items)
     latencies: list[float] = []
     lock = threading.Lock()
     todo = iter(range(len(items)))
+    stop_at = time.perf_counter() + timeout
 
     def worker() -> None:
-        while True:
+        while time.perf_counter() < stop_at:
             with lock:
                 i = next(todo, None)
             if i is None:
@@ -129,62 +150,141 @@ def _clients(n: int, items: list, call) -> tuple[list, list[float]]:
     return results, latencies
 
 
-def run_serve(args, records: list[dict], n: int) -> dict:
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "prom_local", "serve", "--port", "0", "-m", args.model,
-                             "--parallel", str(n), "--ctx", str(args.ctx), "--max-tokens", str(args.max_tokens),
-                             "--gpu-layers", args.gpu_layers],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _stats(system: str, load: float, wall: float, latencies: list[float], rows: list[dict | None],
+           cpu: float = float("nan")) -> dict:
+    done = [r for r in rows if r is not None]
+    prompt = sum(r["prompt_tokens"] for r in done)
+    lat = sorted(latencies)
+    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else float("nan")
+    return {"system": system, "load_s": load, "wall_s": wall, "records": len(done),
+            "complete": len(done) == len(rows),
+            "records_per_min": len(done) / wall * 60, "with_load_per_min": len(done) / (wall + load) * 60,
+            "p50_s": statistics.median(lat) if lat else float("nan"), "p95_s": p95,
+            "prompt_tok_s": prompt / wall, "reused_share": sum(r["reused"] for r in done) / max(prompt, 1),
+            "gen_tokens": sum(r["completion_tokens"] for r in done),
+            "gen_tok_s": sum(r["completion_tokens"] for r in done) / wall,
+            "cpu_s_per_record": cpu / max(len(done), 1),
+            "texts": [r["text"] if r else None for r in rows]}
+
+
+class Server:
+    """A server process: started, timed until /health says ready, stopped."""
+
+    def __init__(self, argv: list[str], url: str | None = None, env: dict | None = None):
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.url = url
+        if url is None:  # prom-local prints the URL once bound
+            for line in self.proc.stdout:
+                found = re.search(r"listening on (http://\S+)", line)
+                if found:
+                    self.url = found.group(1)
+                    break
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        _wait_health(self.url, self.proc)
+        self.load_s = time.perf_counter() - self.start
+        self.rss_loaded = _rss_mib(self.proc.pid)
+
+    def stop(self) -> float:
+        rss = _rss_mib(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait(60)
+        return rss
+
+
+def run_serve(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
+    server = Server([sys.executable, "-m", "prom_local", "serve", "--port", "0", "-m", args.model,
+                     "--parallel", str(n), "--ctx", str(args.ctx), "--max-tokens", str(args.max_tokens),
+                     "--gpu-layers", args.gpu_layers, "--threads", str(args.threads)], env=ENV)
     try:
-        url = None
-        for line in proc.stdout:
-            found = re.search(r"listening on (http://\S+)", line)
-            if found:
-                url = found.group(1)
-                break
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        _wait_health(url, proc)
-        rss_loaded = _rss_mib(proc.pid)
-        with httpx.Client(timeout=3600) as http:
-            rows, lat = _clients(n, records, lambda r: http.post(url + "/v1/grade", json=r).json())
-        wall = time.perf_counter() - start
-        return _stats("serve", wall, lat, rows, {"rss_loaded_mib": rss_loaded, "rss_after_mib": _rss_mib(proc.pid)})
+        with httpx.Client(timeout=args.timeout + 60) as http:
+            def call(i: int) -> dict:
+                row = http.post(server.url + "/v1/grade", json=records[i]).raise_for_status().json()
+                if row["prompt_tokens"] != len(ids[i]):
+                    raise AssertionError(f"record {i}: serve decoded {row['prompt_tokens']} prompt tokens, "
+                                         f"the benchmark sent llama-server {len(ids[i])}")
+                return {"prompt_tokens": row["prompt_tokens"], "reused": row.get("reused_prompt_tokens", 0),
+                        "completion_tokens": row["completion_tokens"], "text": row["output"]}
+
+            t, cpu = time.perf_counter(), _cpu_s(server.proc.pid)
+            rows, lat = _clients(n, list(range(len(records))), call, args.timeout)
+            wall, cpu = time.perf_counter() - t, _cpu_s(server.proc.pid) - cpu
     finally:
-        proc.terminate()
-        proc.wait(60)
+        rss_after = server.stop()
+    return {**_stats("serve", server.load_s, wall, lat, rows, cpu), "rss": (server.rss_loaded, rss_after)}
 
 
-def run_llama(args, records: list[dict], n: int) -> dict:
-    from prom_local.engine import read_model_info
-    from prom_local.prompts import get_profile
-    from prom_local.records import record_from_mapping
-
-    profile = get_profile("prometheus-ko")
-    chats = [profile.messages(record_from_mapping(r, line=i + 1)) for i, r in enumerate(records)]
-    name = read_model_info(args.model).path.name
+def run_llama(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
     port = _free_port()
-    start = time.perf_counter()
-    proc = subprocess.Popen([args.llama_server, "-m", args.model, "-np", str(n), "-c", str(args.ctx * n),
-                             "--host", "127.0.0.1", "--port", str(port), "-ngl", "0" if args.gpu_layers == "0" else "99"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server = Server([args.llama_server, "-m", args.model, "-np", str(n), "-c", str(args.ctx * n),
+                     "-t", str(args.threads), "-tb", str(args.threads), "-b", "512", "-ub", "512", "-fa", "off",
+                     "-ngl", "0" if args.gpu_layers == "0" else "99", "--host", "127.0.0.1", "--port", str(port)],
+                    url=f"http://127.0.0.1:{port}")
     try:
-        _wait_health(url, proc)
-        rss_loaded = _rss_mib(proc.pid)
+        with httpx.Client(timeout=args.timeout + 60) as http:
+            def call(i: int) -> dict:
+                body = {"prompt": ids[i], "n_predict": args.max_tokens, "temperature": 0, "top_k": 1,
+                        "repeat_penalty": 1.0, "cache_prompt": True, "seed": 0}
+                out = http.post(server.url + "/completion", json=body).raise_for_status().json()
+                if out["tokens_evaluated"] != len(ids[i]):
+                    raise AssertionError(f"record {i}: llama-server evaluated {out['tokens_evaluated']} "
+                                         f"prompt tokens, sent {len(ids[i])}")
+                return {"prompt_tokens": out["tokens_evaluated"], "completion_tokens": out["tokens_predicted"],
+                        "reused": out["tokens_evaluated"] - out["timings"]["prompt_n"], "text": out["content"]}
 
-        def call(messages):
-            body = {"model": name, "messages": messages, "max_tokens": args.max_tokens, "temperature": 0}
-            usage = http.post(url + "/v1/chat/completions", json=body).json()["usage"]
-            return {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]}
-
-        with httpx.Client(timeout=3600) as http:
-            rows, lat = _clients(n, chats, call)
-        wall = time.perf_counter() - start
-        return _stats("llama-server", wall, lat, rows, {"rss_loaded_mib": rss_loaded,
-                                                         "rss_after_mib": _rss_mib(proc.pid)})
+            t, cpu = time.perf_counter(), _cpu_s(server.proc.pid)
+            rows, lat = _clients(n, list(range(len(records))), call, args.timeout)
+            wall, cpu = time.perf_counter() - t, _cpu_s(server.proc.pid) - cpu
     finally:
-        proc.terminate()
-        proc.wait(60)
+        rss_after = server.stop()
+    return {**_stats("llama", server.load_s, wall, lat, rows, cpu), "rss": (server.rss_loaded, rss_after)}
+
+
+def run_score(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
+        src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+        start, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out), "-m", args.model,
+                        "--parallel", str(n), "--ctx", str(args.ctx), "--max-tokens", str(args.max_tokens),
+                        "--gpu-layers", args.gpu_layers, "--threads", str(args.threads), "-q"], env=ENV, check=False, capture_output=True,
+                       timeout=args.timeout + 120)
+        wall, now = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        # the whole process, load included (the servers' columns count only the requests)
+        cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+        rows = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    rows = [{"prompt_tokens": r["prompt_tokens"], "reused": r.get("reused_prompt_tokens", 0),
+             "completion_tokens": r["completion_tokens"], "text": r["output"]} for r in rows]
+    # one process, load and all: wall counts the load (load_s 0), as `score` users see it
+    return {**_stats("score", 0.0, wall, [], rows, cpu), "rss": None}
+
+
+SYSTEMS = {"serve": run_serve, "llama": run_llama, "score": run_score}
+
+
+def _same_text(a: list, b: list) -> str:
+    """Records whose generated text agrees (prom-local's output may end with the forced score)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    same = sum(x == y or x.startswith(y) or y.startswith(x) for x, y in pairs)
+    return f"{same}/{len(pairs)}"
+
+
+def print_table(results: list[dict], args) -> None:
+    print(f"\n{args.records} records per run, {args.length} length, max_tokens {args.max_tokens}, greedy, "
+          f"model {Path(args.model).name}, {os.cpu_count()} CPUs, {args.threads} threads; clock from the first "
+          "request to the last answer (model load excluded; load s and records/min with it are shown)\n")
+    print("| workload | N | round | system | records/min | vs llama | p50 s | p95 s | prompt tok/s (reused) "
+          "| gen tok/s (tokens) | CPU s/record | same text as llama | load s | rec/min incl. load | RSS loaded -> after MiB "
+          "| loadavg |")
+    print("|" + "---|" * 16)
+    for r in results:
+        rss = f"{r['rss'][0]:.0f} -> {r['rss'][1]:.0f}" if r.get("rss") else ""
+        fmt = (lambda v: f"{v:.1f}" if v == v else "")
+        print(f"| {r['workload']} | {r['n']} | {r['round']} | {r['system']}{'' if r['complete'] else ' (timed out)'} "
+              f"| {r['records_per_min']:.1f}{' (load incl.)' if r['system'] == 'score' else ''} | {r.get('vs_llama', '')} | {fmt(r['p50_s'])} | {fmt(r['p95_s'])} "
+              f"| {r['prompt_tok_s']:.0f} ({r['reused_share']:.0%}) | {r['gen_tok_s']:.1f} ({r['gen_tokens']}) "
+              f"| {fmt(r['cpu_s_per_record'])} | {r.get('same_text', '')} | {r['load_s']:.1f} | {r['with_load_per_min']:.1f} | {rss} "
+              f"| {r['loadavg'][0]:.1f} -> {r['loadavg'][1]:.1f} |")
 
 
 def main() -> None:
@@ -192,39 +292,52 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="GGUF (default: SmolLM2-135M, the tests' asset)")
+    ap.add_argument("--llama-server", default=None, help="path to a llama-server binary (see the docstring)")
+    ap.add_argument("--systems", nargs="+", default=["serve", "llama"], choices=sorted(SYSTEMS))
     ap.add_argument("--records", type=int, default=8)
     ap.add_argument("--per-instruction", type=int, default=4, help="responses per instruction in `repeat`")
     ap.add_argument("--length", choices=["short", "card"], default="short")
-    ap.add_argument("--clients", type=int, nargs="+", default=[4], help="N: clients, --parallel and -np")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="N: clients, --parallel and -np")
     ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--ctx", type=int, default=3072)
+    ap.add_argument("--ctx", type=int, default=3072, help="context per sequence")
     ap.add_argument("--gpu-layers", default="0")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="CPU threads on every side (default: this process's CPUs). On a machine other jobs "
+                    "load, 1 keeps llama.cpp's thread barriers from stalling on a descheduled peer")
     ap.add_argument("--workloads", nargs="+", default=["repeat", "distinct"])
-    ap.add_argument("--llama-server", default=None, help="path to a llama-server binary (see the docstring)")
+    ap.add_argument("--rounds", type=int, default=1, help="repetitions, alternating the system order")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per run before clients stop")
+    ap.add_argument("--json", type=Path, help="also write every result here")
     args = ap.parse_args()
     args.model = str(args.model or smollm2_gguf())
+    if "llama" in args.systems and not args.llama_server:
+        ap.error("--llama-server PATH is needed for the llama system (or leave it out of --systems)")
     workloads = build_workloads(args.records, args.per_instruction, args.length)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    for rnd in range(1, args.rounds + 1):
         for name in args.workloads:
+            ids = prompt_ids(args.model, workloads[name])
             for n in args.clients:
-                runs = [run_score(args, workloads[name], n, Path(tmp)), run_serve(args, workloads[name], n)]
-                if args.llama_server:
-                    runs.append(run_llama(args, workloads[name], n))
-                for r in runs:
-                    r.update(workload=name, n=n, vs_score=r["records_per_min"] / runs[0]["records_per_min"])
+                order = args.systems if (rnd + args.clients.index(n)) % 2 else args.systems[::-1]
+                runs = {}
+                for system in order:
+                    before = os.getloadavg()[0]
+                    r = SYSTEMS[system](args, workloads[name], ids, n)
+                    r.update(workload=name, n=n, round=rnd, loadavg=(before, os.getloadavg()[0]))
+                    runs[system] = r
+                    print(json.dumps({k: v for k, v in r.items() if k != "texts"}), file=sys.stderr, flush=True)
+                for system in args.systems:
+                    r = runs[system]
+                    if "llama" in runs:
+                        # score's clock includes its load: compare it with llama's rate with load
+                        base = runs["llama"]["with_load_per_min" if system == "score" else "records_per_min"]
+                        r["vs_llama"] = f"{r['records_per_min'] / base:.2f}x"
+                        if system != "llama":
+                            r["same_text"] = _same_text(r["texts"], runs["llama"]["texts"])
                     results.append(r)
-                    print(json.dumps(r), file=sys.stderr, flush=True)
-    print(f"\n{args.records} records, {args.length} length, max_tokens {args.max_tokens}, "
-          f"model {Path(args.model).name}, {os.cpu_count()} CPUs; model load counted\n")
-    print("| workload | N | system | records/min | vs score | p50 s | p95 s | prompt tok/s | gen tok/s | RSS loaded -> after MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        rss = (f"{r['rss_loaded_mib']:.0f} -> {r['rss_after_mib']:.0f}" if "rss_loaded_mib" in r else "")
-        p50 = f"{r['p50_s']:.1f}" if r["p50_s"] == r["p50_s"] else ""
-        p95 = f"{r['p95_s']:.1f}" if r["p95_s"] == r["p95_s"] else ""
-        print(f"| {r['workload']} | {r['n']} | {r['system']} | {r['records_per_min']:.1f} | {r['vs_score']:.2f}x "
-              f"| {p50} | {p95} | {r['prompt_tok_s']:.0f} | {r['gen_tok_s']:.1f} | {rss} |")
+    print_table(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, ensure_ascii=False, indent=1), "utf-8")
 
 
 if __name__ == "__main__":

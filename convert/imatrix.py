@@ -54,21 +54,24 @@ class GgmlTensor(ctypes.Structure):
     ]
 
 
-def calibration_texts(data: Path, model_path: Path, profile_name: str) -> tuple[list[str], int]:
-    """(rendered prompts, records skipped) from a JSONL of judge records, rendered with the model's
-    own chat template; a record's `orig_feedback`/`feedback` (and score) is appended as the answer,
-    so the activations of writing Korean feedback are measured too."""
+def calibration_prompts(data: Path, model_path: Path, profile_name: str) -> tuple[list[list[int]], int]:
+    """(token ids of each judge prompt, records skipped) from a JSONL of judge records, rendered with
+    the model's own chat template and tokenized as `score` tokenizes them (prompt_tokens: record text
+    is always plain text, so a record that writes "<|eot_id|>" gets those characters, never the
+    control token). A record's `orig_feedback`/`feedback` (and score) is appended as the answer,
+    plain text too, then the end-of-turn token, so the activations of writing Korean feedback are
+    measured as well."""
     from prom_local.engine import read_model_info
     from prom_local.errors import ConvertError, InputError
-    from prom_local.judge import render_prompt
+    from prom_local.prompt_tokens import tokenize_prompt
     from prom_local.prompts import get_profile
     from prom_local.records import record_from_mapping
 
     profile = get_profile(profile_name)
     model = read_model_info(model_path)
-    texts, skipped = [], 0
+    prompts, skipped = [], 0
     try:
-        eot = "<|eot_id|>" if "<|eot_id|>" in (model.chat_template or "") else ""
+        eot = model.tokenize("<|eot_id|>", special=True) if "<|eot_id|>" in (model.chat_template or "") else []
         with open(data, encoding="utf-8") as handle:
             for n, line in enumerate(handle, 1):
                 if not line.strip():
@@ -79,21 +82,21 @@ def calibration_texts(data: Path, model_path: Path, profile_name: str) -> tuple[
                 except (json.JSONDecodeError, InputError):
                     skipped += 1
                     continue
-                text = render_prompt(record, profile, model)
+                ids = tokenize_prompt(record, profile, model)
                 feedback = row.get("orig_feedback") or row.get("feedback")
                 if isinstance(feedback, str) and feedback.strip():
-                    text += feedback.strip()
+                    answer = feedback.strip()
                     if record.gold_score is not None and "[RESULT]" not in feedback:
-                        text += f"{profile.score_continuation}{record.gold_score}"
-                    text += eot
-                texts.append(text)
+                        answer += f"{profile.score_continuation}{record.gold_score}"
+                    ids += model.tokenize(answer, special=False) + eot
+                prompts.append(ids)
     except OSError as exc:
         raise ConvertError(f"--imatrix-data {data}: {exc.strerror}") from None
     finally:
         model.close()
-    if not texts:
+    if not prompts:
         raise ConvertError(f"--imatrix-data {data}: no usable judge records ({skipped} skipped)")
-    return texts, skipped
+    return prompts, skipped
 
 
 @dataclass
@@ -105,17 +108,17 @@ class ImatrixResult:
     entries: int
 
 
-def compute(model_path: Path, texts: list[str], out: Path, *, n_ctx: int = 4096, threads: int | None = None,
+def compute(model_path: Path, prompts: list[list[int]], out: Path, *, n_ctx: int = 4096, threads: int | None = None,
             dataset: str = "", on_progress: Callable[[int, int], None] | None = None) -> ImatrixResult:
-    """Run the texts through `model_path` (the 16-bit GGUF) and write the imatrix to `out`."""
+    """Run the prompts (token ids) through `model_path` (the 16-bit GGUF) and write the imatrix to `out`."""
     from prom_local.errors import ConvertError
 
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as handle:
-        json.dump({"texts": texts, "dataset": dataset}, handle, ensure_ascii=False)
-        texts_path = handle.name
-    cmd = worker_command("convert.imatrix", str(model_path), texts_path, str(partial), str(n_ctx),
+        json.dump({"prompts": prompts, "dataset": dataset}, handle)
+        prompts_path = handle.name
+    cmd = worker_command("convert.imatrix", str(model_path), prompts_path, str(partial), str(n_ctx),
                          str(threads or 0))
 
     def on_line(line: str) -> None:
@@ -126,7 +129,7 @@ def compute(model_path: Path, texts: list[str], out: Path, *, n_ctx: int = 4096,
     try:
         run = run_child(cmd, partial=partial, capture_stdout=True, on_line=on_line, keep=20)
     finally:
-        os.unlink(texts_path)
+        os.unlink(prompts_path)
     if run.status != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
         raise ConvertError(f"computing the importance matrix on {model_path} failed (exit status {run.status}): "
@@ -165,9 +168,9 @@ def _worker(argv: list[str]) -> int:
 
     import llama_cpp as ll
 
-    model_path, texts_path, out_path, n_ctx, threads = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
-    job = json.loads(Path(texts_path).read_text("utf-8"))
-    texts: list[str] = job["texts"]
+    model_path, prompts_path, out_path, n_ctx, threads = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
+    job = json.loads(Path(prompts_path).read_text("utf-8"))
+    prompts: list[list[int]] = job["prompts"]
 
     base = ctypes.CDLL(str(Path(ll.__file__).parent / "lib" / "libggml-base.so"))
     base.ggml_op_name.restype = ctypes.c_char_p
@@ -231,7 +234,6 @@ def _worker(argv: list[str]) -> int:
     if not model:
         print(f"could not load {model_path}", file=sys.stderr)
         return 1
-    vocab = ll.llama_model_get_vocab(model)
     cparams = ll.llama_context_default_params()
     cparams.n_ctx = n_ctx
     cparams.n_batch = min(n_ctx, 2048)
@@ -247,11 +249,7 @@ def _worker(argv: list[str]) -> int:
     mem = ll.llama_get_memory(ctx)
 
     chunks = []
-    for text in texts:
-        data = text.encode("utf-8")
-        arr = (ll.llama_token * (len(data) + 8))()
-        n = ll.llama_tokenize(vocab, data, len(data), arr, len(arr), False, True)
-        tokens = list(arr[:n])
+    for tokens in prompts:
         chunks += [tokens[i:i + n_ctx] for i in range(0, len(tokens), n_ctx)]
     total = sum(len(c) for c in chunks)
     done = 0

@@ -259,17 +259,17 @@ def _imatrix_stage(path: Path, f16_path: Path, f16_sha256: str, manifest: dict, 
             mf.sha256_file(path) == entry.get("sha256"):
         stages.append(Stage("imatrix", path.name, "skipped", detail="verified importance matrix already there"))
         return path
-    texts, skipped = imatrix.calibration_texts(data, f16_path, profile)
-    say.note(f"imatrix: {len(texts)} judge prompts from {data}" + (f" ({skipped} records skipped)" if skipped else ""))
+    prompts, skipped = imatrix.calibration_prompts(data, f16_path, profile)
+    say.note(f"imatrix: {len(prompts)} judge prompts from {data}" + (f" ({skipped} records skipped)" if skipped else ""))
     say.start("imatrix", path.name, total=None)
-    result = imatrix.compute(f16_path, texts, path, n_ctx=n_ctx, threads=threads, dataset=data.name,
+    result = imatrix.compute(f16_path, prompts, path, n_ctx=n_ctx, threads=threads, dataset=data.name,
                              on_progress=lambda i, n: say.update(i, total=n))
     say.done(f"{path.name}: {result.entries} matrices, {result.tokens:,} tokens in {result.seconds:.1f} s, "
              f"peak RSS {human(result.peak_rss_bytes or 0)}")
     stages.append(Stage("imatrix", path.name, "ran", result.seconds, result.peak_rss_bytes,
                         detail=f"{result.tokens} tokens"))
     manifest["imatrix"] = {"file": path.name, "size": path.stat().st_size, "sha256": mf.sha256_file(path),
-                           "key": key, "data": str(data.resolve()), "data_sha256": key.split(":")[0], "records": len(texts),
+                           "key": key, "data": str(data.resolve()), "data_sha256": key.split(":")[0], "records": len(prompts),
                            "records_skipped": skipped, "tokens": result.tokens, "chunks": result.chunks,
                            "chunk_size": n_ctx, "entries": result.entries,
                            "from_sha256": f16_sha256,
