@@ -61,12 +61,12 @@ SHORT = PromptProfile(name="short-test",
 
 
 def judge(model: Path, parallel: int, *, max_tokens: int = 10, n_ctx: int = 1024, n_batch: int = 512,
-          profile=SHORT, mix_prompts: bool | None = None) -> Judge:
+          profile=SHORT, mix_prompts: bool | None = None, host_cache_mib: int = 1024) -> Judge:
     # One thread: these tests share the machine with others, and llama.cpp's spinning thread pool
     # slows down badly when its threads do not each get a core.
     return Judge(model, profile=profile,
                  engine=EngineConfig(n_ctx=n_ctx, gpu_layers=0, n_threads=1, n_parallel=parallel,
-                                     n_batch=n_batch, mix_prompts=mix_prompts),
+                                     n_batch=n_batch, mix_prompts=mix_prompts, host_cache_mib=host_cache_mib),
                  sampling=SamplingParams(max_tokens=max_tokens))
 
 
@@ -144,7 +144,9 @@ def _common(a: list[int], b: list[int]) -> list[int]:
 @slow
 def test_parallel_n_matches_parallel_1(model):
     recs = records(rows_for(5, per_question=3))
-    with judge(model, 1) as one:
+    # Without the host store, so that one sequence reuses only what it holds (the comparison of
+    # reuse below); tests/test_host_cache.py shows the store gives the same outputs.
+    with judge(model, 1, host_cache_mib=0) as one:
         sequential = list(one.grade_stream(recs))
     with judge(model, 3) as three:
         parallel = list(three.grade_stream(recs))

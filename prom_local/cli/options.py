@@ -107,6 +107,10 @@ ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
          default=None, option=dict(metavar="|".join(PROTOCOLS))),
     Flag("max_tokens", ("--max-tokens",), "Most new tokens per feedback.", int,
          into=(SamplingParams, "max_tokens")),
+    Flag("host_cache_mib", ("--host-cache-mib",), "Host memory (MiB) for the KV of earlier prompts the "
+         "sequences no longer hold, loaded back when a prompt shares more with one of them than with any "
+         "sequence (a client that grades several instructions in turn); 0 = off. Used only as prompts "
+         "are replaced.", int, into=(EngineConfig, "host_cache_mib"), option=dict(min=0)),
     Flag("verbose", ("--verbose",), "Show llama.cpp's own log.", bool, into=(EngineConfig, "verbose")),
 )
 FLAGS = {flag.name: flag for flag in ENGINE_FLAGS}

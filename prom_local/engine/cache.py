@@ -3,19 +3,32 @@
 Pure Python and numpy. The KV itself lives in llama.cpp; this keeps its table of contents (per
 sequence, the tokens at positions 0..n-1) and issues the only two operations that change it besides
 decoding, a whole-sequence copy and a trim, to a `memory` (the llama.cpp context, or nothing in
-tests), so the table and the KV cannot drift apart.
+tests), so the table and the KV cannot drift apart. With a host store (host_cache.py) it also saves
+what a sequence is about to lose there, and loads a stored prompt back when that beats every sequence.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .host_cache import HostPromptCache
+
+# Tokens a sequence must be about to lose before its state is worth saving to the host store, and
+# tokens a stored state must add over the best sequence before loading it beats computing them
+# (a load copies the whole state; below this, computing the difference costs about the same).
+MIN_SPILL = 32
+MIN_RECALL_GAIN = 32
 
 
 class KvMemory(Protocol):
     def seq_cp(self, src: int, dst: int) -> None: ...
     def seq_rm(self, seq: int, keep: int) -> None: ...
+    # Only with a host store:
+    def seq_save(self, seq: int): ...                      # the sequence's state, bytes-like
+    def seq_load(self, seq: int, data) -> bool: ...       # replace the sequence with a state
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -30,11 +43,17 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 class PrefixCache:
     """Tokens whose KV each of `n_seq` sequences holds (at most `capacity` each)."""
 
-    def __init__(self, n_seq: int, capacity: int, memory: KvMemory | None = None):
+    def __init__(self, n_seq: int, capacity: int, memory: KvMemory | None = None,
+                 store: "HostPromptCache | None" = None):
         self._buf = np.zeros((n_seq, capacity), dtype=np.int64)
         self.n = [0] * n_seq            # sequence s holds buf[s, :n[s]]
         self.last_used = [0] * n_seq    # admission stamp of the last request given the sequence
         self.memory = memory
+        self.store = store if memory is not None else None
+        # Stream copies llama.cpp carries out at the next decode: until then a destination's data
+        # is not there to save, and a state loaded into a source would be what gets copied.
+        self._copy_src: set[int] = set()
+        self._copy_dst: set[int] = set()
 
     @property
     def n_seq(self) -> int:
@@ -77,12 +96,57 @@ class PrefixCache:
     def touch(self, seq: int, stamp: int) -> None:
         self.last_used[seq] = stamp
 
+    # -- the host store ---------------------------------------------------------------------------
+    def recallable(self, arr: np.ndarray, limit: int) -> int:
+        """Tokens of arr (up to limit) a stored state holds."""
+        return self.store.best(arr, limit)[1] if self.store is not None else 0
+
+    def recall(self, seq: int, arr: np.ndarray, limit: int) -> int:
+        """Load the stored state sharing most of arr into `seq` (saving what seq holds first);
+        returns the tokens of arr it now holds (0 when nothing was loaded)."""
+        entry, n = self.store.best(arr, limit) if self.store is not None else (None, 0)
+        if entry is None or seq in self._copy_src or seq in self._copy_dst:
+            return 0
+        self._spill(seq, self.shared(seq, entry.tokens, len(entry.tokens)))
+        if not self.memory.seq_load(seq, entry.data):  # type: ignore[union-attr]
+            self.memory.seq_rm(seq, 0)  # type: ignore[union-attr]
+            self.n[seq] = 0
+            return 0
+        self.store.used(entry)
+        k = len(entry.tokens)
+        self._buf[seq, :k] = entry.tokens
+        self.n[seq] = k
+        return n
+
+    def _spill(self, seq: int, keep: int) -> None:
+        """`seq` is about to keep only its first `keep` tokens: save its state first when what it
+        loses is worth keeping and neither the store nor another sequence has it."""
+        if self.store is None or self.n[seq] - keep < MIN_SPILL or seq in self._copy_dst:
+            return
+        tokens = self.tokens(seq)
+        n = len(tokens)
+        if self.store.covers(tokens) or any(s != seq and self.shared(s, tokens, n) == n
+                                            for s in range(self.n_seq)):
+            return
+        data = self.memory.seq_save(seq)  # type: ignore[union-attr]
+        if data is not None:
+            self.store.put(tokens, data)
+
+    def copies_done(self) -> None:
+        """A decode ran: llama.cpp has carried out the pending stream copies."""
+        self._copy_src.clear()
+        self._copy_dst.clear()
+
     # -- changes ----------------------------------------------------------------------------------
     def reuse(self, seq: int, src: int, keep: int) -> None:
         """Make `seq` hold the first `keep` tokens of what `src` holds (itself: a trim)."""
+        own = keep if src == seq else self.shared(seq, self._buf[src, :keep], keep)
+        self._spill(seq, own)
         if src != seq:
             if self.memory is not None:
                 self.memory.seq_cp(src, seq)
+                self._copy_src.add(src)
+                self._copy_dst.add(seq)
             n = self.n[src]
             self._buf[seq, :n] = self._buf[src, :n]
             self.n[seq] = n

@@ -49,3 +49,6 @@ class EngineConfig:
     # Put prompt chunks in the same batch as generated tokens. None = on a GPU only (see
     # Engine._round).
     mix_prompts: bool | None = None
+    # Host memory (MiB) for earlier prompts' KV that the sequences no longer hold (host_cache.py);
+    # 0 = off. Used as prompts are replaced, up to this; llama-server's --cache-ram is the same idea.
+    host_cache_mib: int = 1024

@@ -1,11 +1,12 @@
 """The per-run llama.cpp objects: a context (KV cache, decode, logits), a batch, a sampler chain.
 
 Each class owns one C object and frees it; none of them knows about requests or scheduling.
-`LlamaContext` also serves as the prefix cache's `memory` (sequence copy and trim).
+`LlamaContext` also serves as the prefix cache's `memory` (sequence copy, trim, save and load).
 """
 
 from __future__ import annotations
 
+import ctypes
 from typing import Sequence
 
 import numpy as np
@@ -88,10 +89,27 @@ class LlamaContext:
         """Drop positions keep.. of a sequence."""
         self._ll.llama_memory_seq_rm(self._mem, seq, keep, -1)
 
+    def seq_save(self, seq: int) -> np.ndarray | None:
+        """The sequence's state (its cells' positions, K and V) as bytes in host memory."""
+        size = self._ll.llama_state_seq_get_size(self._ctx, seq)
+        if not size:
+            return None
+        buf = np.empty(size, dtype=np.uint8)
+        n = self._ll.llama_state_seq_get_data(self._ctx, _u8(buf), size, seq)
+        return buf[:n] if n else None
+
+    def seq_load(self, seq: int, data: np.ndarray) -> bool:
+        """Replace the sequence with a state seq_save gave (from any sequence of this context)."""
+        return self._ll.llama_state_seq_set_data(self._ctx, _u8(data), data.size, seq) == data.size
+
     def close(self) -> None:
         if getattr(self, "_ctx", None):
             self._ll.llama_free(self._ctx)
             self._ctx = None
+
+
+def _u8(buf: np.ndarray):
+    return buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
 
 
 class LlamaBatch:

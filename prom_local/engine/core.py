@@ -22,6 +22,7 @@ from ..errors import ContextOverflow
 from .cache import PrefixCache
 from .config import EngineConfig
 from .context import LlamaBatch, LlamaContext, SamplerChain, flash_attn_default
+from .host_cache import HostPromptCache
 from .loading import load
 from .requests import (DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent)
 from .scheduler import Active, Job, Scheduler
@@ -66,7 +67,8 @@ class Engine:
         self.stats = EngineStats()
         mix = self.config.mix_prompts
         self.mix_prompts = self.plan.n_gpu_layers != 0 if mix is None else bool(mix)
-        self.cache = PrefixCache(self.n_parallel, self.n_ctx, memory=self.ctx)
+        store = HostPromptCache(self.config.host_cache_mib << 20) if self.config.host_cache_mib > 0 else None
+        self.cache = PrefixCache(self.n_parallel, self.n_ctx, memory=self.ctx, store=store)
         self.scheduler = Scheduler(self.cache, n_ctx=self.n_ctx, lookahead=self.lookahead,
                                    n_batch=self.n_batch, stats=self.stats)
         self._hub = Hub(self._step, on_fault=self._abort_all, on_close=self._cancel_all)

@@ -81,3 +81,4 @@ class EngineStats:
     reused_tokens: int = 0       # of which taken from the KV cache instead of computed
     waits: int = 0               # requests that waited for another sequence's prefix
     forked_tokens: int = 0       # of reused_tokens, those copied from a sibling sample's prompt
+    recalled_tokens: int = 0     # of reused_tokens, those loaded from the host prompt store

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContextOverflow
-from .cache import PrefixCache, common_prefix
+from .cache import MIN_RECALL_GAIN, PrefixCache, common_prefix
 from .requests import EngineStats, GenRequest
 
 # Room kept after the generated text for the forced-score continuation ("\n  [RESULT] N").
@@ -131,7 +131,10 @@ class Scheduler:
     def snapshot(self) -> dict:
         """Counts for monitoring; safe to read from any thread (a fixed list and a length)."""
         busy = sum(a is not None for a in self.slots)
-        return {"busy": busy, "window": len(self.window), "free": self.n_parallel - busy}
+        store = self.cache.store
+        return {"busy": busy, "window": len(self.window), "free": self.n_parallel - busy,
+                "host_cache_bytes": store.nbytes if store else 0, "host_cache_entries": len(store) if store else 0,
+                "host_cache_loads": store.loads if store else 0}
 
     # -- intake -----------------------------------------------------------------------------------
     def budget(self, n_prompt: int, max_tokens: int) -> int:
@@ -240,14 +243,20 @@ class Scheduler:
         arr = active.job.arr
         limit = max(0, len(arr) - EXACT_TAIL)
         src, have = self.cache.longest(arr, limit, prefer=active.seq)
+        stored = self.cache.recallable(arr, limit)
         if not force:
             coming = max((self._will_share(o.seq, arr, limit) for o in self.active()
                           if o is not active and o.admitted < active.admitted), default=0)
-            if coming >= have + MIN_WAIT_GAIN:
+            if coming >= max(have, stored) + MIN_WAIT_GAIN:
                 if not active.counted_wait:
                     self.stats.waits += 1
                     active.counted_wait = True
                 return
+        if stored >= have + MIN_RECALL_GAIN:
+            recalled = self.cache.recall(active.seq, arr, limit)
+            if recalled > have:
+                src, have = active.seq, recalled
+                self.stats.recalled_tokens += recalled
         self.cache.reuse(active.seq, src, have)
         active.reused = have
         active.pending = list(active.job.req.tokens[have:])
@@ -301,6 +310,7 @@ class Scheduler:
 
     def advance(self, items: list[tuple[Active, int]]) -> None:
         """Bookkeeping after a successful decode of items."""
+        self.cache.copies_done()
         for active, take in items:
             self.cache.append(active.seq, active.pending[:take])
             del active.pending[:take]

@@ -103,6 +103,12 @@ class ServeMetrics:
             yield GaugeMetricFamily("prom_local_slots_busy", "Sequences decoding now", value=snap["busy"])
             yield GaugeMetricFamily("prom_local_slots_total", "Parallel sequences (--parallel)",
                                     value=snap["busy"] + snap["free"])
+            yield GaugeMetricFamily("prom_local_host_cache_bytes", "Host memory holding earlier prompts' KV "
+                                    "(--host-cache-mib)", value=snap["host_cache_bytes"])
+            yield GaugeMetricFamily("prom_local_host_cache_entries", "Earlier prompts held in host memory",
+                                    value=snap["host_cache_entries"])
+            yield CounterMetricFamily("prom_local_host_cache_loads", "Prompts' KV loaded back from host memory",
+                                      value=snap["host_cache_loads"])
             queued = max(0, self.admitted - snap["busy"])
             yield GaugeMetricFamily("prom_local_queue_depth", "Admitted sequences waiting for a slot",
                                     value=queued)
