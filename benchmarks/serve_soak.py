@@ -12,8 +12,10 @@ paged in, KV pages touched, per-slot samplers, import-time caches) is not counte
     python benchmarks/serve_soak.py                       # SmolLM2, 4 warm-up + 40 rounds, ~3 min on 2 cores
     python benchmarks/serve_soak.py --rounds 200 --parallel 8
 
-Prints RSS after warm-up, after the last round, the largest, and the least-squares slope per 100
-rounds (a leak grows linearly with requests; allocator noise does not).
+Prints RSS after warm-up, after the last round, the largest, the host prompt store's share of it
+(GET /metrics; bounded by --host-cache-mib, kept small here so it is full after the warm-up), and the
+least-squares slope per 100 rounds of RSS less the store (a leak grows linearly with requests;
+allocator noise does not).
 
 With --tracemalloc the server runs inside this process instead (the same Service and app, under
 uvicorn in a thread) with Python's tracemalloc on, and the script prints the source lines whose
@@ -50,6 +52,15 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def store_mib(http: httpx.Client, url: str) -> float:
+    """The host prompt store's bytes (GET /metrics), in MiB: memory the server holds on purpose,
+    up to its --host-cache-mib, which a leak check subtracts from RSS."""
+    for line in http.get(url + "/metrics").text.splitlines():
+        if line.startswith("prom_local_host_cache_bytes "):
+            return float(line.split()[1]) / 2**20
+    return 0.0
 
 
 def wait_idle(http: httpx.Client, url: str, timeout: float = 300) -> None:
@@ -111,18 +122,22 @@ def soak(url: str, pid: int, warmup: int, rounds: int, on_round=None) -> dict:
         for k in range(warmup):
             one_round(http, url, k)
             wait_idle(http, url)
-        base = rss_mib(pid)
-        samples = []
+        base, base_store = rss_mib(pid), store_mib(http, url)
+        samples, stores = [], []
         for k in range(rounds):
             got = one_round(http, url, warmup + k)
             wait_idle(http, url)
             samples.append(rss_mib(pid))
+            stores.append(store_mib(http, url))
             if on_round is not None:
                 on_round(k, got, samples[-1])
     xs = range(len(samples))
-    slope = statistics.linear_regression(xs, samples).slope if len(samples) > 1 else 0.0
+    # Leaks are what grows besides the host prompt store (which fills up to its limit by design).
+    rest = [rss - store for rss, store in zip(samples, stores)]
+    slope = statistics.linear_regression(xs, rest).slope if len(rest) > 1 else 0.0
     return {"rss_after_warmup_mib": base, "rss_final_mib": samples[-1], "rss_max_mib": max(samples),
-            "slope_mib_per_100_rounds": slope * 100, "rounds": rounds, "samples": samples}
+            "store_after_warmup_mib": base_store, "store_final_mib": stores[-1], "store_max_mib": max(stores),
+            "slope_mib_per_100_rounds": slope * 100, "rounds": rounds, "samples": samples, "stores": stores}
 
 
 class InProcessServer:
@@ -209,6 +224,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--host-cache-mib", type=int, default=16,
+                    help="the server's host prompt store (small, so it is full after the warm-up)")
     ap.add_argument("--tracemalloc", action="store_true", help="server in this process, with tracemalloc")
     ap.add_argument("--top", type=int, default=12, help="with --tracemalloc: source lines to show")
     args = ap.parse_args()
@@ -217,7 +234,8 @@ def main() -> None:
         traced(args, str(args.model or smollm2_gguf()))
         return
     server = ServerProcess("-m", str(args.model or smollm2_gguf()), "--parallel", str(args.parallel),
-                           "--ctx", "2048", "--gpu-layers", "0", "--served-name", "soak", "--max-tokens", "16")
+                           "--ctx", "2048", "--gpu-layers", "0", "--served-name", "soak", "--max-tokens", "16",
+                           "--host-cache-mib", str(args.host_cache_mib))
     try:
         server.wait_ready()
         loaded = rss_mib(server.proc.pid)
@@ -230,7 +248,9 @@ def main() -> None:
     requests = 6 * (args.warmup + args.rounds)  # HTTP requests; 7 sequences a round
     print(f"\nRSS loaded {loaded:.1f} MiB; after {args.warmup} warm-up rounds {result['rss_after_warmup_mib']:.1f}; "
           f"after {args.rounds} more rounds {result['rss_final_mib']:.1f} (max {result['rss_max_mib']:.1f}); "
-          f"slope {result['slope_mib_per_100_rounds']:+.2f} MiB per 100 rounds; {requests} requests "
+          f"of which the host prompt store {result['store_after_warmup_mib']:.1f} -> {result['store_final_mib']:.1f} "
+          f"(max {result['store_max_mib']:.1f}, limit {args.host_cache_mib}); slope without the store "
+          f"{result['slope_mib_per_100_rounds']:+.2f} MiB per 100 rounds; {requests} requests "
           f"(2 in 6 abandoned mid-stream) in {seconds:.0f} s; server exit code {code}")
 
 

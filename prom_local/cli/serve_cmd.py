@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -29,6 +32,23 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _cap_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas for this process (MALLOC_ARENA_MAX, if set, wins). glibc gives
+    threads arenas of their own, up to 8 per core, and a server starts threads per request (the
+    ASGI worker pool, /v1/grade's readers): measured on 2 cores, RSS rose ~20 MiB over the first
+    ~40 soak rounds as arenas filled, then stayed flat; with 2 arenas it is flat from the start,
+    and on a 64-core box the uncapped warm-up would be far larger. llama.cpp allocates its buffers
+    once, and Python's small objects use its own allocator, so few calls contend for the arenas."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    M_ARENA_MAX = -8
+    mallopt(M_ARENA_MAX, arenas)
 
 
 def _read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
@@ -95,6 +115,7 @@ def register(app: typer.Typer) -> None:
                                  "pip install 'prom-local[serve]'") from None
 
         key = _read_key(api_key, api_key_file)
+        _cap_malloc_arenas()
         resolved = resolve_model(opts.model, opts.models_dir)
         name = served_name or Path(resolved.path).name.removesuffix(".gguf")
         config = ServeConfig(model_path=Path(resolved.path), model_name=name,

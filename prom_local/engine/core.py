@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import ContextOverflow
+from ..offload import available_memory
 from .cache import PrefixCache
 from .config import EngineConfig
 from .context import LlamaBatch, LlamaContext, SamplerChain, flash_attn_default
@@ -67,7 +68,8 @@ class Engine:
         self.stats = EngineStats()
         mix = self.config.mix_prompts
         self.mix_prompts = self.plan.n_gpu_layers != 0 if mix is None else bool(mix)
-        store = HostPromptCache(self.config.host_cache_mib << 20) if self.config.host_cache_mib > 0 else None
+        self.host_cache_bytes = _host_cache_limit(self.config.host_cache_mib)
+        store = HostPromptCache(self.host_cache_bytes) if self.host_cache_bytes else None
         self.cache = PrefixCache(self.n_parallel, self.n_ctx, memory=self.ctx, store=store)
         self.scheduler = Scheduler(self.cache, n_ctx=self.n_ctx, lookahead=self.lookahead,
                                    n_batch=self.n_batch, stats=self.stats)
@@ -77,7 +79,8 @@ class Engine:
     def describe(self) -> dict:
         return {"model": str(self.model.path), "n_ctx": self.n_ctx, "n_parallel": self.n_parallel,
                 "gpu_layers": self.plan.layers_on_gpu, "n_layer": self.plan.n_layer,
-                "backend": self.plan.backend, "offload": self.plan.reason}
+                "backend": self.plan.backend, "offload": self.plan.reason,
+                "host_cache_mib": self.host_cache_bytes >> 20}
 
     def check_fits(self, n_prompt: int, max_tokens: int) -> None:
         self.scheduler.check_fits(n_prompt, max_tokens)
@@ -301,6 +304,16 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _host_cache_limit(mib: int) -> int:
+    """Bytes for the host prompt store: --host-cache-mib, but at most a quarter of the RAM free
+    once the model is loaded (the store grows as prompts are replaced; it must not push a machine
+    that only just fits the model into swap)."""
+    if mib <= 0:
+        return 0
+    free = available_memory()
+    return min(mib << 20, free // 4) if free else mib << 20
 
 
 def _unstarted_output(req: GenRequest, index: int = 0) -> GenOutput:
