@@ -38,7 +38,7 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas for this process (MALLOC_ARENA_MAX, if set, wins). glibc gives
     threads arenas of their own, up to 8 per core, and a server starts threads per request (the
     ASGI worker pool, /v1/grade's readers): measured on 2 cores, RSS rose ~20 MiB over the first
-    ~40 soak rounds as arenas filled, then stayed flat; with 2 arenas it is flat from the start,
+    ~40 soak rounds as arenas filled, then stayed flat; with 2 arenas it is flat after the warm-up,
     and on a 64-core box the uncapped warm-up would be far larger. llama.cpp allocates its buffers
     once, and Python's small objects use its own allocator, so few calls contend for the arenas."""
     if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):

@@ -96,8 +96,8 @@ class LlamaContext:
         if not size:
             return None
         # Its own anonymous mapping, not the heap: states of a few MB come and go as the store
-        # evicts, and freed heap blocks of that size stay in the process (RSS crept up ~2 MB per
-        # soak round with np.empty); an unmapped one is returned to the system at once.
+        # evicts, and glibc may keep freed heap blocks of that size in the process (it raises its
+        # mmap threshold after such frees); an unmapped one is returned to the system at once.
         buf = np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)
         n = self._ll.llama_state_seq_get_data(self._ctx, _u8(buf), size, seq)
         return buf[:n] if n else None
