@@ -30,6 +30,7 @@ from .engine import EngineConfig, SamplingParams
 from .errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
                      PromLocalError)
 from .grading import Grade
+from .prompts import get_profile
 from .records import Record
 from .ray_cluster import ActorSlot, connect, import_ray, plan_actors
 from .ray_worker import EngineWorker
@@ -54,6 +55,7 @@ class JudgeSpec:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     allow_pull: bool = True
+    both_orders: bool = False           # relative records graded A/B and B/A (relative.py)
 
 
 @dataclass
@@ -219,7 +221,8 @@ class RayScorer:
         for slot in self.actors:
             engine = dataclasses.replace(self.spec.engine, n_threads=slot.threads)
             path = self._on_node[slot.node_id]["path"]
-            refs[slot.handle.load.remote(path, self.model["profile"], engine, self.spec.sampling)] = slot
+            refs[slot.handle.load.remote(path, self.model["profile"], engine, self.spec.sampling,
+                                         self.spec.both_orders)] = slot
         for ref, slot in refs.items():
             result = self._get(ref, slot, "loading the model")
             if "error" in result:
@@ -252,6 +255,9 @@ class RayScorer:
         requeued = 0
         # Read ahead far enough to find records that share an instruction, not the whole file.
         window = max(256, 4 * self.chunk_size * len(self.actors))
+        # A relative record on a profile without a pairwise prompt stops the run here, as a local
+        # run stops (the rows written so far kept), not in every engine it would be sent to.
+        profile = get_profile(self.model["profile"])
         calls: dict[object, ActorSlot] = {}
         started = time.perf_counter()
 
@@ -271,6 +277,8 @@ class RayScorer:
                 if isinstance(item, Grade):  # a bad input line: its error row, at once
                     write(item)
                     continue
+                if item.is_relative:
+                    profile.require_relative()
                 batch.append(item)
             size = self.chunk_size
             if exhausted:

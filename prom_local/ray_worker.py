@@ -60,6 +60,7 @@ class EngineWorker:
         self._outbox: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._both_orders = False
 
     # -- setup ----------------------------------------------------------------------------------
     def node_info(self) -> dict:
@@ -103,9 +104,11 @@ class EngineWorker:
         except PromLocalError as exc:
             return _user_error(exc)
 
-    def load(self, path: str, profile: str, engine: EngineConfig, sampling: SamplingParams) -> dict:
+    def load(self, path: str, profile: str, engine: EngineConfig, sampling: SamplingParams,
+             both_orders: bool = False) -> dict:
         from .judge import Judge
 
+        self._both_orders = both_orders
         try:
             self._judge = Judge(path, profile=profile, engine=engine, sampling=sampling)
         except PromLocalError as exc:
@@ -140,7 +143,7 @@ class EngineWorker:
         try:
             while True:
                 first = self._inbox.get()
-                for grade in self._judge.grade_stream(self._feed(first)):
+                for grade in self._judge.grade_stream(self._feed(first), both_orders=self._both_orders):
                     self._outbox.put(grade)
         except BaseException as exc:  # surfaced to the driver by the next exchange
             self._failure = exc

@@ -79,7 +79,6 @@ CASES = {
          "unknown prompt profile 'nope' (known: prometheus-2, prometheus-ko)"),
         (["score", "{in.jsonl}", "-o", "{out}", "--gpu-layers", "lots"], 2, "--gpu-layers"),
         (["score", "{in.jsonl}", "--actors", "2"], 2, "--actors needs --ray"),
-        (["score", "{in.jsonl}", "--ray", "local", "--both-orders"], 2, "--both-orders is not supported with --ray"),
         (["score", "{in.jsonl}", "--parallel", "0"], 2, "--parallel"),
         (["score", "{in.jsonl}", "-o", "{out}", "--server", "ftp://box"], 2, "expected http://HOST:PORT"),
         (["score", "{in.jsonl}", "-o", "{out}", "--server", "http://box:port"], 2, "not a URL"),

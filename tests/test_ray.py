@@ -280,6 +280,49 @@ def test_nodes_with_different_or_missing_model_files_are_refused_before_any_work
     assert not out.exists() or not out.read_text()
 
 
+def _flat(value, path=""):
+    """A row as {path: leaf}, without timings and prefix-reuse counts (what a run happened to have
+    cached differs between one engine and two)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() if "seconds" not in key and "reused" not in key
+                for k, v in _flat(item, f"{path}.{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{path}[{i}]").items()}
+    return {path: value}
+
+
+@pytest.mark.slow  # Ray and real inference
+@needs_ray
+def test_pairs_in_both_orders_match_a_local_run_and_an_absolute_only_profile_is_refused(tmp_path, cluster,
+                                                                                        smollm2):
+    pairs = [{"id": f"p{i}", "instruction": f"What is {i} + {i}?", "response_A": f"{2 * i}.",
+              "response_B": f"{2 * i + 1}.", "rubric": "Is the answer correct?", "gold_winner": "A"}
+             for i in range(3)]
+    src = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    args = ["--model", str(smollm2), "--profile", "prometheus-2", "--both-orders", *FAST, "--quiet"]
+    local = run_cli("score", src, "-o", tmp_path / "local.jsonl", *args)
+    assert local.returncode == 0, local.stderr
+    on_ray = run_cli("score", src, "-o", tmp_path / "ray.jsonl", *args, "--ray", cluster.address, env=cluster.env)
+    assert on_ray.returncode == 0, on_ray.stderr
+    want = {row["id"]: _flat(row) for row in _rows(tmp_path / "local.jsonl")}
+    got = {row["id"]: _flat(row) for row in _rows(tmp_path / "ray.jsonl")}
+    assert sorted(got) == sorted(want) == ["p0", "p1", "p2"]
+    for rid, row in want.items():
+        assert got[rid].keys() == row.keys() and ".orders[1].order" in row   # both orders graded
+        for key, value in row.items():
+            if isinstance(value, float):   # probabilities: the same arithmetic, rows round to 6 places
+                assert got[rid][key] == pytest.approx(value, abs=1e-6), key
+            else:
+                assert got[rid][key] == value, key
+
+    # Pairs on a profile without a pairwise prompt: the driver stops, as a local run does.
+    refused = run_cli("score", src, "-o", tmp_path / "ko.jsonl", "--model", str(smollm2), *FAST,
+                      "--ray", cluster.address, env=cluster.env)
+    assert refused.returncode == 2, refused.stderr
+    assert "prompt profile 'prometheus-ko' has no relative (pairwise) prompt" in refused.stderr
+    assert "Traceback" not in refused.stderr and "lost the engine" not in refused.stderr
+
+
 def test_without_ray_flag_ray_is_never_imported_and_without_ray_installed_the_error_is_clear(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [short_record(1)])
     probe = ("import sys\n"

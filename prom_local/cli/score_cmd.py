@@ -84,8 +84,6 @@ def register(app: typer.Typer) -> None:
         total = count_lines(input)
         if ray is None and actors is not None:
             raise typer.BadParameter("--actors needs --ray")
-        if ray is not None and both_orders:
-            raise typer.BadParameter("--both-orders is not supported with --ray yet; run without --ray")
         if ray is not None and server is not None:
             raise typer.BadParameter("--ray and --server: give one (where the model runs)")
         check_remote_options(server, api_key_file, opts)
@@ -121,7 +119,8 @@ def register(app: typer.Typer) -> None:
                         stats = score_file(judge, input, sink, on_result=on_result, both_orders=both_orders)
                         progress.update(task, completed=stats.skipped + stats.graded)
                 else:
-                    stats = _score_on_ray(input, sink, ray, actors, opts, progress, task, on_result, say)
+                    stats = _score_on_ray(input, sink, ray, actors, opts, progress, task, on_result, say,
+                                          both_orders=both_orders)
         except KeyboardInterrupt:
             # typer would turn this into a silent exit; rows written so far are already durable.
             progress.stop()
@@ -186,12 +185,13 @@ def _score_on_server(input, sink: ResultsSink, server, api_key, api_key_file, op
 
 
 def _score_on_ray(input, sink: ResultsSink, address, actors, opts: EngineOptions, progress, task, on_result,
-                  say) -> BatchStats:
+                  say, *, both_orders: bool = False) -> BatchStats:
     from ..distributed import JudgeSpec, RayScorer
 
     spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
                      sampling=opts.sampling_params(),
-                     models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None)
+                     models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None,
+                     both_orders=both_orders)
     with RayScorer(spec, address=address, actors=actors, on_status=say) as scorer:
         scorer.start()  # one progress bar for all engines, shown once they are all up
         with progress:
