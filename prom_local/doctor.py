@@ -21,7 +21,7 @@ from .engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offload
 from .errors import PromLocalError
 from .model_info import quant_from_metadata
 from .offload import auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
-from .records import Record, read_records
+from .records import AnyRecord, Record, read_records
 from .workload import WorkSize, measure
 
 # Exit codes (also in `prom-local doctor --help` and the README).
@@ -117,7 +117,7 @@ def _environment(memory_budget: int | None) -> Diagnosis:
 
 def diagnose(model_path: Path | None, *, model_error: str | None = None, memory_budget: int | None = None,
              gpu_memory: int | None = None, gpu_layers: int | None = None, parallel: int | None = None,
-             ctx: int | None = None, max_tokens: int = 512, records: list[Record] | None = None,
+             ctx: int | None = None, max_tokens: int = 512, records: list[AnyRecord] | None = None,
              profile: str = "prometheus-ko") -> Diagnosis:
     """The whole report. `records` sizes the context (default: the built-in judge records);
     `memory_budget` / `gpu_memory` replace free RAM / free GPU memory (what-if, and for tests)."""

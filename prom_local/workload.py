@@ -34,9 +34,18 @@ class WorkSize:
 
 def prompt_tokens(records: Iterable[AnyRecord], model: LlamaModel,
                   profile: str | PromptProfile) -> list[int]:
-    """Token count of each record's prompt exactly as the Judge renders and tokenizes it."""
+    """Token count of each record's prompt exactly as the Judge renders and tokenizes it; for a
+    pair, the longer of its two orders (--both-orders grades B/A too, and the responses' joins with
+    the template can tokenize differently there)."""
     prof = get_profile(profile) if isinstance(profile, str) else profile
-    return [len(tokenize_prompt(r, prof, model)) for r in records]
+
+    def count(record: AnyRecord) -> int:
+        n = len(tokenize_prompt(record, prof, model))
+        if record.is_relative:
+            n = max(n, len(tokenize_prompt(record.swapped(), prof, model)))  # type: ignore[union-attr]
+        return n
+
+    return [count(r) for r in records]
 
 
 def measure(records: Iterable[AnyRecord], model_path: str | Path, profile: str | PromptProfile,

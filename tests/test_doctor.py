@@ -159,6 +159,17 @@ def test_input_records_size_the_context(smollm2, tmp_path):
     assert ctx["n_ctx"] >= ctx["longest_prompt"] + 64 + 16
 
 
+def test_input_pairs_size_the_context_too(smollm2, tmp_path):
+    pair = {"id": "p", "instruction": "설명해 주세요. " * 300, "response_A": "네.", "response_B": "아니요.",
+            "rubric": "정확한가?"}
+    src = write_jsonl(tmp_path / "pairs.jsonl", [pair])
+    proc = doctor("-m", str(smollm2), "--profile", "prometheus-2", "--input", str(src), "--max-tokens", "64", "--json")
+    assert proc.returncode == 0, proc.stderr
+    ctx = json.loads(proc.stdout)["context"]
+    assert ctx["sized_from"] == "the given records"
+    assert ctx["longest_prompt"] > diagnose(smollm2, profile="prometheus-2").context["longest_prompt"]
+
+
 def test_sizes_and_install_commands():
     assert parse_size("6GiB") == 6 * GiB and parse_size("8G") == 8 * GiB and parse_size("8GB") == 8 * 10**9
     assert parse_size("512MiB") == 512 * 2**20 and parse_size("1000") == 1000 and parse_size("1.5GiB") == 3 * GiB // 2

@@ -27,6 +27,21 @@ def test_prompt_tokens_are_what_the_judge_tokenizes(smollm2):
     assert measure([], smollm2, "prometheus-ko", max_tokens=100) is None
 
 
+def test_a_pair_counts_its_longer_order(smollm2):
+    from prom_local.prompt_tokens import tokenize_prompt
+    from prom_local.prompts import get_profile
+
+    pair = record_from_mapping({"id": "p", "instruction": "2 + 2?", "response_A": "4",
+                                "response_B": "The answer is four, as anyone can see.", "rubric": "Correct?"}, line=1)
+    model = read_model_info(smollm2)
+    try:
+        profile = get_profile("prometheus-2")
+        orders = [len(tokenize_prompt(r, profile, model)) for r in (pair, pair.swapped())]
+        assert prompt_tokens([pair], model, profile) == [max(orders)]
+    finally:
+        model.close()
+
+
 def test_pending_work_skips_graded_rows_but_not_error_rows(smollm2, tmp_path):
     long = {"id": "long", "instruction": "자세히 " * 200, "response": "네.", "rubric": RUBRIC}
     src = write_jsonl(tmp_path / "in.jsonl", [short_record(1), long, '{"id": "broken"'])

@@ -13,7 +13,7 @@ from ..doctor import Diagnosis, diagnose, parse_size
 from ..errors import PromLocalError
 from ..models import resolve_model
 from ..offload import parse_gpu_layers
-from ..records import Record, read_records
+from ..records import RECORD_TYPES, read_records
 from .options import (CtxOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ParallelOpt, ProfileOpt,
                       err_console)
 
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
             error = str(exc)
         records = None
         if input is not None:
-            records = [r for r in read_records(input) if isinstance(r, Record)]
+            records = [r for r in read_records(input) if isinstance(r, RECORD_TYPES)]   # pairs too
         diag = diagnose(path, model_error=error, memory_budget=budget, gpu_memory=gpu_free, gpu_layers=layers,
                         parallel=parallel, ctx=ctx, max_tokens=max_tokens, records=records or None,
                         profile=profile or default_profile)
