@@ -168,3 +168,56 @@ def test_a_load_that_cannot_fit_is_retried_with_fewer_layers(gpu_model):
         del filler
         torch.cuda.empty_cache()
     assert any("retrying with" in line for line in said), said
+
+
+def _host_store_check(model: Path, gpu_layers: int) -> None:
+    """The host prompt store with the KV cache where `gpu_layers` puts it: a state read out of a
+    sequence and written into another continues as the original, and --parallel 1 over
+    instructions in turn grades as without the store (within PROB_TOL on a GPU, where the prompts'
+    remainders are computed in other batch shapes than without the store)."""
+    import numpy as np
+
+    from helpers import RUBRIC
+    from prom_local.engine import Engine, EngineConfig, SamplingParams
+    from prom_local.engine.context import LlamaBatch
+    from prom_local.judge import Judge
+    from prom_local.records import record_from_mapping
+
+    with Engine(model, EngineConfig(n_ctx=512, gpu_layers=gpu_layers, n_parallel=2)) as engine:
+        tokens = engine.model.tokenize("서울은 대한민국의 수도이다. " * 8, add_bos=True)
+        batch = LlamaBatch(256)
+        try:
+            batch.add(tokens, 0, 0, True)
+            engine.ctx.decode(batch)
+            state = engine.ctx.seq_save(0)
+            assert state is not None and engine.ctx.seq_load(1, state)
+            batch.clear()
+            batch.add([tokens[-1]], len(tokens), 0, True)
+            batch.add([tokens[-1]], len(tokens), 1, True)
+            engine.ctx.decode(batch)
+            assert np.allclose(engine.ctx.logits(0), engine.ctx.logits(1), atol=1e-3)
+        finally:
+            batch.close()
+
+    # Instructions that differ from their first token: each replaces the other in the one sequence.
+    rows = [{"id": f"q{q}-r{k}", "instruction": f"[사례 {q}] " + "다음 글을 읽고 질문에 답하세요. " * 12,
+             "response": f"답 {k}", "rubric": RUBRIC} for k in range(2) for q in range(2)]
+    records = [record_from_mapping(row, line=i + 1) for i, row in enumerate(rows)]
+
+    def grades(mib: int):
+        config = EngineConfig(n_ctx=1024, gpu_layers=gpu_layers, n_parallel=1, host_cache_mib=mib)
+        with Judge(model, engine=config, sampling=SamplingParams(max_tokens=0)) as judge:
+            return list(judge.grade_stream(records)), judge.engine.stats.recalled_tokens
+
+    without, _ = grades(0)
+    with_store, recalled = grades(64)
+    assert recalled > 0
+    for a, b in zip(without, with_store):
+        assert b.error is None and b.forced
+        assert b.probabilities == pytest.approx(a.probabilities, abs=PROB_TOL), b.id
+
+
+@gpu
+@needs_gpu
+def test_the_host_prompt_store_round_trips_gpu_kv(gpu_model):
+    _host_store_check(gpu_model, -1)
