@@ -177,7 +177,7 @@ def test_parallel_1_over_instructions_in_turn_same_grades_less_computed():
     recs = records(rows_for(4))   # q1, q2, q1, q2: each question replaces the other in the sequence
 
     def grades(host_cache_mib):
-        engine = EngineConfig(n_ctx=1024, gpu_layers=0, n_threads=1, n_parallel=1, host_cache_mib=host_cache_mib)
+        engine = EngineConfig(n_ctx=512, gpu_layers=0, n_threads=1, n_parallel=1, host_cache_mib=host_cache_mib)
         with Judge(smollm2_gguf(), profile=SHORT, engine=engine, sampling=SamplingParams(max_tokens=6)) as judge:
             return list(judge.grade_stream(recs)), judge.engine.stats
 
