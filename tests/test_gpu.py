@@ -178,26 +178,13 @@ def _host_store_check(model: Path, gpu_layers: int) -> None:
     import numpy as np
 
     from helpers import RUBRIC
-    from prom_local.engine import Engine, EngineConfig, SamplingParams
-    from prom_local.engine.context import LlamaBatch
+    from prom_local.engine import EngineConfig, SamplingParams
     from prom_local.judge import Judge
     from prom_local.records import record_from_mapping
+    from test_host_cache import state_round_trip
 
-    with Engine(model, EngineConfig(n_ctx=512, gpu_layers=gpu_layers, n_parallel=2)) as engine:
-        tokens = engine.model.tokenize("서울은 대한민국의 수도이다. " * 8, add_bos=True)
-        batch = LlamaBatch(256)
-        try:
-            batch.add(tokens, 0, 0, True)
-            engine.ctx.decode(batch)
-            state = engine.ctx.seq_save(0)
-            assert state is not None and engine.ctx.seq_load(1, state)
-            batch.clear()
-            batch.add([tokens[-1]], len(tokens), 0, True)
-            batch.add([tokens[-1]], len(tokens), 1, True)
-            engine.ctx.decode(batch)
-            assert np.allclose(engine.ctx.logits(0), engine.ctx.logits(1), atol=1e-3)
-        finally:
-            batch.close()
+    original, loaded = state_round_trip(model, gpu_layers)
+    assert np.allclose(original, loaded, atol=1e-3)
 
     # Instructions that differ from their first token: each replaces the other in the one sequence.
     rows = [{"id": f"q{q}-r{k}", "instruction": f"[사례 {q}] " + "다음 글을 읽고 질문에 답하세요. " * 12,

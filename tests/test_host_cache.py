@@ -20,7 +20,7 @@ from prom_local.engine.context import LlamaBatch
 from prom_local.engine.host_cache import HostPromptCache
 from prom_local.engine.scheduler import Scheduler
 from test_parallel import SHORT, records, rows_for
-from test_scheduler import Memory, job, prefill, prompt
+from test_scheduler import Memory, job, prompt, run_alone
 
 
 class SavingMemory(Memory):
@@ -48,29 +48,17 @@ def make(n_parallel=1, limit=1 << 30):
     return sched, memory
 
 
-def run(sched, j, generated=()):
-    """Admit, start, prefill, generate `generated`, release: as the engine would for one request."""
-    sched.offer(j)
-    (active,) = sched.admit()
-    sched.start_waiting()
-    prefill(sched, active)
-    if generated:
-        sched.cache.append(active.seq, list(generated))
-    sched.release(active)
-    return active
-
-
 def test_a_prompt_replaced_in_the_only_sequence_comes_back_from_the_store():
     sched, memory = make()
     a1, b1, a2 = prompt(1, 1, n=200), prompt(2, 1, n=200), prompt(1, 2, n=200)
-    run(sched, job(a1), generated=range(7, 17))
+    run_alone(sched, job(a1), generated=range(7, 17))
     memory.calls.clear()
-    second = run(sched, job(b1))
+    second = run_alone(sched, job(b1))
     # b shares nothing with a: a's state (prompt and the 10 generated tokens) was saved first.
     assert ("save", 0) in memory.calls and second.reused == 0
     assert len(sched.cache.store) == 1
     memory.calls.clear()
-    third = run(sched, job(a2))
+    third = run_alone(sched, job(a2))
     # a2 shares a's 100-token opening: b (now in the sequence) is saved, a loaded back and trimmed.
     assert memory.calls[:2] == [("save", 0), ("load", 0)]
     assert ("rm", 0, 100) in memory.calls
@@ -81,35 +69,35 @@ def test_a_prompt_replaced_in_the_only_sequence_comes_back_from_the_store():
 def test_no_load_when_the_sequence_already_holds_nearly_as_much():
     sched, memory = make()
     base = list(range(500))
-    run(sched, job(base + [9000 + i for i in range(50)]))
-    run(sched, job(base[:480] + [8000 + i for i in range(50)]))    # store: base + 9000s
+    run_alone(sched, job(base + [9000 + i for i in range(50)]))
+    run_alone(sched, job(base[:480] + [8000 + i for i in range(50)]))    # store: base + 9000s
     memory.calls.clear()
     # The sequence holds 480 of base; the store has 500: fewer than MIN_RECALL_GAIN more.
     assert 500 - 480 < MIN_RECALL_GAIN
-    active = run(sched, job(base + [7000 + i for i in range(50)]))
+    active = run_alone(sched, job(base + [7000 + i for i in range(50)]))
     assert ("load", 0) not in memory.calls and active.reused == 480
 
 
 def test_small_losses_are_not_saved_and_nothing_is_saved_twice():
     sched, memory = make()
     p = prompt(1, 1, n=200)
-    run(sched, job(p))
-    run(sched, job(p[:-(MIN_SPILL - 1)] + [1] * 50))   # loses fewer than MIN_SPILL tokens
+    run_alone(sched, job(p))
+    run_alone(sched, job(p[:-(MIN_SPILL - 1)] + [1] * 50))   # loses fewer than MIN_SPILL tokens
     assert not any(c[0] == "save" for c in memory.calls)
-    run(sched, job(prompt(2, 1)))
-    run(sched, job(prompt(3, 1)))
-    run(sched, job(prompt(2, 2)))                       # prompt(2, 1) loaded back ...
+    run_alone(sched, job(prompt(2, 1)))
+    run_alone(sched, job(prompt(3, 1)))
+    run_alone(sched, job(prompt(2, 2)))                       # prompt(2, 1) loaded back ...
     saves = sum(c[0] == "save" for c in memory.calls)
-    run(sched, job(prompt(3, 2)))                       # ... and replaced: it is already stored
+    run_alone(sched, job(prompt(3, 2)))                       # ... and replaced: it is already stored
     assert sum(c[0] == "save" for c in memory.calls) == saves + 1   # prompt(2, 2) only
 
 
 def test_a_failed_load_falls_back_to_computing_the_prompt():
     sched, memory = make()
-    run(sched, job(prompt(1, 1, n=200)))
-    run(sched, job(prompt(2, 1, n=200)))
+    run_alone(sched, job(prompt(1, 1, n=200)))
+    run_alone(sched, job(prompt(2, 1, n=200)))
     memory.fail_loads = True
-    active = run(sched, job(prompt(1, 2, n=200)))
+    active = run_alone(sched, job(prompt(1, 2, n=200)))
     assert active.reused == 0 and sched.stats.recalled_tokens == 0
     assert list(sched.cache.tokens(0)) == prompt(1, 2, n=200)
 
@@ -150,10 +138,11 @@ def test_the_store_keeps_within_its_limit_least_recently_used_first():
 slow = pytest.mark.slow
 
 
-@slow
-def test_a_state_loaded_into_another_sequence_continues_exactly():
-    config = EngineConfig(n_ctx=256, gpu_layers=0, n_threads=1, n_parallel=2)
-    with Engine(smollm2_gguf(), config) as engine:
+def state_round_trip(model, gpu_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a prompt in sequence 0, save its state, load it into sequence 1, then decode the same
+    next token in both: the two logits rows (tests/test_gpu.py runs this with the KV on a GPU)."""
+    config = EngineConfig(n_ctx=256, gpu_layers=gpu_layers, n_threads=1, n_parallel=2)
+    with Engine(model, config) as engine:
         ctx = engine.ctx
         tokens = engine.model.tokenize("서울은 대한민국의 수도이다. 서울의 인구는 약 천만 명이다.", add_bos=True)
         batch = LlamaBatch(64)
@@ -167,9 +156,15 @@ def test_a_state_loaded_into_another_sequence_continues_exactly():
             batch.add([tokens[-1]], len(tokens), 0, True)
             batch.add([tokens[-1]], len(tokens), 1, True)
             ctx.decode(batch)
-            assert np.array_equal(ctx.logits(0), ctx.logits(1))
+            return ctx.logits(0).copy(), ctx.logits(1).copy()
         finally:
             batch.close()
+
+
+@slow
+def test_a_state_loaded_into_another_sequence_continues_exactly():
+    original, loaded = state_round_trip(smollm2_gguf(), 0)
+    assert np.array_equal(original, loaded)
 
 
 @slow

@@ -61,12 +61,15 @@ def prefill(sched, active):
     sched.advance([(active, len(active.pending))])
 
 
-def run_alone(sched, j):
-    """Admit, start and prefill one request, then release it: its prompt stays in the cache."""
+def run_alone(sched, j, generated=()):
+    """Admit, start and prefill one request, decode `generated` after it, then release it: what
+    it decoded stays in the cache."""
     sched.offer(j)
     (active,) = sched.admit()
     sched.start_waiting()
     prefill(sched, active)
+    if generated:
+        sched.cache.append(active.seq, list(generated))
     sched.release(active)
     return active
 

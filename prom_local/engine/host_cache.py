@@ -36,8 +36,8 @@ class HostPromptCache:
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = limit_bytes
-        self._entries: collections.OrderedDict[int, Stored] = collections.OrderedDict()
-        self._next = 0
+        # The entries in use order, least recent first (a Stored hashes by identity).
+        self._entries: collections.OrderedDict[Stored, None] = collections.OrderedDict()
         self.nbytes = 0
         self.saves = 0          # states stored
         self.loads = 0          # states taken back into a sequence
@@ -49,7 +49,7 @@ class HostPromptCache:
     def best(self, arr: np.ndarray, limit: int) -> tuple[Stored | None, int]:
         """The entry sharing the longest prefix of arr (up to limit tokens), and that length."""
         best, best_n = None, 0
-        for entry in self._entries.values():
+        for entry in self._entries:
             n = common_prefix(entry.tokens, arr, limit)
             if n > best_n:
                 best, best_n = entry, n
@@ -59,7 +59,7 @@ class HostPromptCache:
         """Whether some entry already holds all of `tokens` (storing them again would add nothing)."""
         n = len(tokens)
         return any(len(e.tokens) >= n and common_prefix(e.tokens, tokens, n) == n
-                   for e in self._entries.values())
+                   for e in self._entries)
 
     def put(self, tokens: np.ndarray, data) -> bool:
         """Store a state; entries it extends (their tokens a prefix of these) go, then the least
@@ -68,14 +68,13 @@ class HostPromptCache:
         if entry.nbytes > self.limit_bytes:
             return False
         n = len(entry.tokens)
-        for key, old in list(self._entries.items()):
+        for old in list(self._entries):
             if len(old.tokens) <= n and common_prefix(old.tokens, entry.tokens, n) == len(old.tokens):
-                self._drop(key)
+                self._drop(old)
         while self._entries and self.nbytes + entry.nbytes > self.limit_bytes:
             self._drop(next(iter(self._entries)))
             self.evictions += 1
-        self._entries[self._next] = entry
-        self._next += 1
+        self._entries[entry] = None
         self.nbytes += entry.nbytes
         self.saves += 1
         return True
@@ -83,10 +82,8 @@ class HostPromptCache:
     def used(self, entry: Stored) -> None:
         """An entry was loaded: it becomes the most recently used."""
         self.loads += 1
-        for key, e in self._entries.items():
-            if e is entry:
-                self._entries.move_to_end(key)
-                return
+        self._entries.move_to_end(entry)
 
-    def _drop(self, key: int) -> None:
-        self.nbytes -= self._entries.pop(key).nbytes
+    def _drop(self, entry: Stored) -> None:
+        del self._entries[entry]
+        self.nbytes -= entry.nbytes
