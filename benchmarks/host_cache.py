@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from throughput import build_workloads  # noqa: E402
 
 from prom_local import EngineConfig, Judge, SamplingParams  # noqa: E402
-from prom_local.records import record_from_mapping  # noqa: E402
+from prom_local.judging.records import record_from_mapping  # noqa: E402
 
 
 def run(model: str, rows: list[dict], *, parallel: int, mib: int, args) -> dict:

@@ -26,11 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from prom_local.batch import score_file
+from prom_local.runs.score_file import score_file
 from prom_local.engine import EngineConfig, SamplingParams
-from prom_local.judge import Judge
-from prom_local.models import resolve_model
-from prom_local.offload import parse_gpu_layers
+from prom_local.judging.judge import Judge
+from prom_local.store.models import resolve_model
+from prom_local.engine.offload import parse_gpu_layers
 
 RUBRIC = {"criteria": "응답은 질문에 정확하게 답하는가?", "score1_description": "틀렸다.",
           "score2_description": "대부분 틀렸다.", "score3_description": "부분적으로 맞다.",
@@ -67,7 +67,7 @@ def run_local(model: str, src: Path, out: Path, engine: EngineConfig, sampling: 
 
 def run_ray(model: str, src: Path, out: Path, engine: EngineConfig, sampling: SamplingParams,
             actors: int, address: str) -> dict:
-    from prom_local.distributed import JudgeSpec, RayScorer
+    from prom_local.runs.ray.driver import JudgeSpec, RayScorer
 
     spec = JudgeSpec(model=model, engine=engine, sampling=sampling)
     started = time.perf_counter()
@@ -106,7 +106,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="prom-scaling-"))
     src = make_records(args.records, tmp / "in.jsonl")
 
-    from prom_local.distributed import connect, import_ray
+    from prom_local.runs.ray.driver import connect, import_ray
 
     t0 = time.perf_counter()
     connect(args.address)  # one connection for all Ray runs; RayScorer leaves it up between them

@@ -115,9 +115,9 @@ def _free_port() -> int:
 def prompt_ids(model: str, records: list[dict]) -> list[list[int]]:
     """The token ids prom-local decodes for each record (its tokenizer, the card's prompt)."""
     from prom_local.engine import LlamaModel
-    from prom_local.prompt_tokens import tokenize_prompt
-    from prom_local.prompts import get_profile
-    from prom_local.records import record_from_mapping
+    from prom_local.judging.prompt_tokens import tokenize_prompt
+    from prom_local.judging.prompts import get_profile
+    from prom_local.judging.records import record_from_mapping
 
     vocab = LlamaModel(model, vocab_only=True)
     profile = get_profile("prometheus-ko")

@@ -99,9 +99,9 @@ def _peak_rss_mib() -> float:
 def child_loop(args) -> dict:
     from llama_cpp import Llama
 
-    from prom_local.grading import extract_score
-    from prom_local.prompts import get_profile
-    from prom_local.records import read_records
+    from prom_local.judging.grading import extract_score
+    from prom_local.judging.prompts import get_profile
+    from prom_local.judging.records import read_records
 
     profile = get_profile("prometheus-ko")
     records = [r for r in read_records(args.input)]
@@ -122,10 +122,10 @@ def child_loop(args) -> dict:
 
 
 def child_prom(args) -> dict:
-    from prom_local.batch import score_file
+    from prom_local.runs.score_file import score_file
     from prom_local.engine import EngineConfig, SamplingParams
-    from prom_local.judge import Judge
-    from prom_local.output import read_rows
+    from prom_local.judging.judge import Judge
+    from prom_local.runs.results_reader import read_rows
 
     out_path = Path(args.input).with_suffix(f".p{args.parallel}.prom.jsonl")
     out_path.unlink(missing_ok=True)

@@ -63,9 +63,9 @@ def calibration_prompts(data: Path, model_path: Path, profile_name: str) -> tupl
     measured as well."""
     from prom_local.engine import read_model_info
     from prom_local.errors import ConvertError, InputError
-    from prom_local.prompt_tokens import tokenize_prompt
-    from prom_local.prompts import get_profile
-    from prom_local.records import record_from_mapping
+    from prom_local.judging.prompt_tokens import tokenize_prompt
+    from prom_local.judging.prompts import get_profile
+    from prom_local.judging.records import record_from_mapping
 
     profile = get_profile(profile_name)
     model = read_model_info(model_path)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from prom_local import manifest as mf
+from prom_local.store import manifest as mf
 from prom_local.errors import ConvertError
-from prom_local.model_info import gguf_summary
-from prom_local.models import DEFAULT_PROFILE, gguf_name, registry, store_dir, validate_name
-from prom_local.stages import Reporter, Stage, check_free, hash_with_progress, human
+from prom_local.engine.model_info import gguf_summary
+from prom_local.store.models import DEFAULT_PROFILE, gguf_name, registry, store_dir, validate_name
+from prom_local.store.stages import Reporter, Stage, check_free, hash_with_progress, human
 
 from . import gguf16, source as src
 from .quantize import IMATRIX_IGNORED, estimate_bytes, parse_quant, quantize
@@ -46,7 +46,7 @@ def default_name(source: src.Source) -> str:
 
 
 def _profile_for(name: str, explicit: str | None) -> str:
-    from prom_local.prompts import get_profile
+    from prom_local.judging.prompts import get_profile
 
     profile = explicit or registry().get(name, {}).get("profile") or DEFAULT_PROFILE
     try:

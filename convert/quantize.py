@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from prom_local.model_info import ftype_table
+from prom_local.engine.model_info import ftype_table
 
 from ._proc import run_child, worker_command
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prom_local.errors import ConvertError, DownloadError
-from prom_local.hub import hub_error, is_connection_error, offline_message
+from prom_local.store.hub import hub_error, is_connection_error, offline_message
 
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",

@@ -2,11 +2,11 @@
 
 from .engine import EngineConfig, SamplingParams
 from .errors import ContextOverflow, InputError, ModelLoadError, ModelNotFound, PromLocalError
-from .grading import Grade, RelativeGrade, extract_score, extract_winner
-from .judge import Judge, render_prompt
-from .prompts import PromptProfile, get_profile, load_profile, register_profile
-from .records import Record, RelativeRecord, read_records
-from .rubrics import Rubric
+from .judging.grading import Grade, RelativeGrade, extract_score, extract_winner
+from .judging.judge import Judge, render_prompt
+from .judging.prompts import PromptProfile, get_profile, load_profile, register_profile
+from .judging.records import Record, RelativeRecord, read_records
+from .judging.rubrics import Rubric
 
 __version__ = "0.1.0"
 

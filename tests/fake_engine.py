@@ -22,7 +22,7 @@ import numpy as np
 from prom_local.engine import (CONTINUATION_RESERVE, DoneEvent, ErrorEvent, GenOutput, GenRequest,
                                TokenEvent, read_model_info)
 from prom_local.errors import ContextOverflow
-from prom_local.offload import OffloadPlan
+from prom_local.engine.offload import OffloadPlan
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from helpers import run_cli, short_record
-from prom_local.bench import bench_records, peak_rss, reset_peak_rss, run_bench
+from prom_local.diagnostics.bench import bench_records, peak_rss, reset_peak_rss, run_bench
 from prom_local.cli.bench_cmd import table
 from prom_local.engine import EngineConfig, SamplingParams
 
@@ -39,7 +39,7 @@ def test_peak_rss_is_this_process():
 @pytest.mark.slow
 def test_bench_measures_every_setting_through_the_judge(smollm2):
     # Short records (the built-in ones are ~1,000 SmolLM2 tokens each: too slow for a test on 2 cores).
-    from prom_local.records import record_from_mapping
+    from prom_local.judging.records import record_from_mapping
     records = [record_from_mapping(short_record(i), line=i) for i in (1, 2)]
     ticks = []
     rows, setup = run_bench(smollm2, parallels=[1, 2], records=records,

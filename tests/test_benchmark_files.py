@@ -13,12 +13,12 @@ from scipy import stats as sps
 
 from fake_engine import FakeEngine, Reply
 from helpers import invoke, run_cli
-from prom_local import benchmark_files as bf
-from prom_local.batch import score_file
+from prom_local.inputs import benchmark_files as bf
+from prom_local.runs.score_file import score_file
 from prom_local.errors import InputError
-from prom_local.judge import Judge
-from prom_local.output import read_rows
-from prom_local.records import Record, read_records
+from prom_local.judging.judge import Judge
+from prom_local.runs.results_reader import read_rows
+from prom_local.judging.records import Record, read_records
 
 DATA = Path(__file__).parent / "data" / "benchmarks"
 FIXTURES = [DATA / "vicuna_eval.sample.json", DATA / "mt_bench_eval.sample.json"]
@@ -240,8 +240,8 @@ def test_pairwise_files_become_relative_records():
 def test_correlation_uses_mean_score_and_gold_mean_when_rows_have_them():
     """Rows of --samples runs (mean_score) against benchmark gold (gold_mean): the papers' table
     correlates the means; rows without them fall back to the integers, and the table says which."""
-    from prom_local.report import correlation, summarise
-    from prom_local.report_view import summary_view
+    from prom_local.reports.absolute import correlation, summarise
+    from prom_local.reports.views import summary_view
 
     rows = [{"id": str(i), "score": round(m), "mean_score": m, "scores": [], "gold_score": round(g),
              "gold_mean": g, "error": None}

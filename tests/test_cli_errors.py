@@ -267,7 +267,7 @@ def test_a_full_file_system_mid_run_keeps_complete_rows_and_resumes(tmp_path, sm
 
 
 def test_a_second_writer_is_refused_before_any_model_or_cluster_starts(files):
-    from prom_local.results_sink import ResultsSink
+    from prom_local.runs.results_sink import ResultsSink
 
     runner = CliRunner()
     with ResultsSink(files["out"]) as first:

@@ -19,7 +19,7 @@ import pytest
 import prom_local.cli.options as cli_options
 from fake_engine import FakeEngine, Reply
 from helpers import RUBRIC, invoke, read_jsonl, short_record, write_jsonl
-from prom_local.judge import Judge
+from prom_local.judging.judge import Judge
 
 
 class Scripted:

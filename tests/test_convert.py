@@ -95,7 +95,7 @@ def test_store_holds_each_quant_with_a_true_manifest(tiny_llama3_store, tiny_lla
 
 
 def test_models_lists_and_score_resolves_the_converted_files(tiny_llama3_store):
-    from prom_local.models import resolve_model
+    from prom_local.store.models import resolve_model
 
     store, name = tiny_llama3_store
     result = run_cli("models", "--models-dir", store, "--json")
@@ -209,8 +209,8 @@ def test_render_token_ids_equal_transformers_apply_chat_template(tiny_llama3_sto
                                                                    tmp_path):
     from transformers import AutoTokenizer
 
-    from prom_local.prompts import get_profile
-    from prom_local.records import record_from_mapping
+    from prom_local.judging.prompts import get_profile
+    from prom_local.judging.records import record_from_mapping
 
     store, name = tiny_llama3_store
     data = {"id": "card-sample", **SAMPLE["record"]}

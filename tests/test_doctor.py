@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import RUBRIC, run_cli, write_jsonl
-from prom_local.doctor import (EXIT_MEMORY, EXIT_MODEL, diagnose, gguf_tensor_count, install_command,
+from prom_local.diagnostics.doctor import (EXIT_MEMORY, EXIT_MODEL, diagnose, gguf_tensor_count, install_command,
                                parse_size)
 
 GiB = 1024**3

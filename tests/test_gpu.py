@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import short_record
-from prom_local.offload import MiB, ModelShape, auto_plan, plan_offload, retry_layers
+from prom_local.engine.offload import MiB, ModelShape, auto_plan, plan_offload, retry_layers
 
 GiB = 1024 * MiB
 LLAMA3_8B_Q4 = ModelShape(file_bytes=4_920_000_000, n_layer=32, n_embd=4096, n_head=32, n_head_kv=8,
@@ -26,7 +26,7 @@ PROB_TOL = 0.02
 
 def _gpu_seen() -> bool:
     try:
-        from prom_local.devices import backend_devices
+        from prom_local.engine.devices import backend_devices
         from prom_local.engine import gpu_offload_supported
         return gpu_offload_supported() and any(d.is_gpu for d in backend_devices())
     except Exception:  # no llama.cpp at all: the other tests say so
@@ -82,7 +82,7 @@ def gpu_model(request) -> Path:
 
 
 def _records(n: int = 4):
-    from prom_local.records import record_from_mapping
+    from prom_local.judging.records import record_from_mapping
     return [record_from_mapping(short_record(i), line=i) for i in range(1, n + 1)]
 
 
@@ -91,7 +91,7 @@ def _forced(model: Path, gpu_layers: int, parallel: int = 4) -> list:
     forced "[RESULT]" on the same tokens, so CPU and GPU are compared on identical inputs (greedy
     text could part ways on a near-tie and then compare different things)."""
     from prom_local.engine import EngineConfig, SamplingParams
-    from prom_local.judge import Judge
+    from prom_local.judging.judge import Judge
 
     config = EngineConfig(n_ctx=1024, gpu_layers=gpu_layers, n_parallel=parallel)
     with Judge(model, engine=config, sampling=SamplingParams(max_tokens=0)) as judge:
@@ -131,7 +131,7 @@ def test_auto_puts_every_layer_of_a_small_model_on_the_gpu(gpu_model):
 def test_auto_puts_fewer_layers_under_a_capped_gpu_budget(gpu_model, monkeypatch):
     import prom_local.engine as engine_mod
     from prom_local.engine import Engine, EngineConfig, read_model_info
-    from prom_local.offload import DEFAULT_RESERVE_BYTES
+    from prom_local.engine.offload import DEFAULT_RESERVE_BYTES
 
     probe = read_model_info(gpu_model)
     shape = probe.shape()
@@ -179,8 +179,8 @@ def _host_store_check(model: Path, gpu_layers: int) -> None:
 
     from helpers import RUBRIC
     from prom_local.engine import EngineConfig, SamplingParams
-    from prom_local.judge import Judge
-    from prom_local.records import record_from_mapping
+    from prom_local.judging.judge import Judge
+    from prom_local.judging.records import record_from_mapping
     from test_host_cache import state_round_trip
 
     original, loaded = state_round_trip(model, gpu_layers)

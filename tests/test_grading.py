@@ -1,6 +1,6 @@
 import pytest
 
-from prom_local.grading import Grade, expected_score, extract_score, split_feedback
+from prom_local.judging.grading import Grade, expected_score, extract_score, split_feedback
 
 
 @pytest.mark.parametrize("text, score", [

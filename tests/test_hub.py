@@ -102,7 +102,7 @@ def test_pull_repo_file_from_the_cache_offline(tiny_llama3_store, tmp_path):
 
 
 def test_pull_registry_short_name_and_rerun_is_verified_not_copied(tiny_llama3_store, tmp_path):
-    from prom_local.models import list_store, resolve_model
+    from prom_local.store.models import list_store, resolve_model
 
     src_store, name = tiny_llama3_store
     q4 = gguf(src_store, name, "Q4_K_M")

@@ -10,7 +10,7 @@ from llama_cpp import Llama
 from helpers import RUBRIC, short_record
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
 from prom_local.engine import EXACT_TAIL
-from prom_local.records import record_from_mapping
+from prom_local.judging.records import record_from_mapping
 
 pytestmark = pytest.mark.slow  # every test here decodes with the real model
 

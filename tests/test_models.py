@@ -1,7 +1,7 @@
 import pytest
 
 from prom_local.errors import ModelNotFound
-from prom_local.models import resolve_model
+from prom_local.store.models import resolve_model
 
 
 def _touch(path):

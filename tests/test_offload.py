@@ -2,7 +2,7 @@
 
 import pytest
 
-from prom_local.offload import MiB, ModelShape, fewer_layers, parse_gpu_layers, plan_offload
+from prom_local.engine.offload import MiB, ModelShape, fewer_layers, parse_gpu_layers, plan_offload
 
 GiB = 1024 * MiB
 # Llama-3-8B at Q4_K_M: 4.9 GB, 32 layers, GQA 32/8 heads, vocab 128256.
@@ -51,7 +51,7 @@ def test_parse_gpu_layers_and_retry_steps():
 
 
 def test_free_memory_is_asked_of_the_gpu_this_process_sees():
-    from prom_local.offload import visible_gpu
+    from prom_local.engine.offload import visible_gpu
 
     assert visible_gpu({}) is None and visible_gpu({"CUDA_VISIBLE_DEVICES": ""}) is None
     assert visible_gpu({"CUDA_VISIBLE_DEVICES": "2"}) == "2"                 # a Ray actor's own GPU
@@ -71,7 +71,7 @@ def test_kv_per_token_of_llama3_8b_is_128_kib():
 @pytest.mark.parametrize("gpu_gib, default_parallel, sized_parallel", [
     (6, 1, 2), (8, 2, 10), (12, 6, 16), (24, 16, 16)])
 def test_sized_context_fits_more_sequences(gpu_gib, default_parallel, sized_parallel):
-    from prom_local.offload import auto_plan
+    from prom_local.engine.offload import auto_plan
 
     default = auto_plan(LLAMA3_8B_Q4, n_ctx=8192, gpu_supported=True, gpu_free=gpu_gib * GiB, ram_free=16 * GiB)
     sized = auto_plan(LLAMA3_8B_Q4, n_ctx=2048, gpu_supported=True, gpu_free=gpu_gib * GiB, ram_free=16 * GiB)
@@ -83,7 +83,7 @@ def test_sized_context_fits_more_sequences(gpu_gib, default_parallel, sized_para
 
 
 def test_six_gib_default_context_leaves_the_output_head_on_the_cpu():
-    from prom_local.offload import auto_plan
+    from prom_local.engine.offload import auto_plan
 
     default = auto_plan(LLAMA3_8B_Q4, n_ctx=8192, gpu_supported=True, gpu_free=6 * GiB, ram_free=16 * GiB)
     sized = auto_plan(LLAMA3_8B_Q4, n_ctx=2048, gpu_supported=True, gpu_free=6 * GiB, ram_free=16 * GiB)
@@ -95,7 +95,7 @@ def test_six_gib_default_context_leaves_the_output_head_on_the_cpu():
 
 
 def test_context_size_from_the_longest_record():
-    from prom_local.offload import context_size
+    from prom_local.engine.offload import context_size
 
     # 1,500 prompt tokens + 512 new + 16 reserve = 2,028 -> 2,048.
     n, why = context_size(1500 + 512, ctx=None, trained=8192, reserve=16)
@@ -115,7 +115,7 @@ def test_context_size_from_the_longest_record():
 
 
 def test_auto_plan_on_cpu_and_with_given_layers():
-    from prom_local.offload import auto_plan
+    from prom_local.engine.offload import auto_plan
 
     cpu = auto_plan(LLAMA3_8B_Q4, n_ctx=2048, gpu_supported=False, gpu_free=None, ram_free=16 * GiB)
     assert cpu.offload.n_gpu_layers == 0 and cpu.gpu_bytes == 0
@@ -133,7 +133,7 @@ def test_auto_plan_on_cpu_and_with_given_layers():
 
 
 def test_retry_sequence_after_out_of_memory_loads():
-    from prom_local.offload import retry_layers
+    from prom_local.engine.offload import retry_layers
 
     assert retry_layers(-1, 32) == [24, 18, 14, 11, 9, 7, 6, 5, 4, 3, 2, 1, 0]
     assert retry_layers(2, 2) == [1, 0]

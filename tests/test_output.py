@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from prom_local.cli import app
 from prom_local.errors import OutputError
-from prom_local.output import read_results, read_rows
+from prom_local.runs.results_reader import read_results, read_rows
 
 
 def write_rows(path, rows):

@@ -18,8 +18,8 @@ from assets import smollm2_gguf
 from helpers import RUBRIC, run_cli, write_jsonl
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
 from prom_local.engine import EXACT_TAIL
-from prom_local.offload import ModelShape, choose_parallel
-from prom_local.records import record_from_mapping
+from prom_local.engine.offload import ModelShape, choose_parallel
+from prom_local.judging.records import record_from_mapping
 
 slow = pytest.mark.slow  # real inference on SmolLM2; the arithmetic tests at the end are not
 
@@ -282,7 +282,7 @@ def test_choose_parallel_from_memory():
 def test_ray_scorer_accepts_parallel_auto():
     """`score --ray` without --parallel: each engine chooses; the driver must not need the number
     before the engines have loaded."""
-    from prom_local.distributed import JudgeSpec, RayScorer
+    from prom_local.runs.ray.driver import JudgeSpec, RayScorer
 
     scorer = RayScorer(JudgeSpec(engine=EngineConfig(n_parallel=None)))
     assert scorer.n_parallel is None and scorer.chunk_size == 8

@@ -21,9 +21,9 @@ import pytest
 
 from prom_local.errors import UsageError
 from prom_local.engine import read_model_info
-from prom_local.prompt_tokens import render_prompt, tokenize_prompt
-from prom_local.prompts import PromptProfile, get_profile, load_profile, profile_names
-from prom_local.records import record_from_mapping
+from prom_local.judging.prompt_tokens import render_prompt, tokenize_prompt
+from prom_local.judging.prompts import PromptProfile, get_profile, load_profile, profile_names
+from prom_local.judging.records import record_from_mapping
 
 pe_prompts = pytest.importorskip("prometheus_eval.prompts")
 
@@ -169,8 +169,8 @@ def test_profiles_load_from_data_files(tmp_path):
 
 
 def test_registry_names_the_prometheus_2_ggufs_with_their_profile():
-    from prom_local.models import registry
-    from prom_local.pull import resolve_target
+    from prom_local.store.models import registry
+    from prom_local.store.pull import resolve_target
 
     for name, entry in registry().items():
         get_profile(entry["profile"])   # every registry model names a shipped profile
@@ -184,7 +184,7 @@ def test_registry_names_the_prometheus_2_ggufs_with_their_profile():
 def test_prometheus_evals_rubric_string_round_trips_through_the_profile():
     # absolute_grade(rubric=SCORE_RUBRIC_TEMPLATE.format(...)) is parsed into a Rubric, and the
     # profile renders it back: the prompt holds prometheus-eval's string unchanged.
-    from prom_local.rubrics import Rubric
+    from prom_local.judging.rubrics import Rubric
 
     text = pe_prompts.SCORE_RUBRIC_TEMPLATE.format(**RUBRIC)
     assert P2.rubric_template.format(**Rubric.parse(text).as_dict()) == text

@@ -7,8 +7,8 @@ import pytest
 
 from fake_engine import FakeEngine, Reply
 from prom_local.engine import SamplingParams
-from prom_local.judge import Judge
-from prom_local.prometheus_eval_calls import sampling_from_params
+from prom_local.judging.judge import Judge
+from prom_local.judging.prometheus_eval_calls import sampling_from_params
 
 LONG = Reply("The response names the right city and explains why it is the capital. [RESULT] 4",
              labels=(0.8, 0.2))

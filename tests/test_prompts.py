@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 from card_prompt import card_prompts
 from helpers import invoke, write_jsonl
-from prom_local.judge import render_prompt
-from prom_local.prompt_tokens import tokenize_prompt
-from prom_local.prompts import get_profile
-from prom_local.records import record_from_mapping
+from prom_local.judging.judge import render_prompt
+from prom_local.judging.prompt_tokens import tokenize_prompt
+from prom_local.judging.prompts import get_profile
+from prom_local.judging.records import record_from_mapping
 
 PROFILE = get_profile("prometheus-ko")
 

@@ -22,10 +22,10 @@ import pytest
 
 from helpers import ROOT, run_cli, short_record, write_jsonl
 
-from prom_local.distributed import group_chunks
-from prom_local.ray_cluster import plan_actors
-from prom_local.records import Record
-from prom_local.rubrics import Rubric
+from prom_local.runs.ray.driver import group_chunks
+from prom_local.runs.ray.cluster import plan_actors
+from prom_local.judging.records import Record
+from prom_local.judging.rubrics import Rubric
 
 # Ray runs only in subprocesses (CLI runs, tests/ray_kill_driver.py, `ray start`): Ray reads its
 # auth settings once per process, at import, so the test process itself stays free of it.

@@ -5,8 +5,8 @@ import pytest
 
 from helpers import RUBRIC, write_jsonl
 from prom_local.errors import InputError
-from prom_local.records import Record, read_records, record_from_mapping
-from prom_local.rubrics import Rubric
+from prom_local.judging.records import Record, read_records, record_from_mapping
+from prom_local.judging.rubrics import Rubric
 
 
 def test_feedback_collection_columns(card_sample):

@@ -8,9 +8,9 @@ import pytest
 
 from helpers import write_jsonl
 from prom_local.errors import InputError
-from prom_local.grading import Grade, RelativeGrade, extract_winner, split_relative_feedback
-from prom_local.records import Record, RelativeRecord, read_records, record_from_mapping
-from prom_local.relative import both_orders_grade
+from prom_local.judging.grading import Grade, RelativeGrade, extract_winner, split_relative_feedback
+from prom_local.judging.records import Record, RelativeRecord, read_records, record_from_mapping
+from prom_local.judging.pairwise import both_orders_grade
 
 parser = pytest.importorskip("prometheus_eval.parser")
 
@@ -173,7 +173,7 @@ def test_relative_row_round_trips_and_keeps_the_contract_keys():
 def test_score_file_writes_relative_rows_beside_absolute_ones(tmp_path, smollm2):
     from fake_engine import FakeEngine, Reply
     from prom_local import Judge
-    from prom_local.batch import score_file
+    from prom_local.runs.score_file import score_file
 
     def script(prompt: str) -> Reply:
         if "###Response A:" not in prompt:

@@ -8,8 +8,8 @@ import pytest
 
 from helpers import read_jsonl, run_cli, write_jsonl
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
-from prom_local.prompts import LABELS
-from prom_local.records import record_from_mapping
+from prom_local.judging.prompts import LABELS
+from prom_local.judging.records import record_from_mapping
 
 pytestmark = pytest.mark.slow  # every test here decodes with the real model
 

@@ -15,11 +15,11 @@ import uvicorn
 
 from fake_engine import FakeEngine, Reply
 from helpers import read_jsonl, short_record, write_jsonl
-from prom_local.batch import score_file
+from prom_local.runs.score_file import score_file
 from prom_local.engine import SamplingParams
-from prom_local.judge import Judge
-from prom_local.records import record_from_mapping
-from prom_local.remote import RemoteError, RemoteJudge, check_url
+from prom_local.judging.judge import Judge
+from prom_local.judging.records import record_from_mapping
+from prom_local.runs.remote import RemoteError, RemoteJudge, check_url
 from prom_local.serve import ServeConfig, Service, create_app
 from prom_local.serve.bridge import Admission
 

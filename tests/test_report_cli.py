@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from helpers import invoke
-from prom_local.output import read_rows
-from prom_local.report import compare_rows, summarise
+from prom_local.runs.results_reader import read_rows
+from prom_local.reports.absolute import compare_rows, summarise
 
 
 def cli(*args: str):

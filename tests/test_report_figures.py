@@ -9,7 +9,7 @@ from itertools import combinations
 import pytest
 from scipy import stats
 
-from prom_local.report import RowFilter, agreement, compare_rows, filter_rows, summarise
+from prom_local.reports.absolute import RowFilter, agreement, compare_rows, filter_rows, summarise
 
 
 # -- independent definitions (no numpy/scipy/sklearn) ---------------------------------------------

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from helpers import invoke
-from prom_local.report import is_disagreement, summarise
-from prom_local.report_relative import compare_relative, summarise_relative
+from prom_local.reports.absolute import is_disagreement, summarise
+from prom_local.reports.pairwise import compare_relative, summarise_relative
 
 
 def rel_row(i, winner, gold, *, p_a=None, forced=False, orders=None, error=None) -> dict:
@@ -137,7 +137,7 @@ def test_score_exit_code_and_summary_count_relative_error_rows(tmp_path, smollm2
     graded (the engine is a scripted one and is never asked)."""
     import prom_local.cli.options as cli_options
     from fake_engine import FakeEngine
-    from prom_local.judge import Judge
+    from prom_local.judging.judge import Judge
 
     monkeypatch.setattr(cli_options, "Judge", lambda model_path, *, profile, engine, sampling, on_status=None:
                         Judge.with_engine(FakeEngine(model_path), profile=profile, sampling=sampling))

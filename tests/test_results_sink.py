@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from prom_local.errors import OutputError, ResultsLocked
-from prom_local.grading import Grade
-from prom_local.results_sink import ResultsSink, lock_path
+from prom_local.judging.grading import Grade
+from prom_local.runs.results_sink import ResultsSink, lock_path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

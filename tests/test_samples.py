@@ -18,9 +18,9 @@ from assets import smollm2_gguf
 from helpers import read_jsonl, run_cli, short_record, write_jsonl
 from prom_local import Judge
 from prom_local.engine import Engine, EngineConfig, GenRequest, SamplingParams
-from prom_local.grading import Grade, find_score
-from prom_local.records import record_from_mapping
-from prom_local.samples import PROTOCOLS, apply_protocol, combine, round_half_up, row_score
+from prom_local.judging.grading import Grade, find_score
+from prom_local.judging.records import record_from_mapping
+from prom_local.judging.samples import PROTOCOLS, apply_protocol, combine, round_half_up, row_score
 
 slow = pytest.mark.slow
 

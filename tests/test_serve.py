@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from helpers import run_cli, short_record, write_jsonl
-from prom_local.prompts import PROMETHEUS_KO_SYSTEM, get_profile
-from prom_local.records import record_from_mapping
+from prom_local.judging.prompts import PROMETHEUS_KO_SYSTEM, get_profile
+from prom_local.judging.records import record_from_mapping
 from serve_support import ServerProcess
 
 pytestmark = pytest.mark.slow

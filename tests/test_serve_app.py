@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from prom_local.prompts import PROMETHEUS_KO_SYSTEM
+from prom_local.judging.prompts import PROMETHEUS_KO_SYSTEM
 from prom_local.serve import ServeConfig, Service, create_app
 from prom_local.serve.chat import StopScanner, is_grading
 from prom_local.serve.schema import parse_chat

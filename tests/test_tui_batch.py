@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from prom_local.output import read_rows
-from prom_local.report import is_disagreement, summarise
-from prom_local.results_sink import ResultsSink
+from prom_local.runs.results_reader import read_rows
+from prom_local.reports.absolute import is_disagreement, summarise
+from prom_local.runs.results_sink import ResultsSink
 from prom_local.tui.widgets.batch.results_table import ResultsTable
 from tui_support import (SHORT_RUBRIC, engine_options, make_app, make_fake_app, screen_text, settled_text, wait_for,
                          wait_model)

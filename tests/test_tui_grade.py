@@ -17,7 +17,7 @@ from prom_local.tui.screens.help import HelpScreen
 from prom_local.tui.screens.models import ModelPickerScreen
 from prom_local.tui.screens.save_rubric import SaveRubricScreen
 from prom_local.tui.widgets.grade.result_view import ResultView
-from prom_local.user_rubrics import load_user_rubrics, save_user_rubric
+from prom_local.store.user_rubrics import load_user_rubrics, save_user_rubric
 from tui_support import (SHORT_RUBRIC, engine_options, make_app, make_fake_app, screen_text, settled_text,
                          wait_for, wait_model)
 

@@ -8,9 +8,9 @@ assistant verdict (what tokenizing the whole rendered prompt with special parsin
 import pytest
 
 from prom_local.engine import read_model_info
-from prom_local.prompt_tokens import render_pieces, tokenize_pieces, tokenize_prompt
-from prom_local.prompts import get_profile
-from prom_local.records import record_from_mapping
+from prom_local.judging.prompt_tokens import render_pieces, tokenize_pieces, tokenize_prompt
+from prom_local.judging.prompts import get_profile
+from prom_local.judging.records import record_from_mapping
 
 PROFILE = get_profile("prometheus-ko")
 RUBRIC = {"criteria": "정확한가?", **{f"score{s}_description": f"점수 {s}" for s in range(1, 6)}}

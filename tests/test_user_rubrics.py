@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prom_local.rubrics import Rubric
-from prom_local.user_rubrics import (RubricStoreError, delete_user_rubric, load_user_rubrics, rubrics_file,
+from prom_local.judging.rubrics import Rubric
+from prom_local.store.user_rubrics import (RubricStoreError, delete_user_rubric, load_user_rubrics, rubrics_file,
                                      save_user_rubric)
 
 KO = Rubric("응답이 간결한가?", ("장황함", "다소 장황함", "보통", "간결함", "매우 간결함"))

@@ -6,13 +6,13 @@ import json
 
 from helpers import RUBRIC, short_record, write_jsonl
 from prom_local.engine import read_model_info
-from prom_local.records import record_from_mapping
-from prom_local.workload import done_ids, measure, pending_work, prompt_tokens
+from prom_local.judging.records import record_from_mapping
+from prom_local.runs.workload import done_ids, measure, pending_work, prompt_tokens
 
 
 def test_prompt_tokens_are_what_the_judge_tokenizes(smollm2):
-    from prom_local.judge import render_prompt
-    from prom_local.prompts import get_profile
+    from prom_local.judging.judge import render_prompt
+    from prom_local.judging.prompts import get_profile
 
     records = [record_from_mapping(short_record(i), line=i) for i in (1, 2)]
     model = read_model_info(smollm2)
@@ -28,8 +28,8 @@ def test_prompt_tokens_are_what_the_judge_tokenizes(smollm2):
 
 
 def test_a_pair_counts_its_longer_order(smollm2):
-    from prom_local.prompt_tokens import tokenize_prompt
-    from prom_local.prompts import get_profile
+    from prom_local.judging.prompt_tokens import tokenize_prompt
+    from prom_local.judging.prompts import get_profile
 
     pair = record_from_mapping({"id": "p", "instruction": "2 + 2?", "response_A": "4",
                                 "response_B": "The answer is four, as anyone can see.", "rubric": "Correct?"}, line=1)

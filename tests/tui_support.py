@@ -25,10 +25,10 @@ from fake_engine import FakeEngine, Reply
 from prom_local.cli.options import EngineOptions
 from prom_local.cli.tui_cmd import make_loader
 from prom_local.engine import SamplingParams
-from prom_local.judge import Judge
-from prom_local.model_info import describe_judge
-from prom_local.models import resolve_model
-from prom_local.rubrics import Rubric
+from prom_local.judging.judge import Judge
+from prom_local.engine.model_info import describe_judge
+from prom_local.store.models import resolve_model
+from prom_local.judging.rubrics import Rubric
 from prom_local.tui import PromLocalApp
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"

@@ -9,8 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..bench import BenchRow, bench_records, run_bench
-from ..models import resolve_model
+from ..diagnostics.bench import BenchRow, bench_records, run_bench
+from ..store.models import resolve_model
 from .options import (CtxOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
                       ThreadsOpt, VerboseOpt, err_console)
 

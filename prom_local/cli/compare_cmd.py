@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import PromLocalError
-from ..output import read_results
+from ..runs.results_reader import read_results
 from .options import err_console
 
 
@@ -32,8 +32,8 @@ def register(app: typer.Typer) -> None:
         counted once, by its first row, with a warning.
         """
         # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
-        from ..report import compare_rows, is_relative
-        from ..report_view import comparison_view
+        from ..reports.absolute import compare_rows, is_relative
+        from ..reports.views import comparison_view
 
         runs = [read_results(a), read_results(b)]
         for run in runs:   # each id counted once; say so, since the figures differ from a plain count
@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
 
 def _compare_relative(a: Path, b: Path, runs, kinds: list[set[str]], top: int, as_json: bool) -> None:
     """Pairwise runs: how often the two name the same winner, and each against the gold winner."""
-    from ..report_relative import compare_relative
-    from ..report_view import relative_comparison_view
+    from ..reports.pairwise import compare_relative
+    from ..reports.views import relative_comparison_view
 
     if kinds[0] != kinds[1]:
         def says(k: set[str]) -> str:

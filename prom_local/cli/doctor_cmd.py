@@ -9,11 +9,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..doctor import Diagnosis, diagnose, parse_size
+from ..diagnostics.doctor import Diagnosis, diagnose, parse_size
 from ..errors import PromLocalError
-from ..models import resolve_model
-from ..offload import parse_gpu_layers
-from ..records import RECORD_TYPES, read_records
+from ..store.models import resolve_model
+from ..engine.offload import parse_gpu_layers
+from ..judging.records import RECORD_TYPES, read_records
 from .options import (CtxOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ParallelOpt, ProfileOpt,
                       err_console)
 

@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ..records import record_from_mapping
-from ..rubrics import SCORES, presets
-from ..samples import samples_line
+from ..judging.records import record_from_mapping
+from ..judging.rubrics import SCORES, presets
+from ..judging.samples import samples_line
 from .options import EngineOptions, err_console, with_engine_options
 from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect
 

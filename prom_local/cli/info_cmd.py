@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from ..engine import gpu_offload_supported
-from ..model_info import gguf_summary
-from ..models import resolve_model
+from ..engine.model_info import gguf_summary
+from ..store.models import resolve_model
 from .options import ModelsDirOpt, err_console
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..models import list_store, registry, store_dir
+from ..store.models import list_store, registry, store_dir
 from .options import ModelsDirOpt, err_console
 
 

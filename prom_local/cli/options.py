@@ -20,10 +20,10 @@ import typer
 from rich.console import Console
 
 from ..engine import EngineConfig, SamplingParams
-from ..judge import Judge
-from ..models import resolve_model
-from ..offload import parse_gpu_layers
-from ..samples import PROTOCOLS, apply_protocol
+from ..judging.judge import Judge
+from ..store.models import resolve_model
+from ..engine.offload import parse_gpu_layers
+from ..judging.samples import PROTOCOLS, apply_protocol
 
 # soft_wrap: long paths in messages stay on one line (greppable), tables still fit the terminal.
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Download a published GGUF (through the Hugging Face cache; HF_HUB_OFFLINE=1 uses only the
         cache), check its sha256 against the hub's, and add it to the store with a manifest entry."""
-        from ..pull import pull_gguf
+        from ..store.pull import pull_gguf
 
         with interrupt_means_resume(), RichReporter(quiet) as reporter:
             report = pull_gguf(target, file, revision=revision, quant=quant, name=name, source_key=source,

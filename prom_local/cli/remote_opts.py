@@ -16,7 +16,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import UsageError
-from ..remote import RemoteJudge, ServerInfo, check_url
+from ..runs.remote import RemoteJudge, ServerInfo, check_url
 from .options import FLAGS, EngineOptions, err_console
 
 ServerOpt = Annotated[Optional[str], typer.Option(

@@ -10,10 +10,10 @@ import typer
 
 from ..engine import read_model_info
 from ..errors import InputError
-from ..prompt_tokens import render_pieces, tokenize_pieces
-from ..models import resolve_model
-from ..prompts import get_profile
-from ..records import read_records
+from ..judging.prompt_tokens import render_pieces, tokenize_pieces
+from ..store.models import resolve_model
+from ..judging.prompts import get_profile
+from ..judging.records import read_records
 from .options import ModelOpt, ModelsDirOpt, ProfileOpt
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ..output import read_results
+from ..runs.results_reader import read_results
 from .options import err_console
 
 
@@ -40,9 +40,9 @@ def register(app: typer.Typer) -> None:
         with both kinds gets both sections.
         """
         # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
-        from ..report import summarise
-        from ..report_relative import summarise_relative
-        from ..report_view import file_view
+        from ..reports.absolute import summarise
+        from ..reports.pairwise import summarise_relative
+        from ..reports.views import file_view
 
         read = read_results(results)
         if read.repeated:   # counted once each; say so, since the figures differ from a plain count
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
             if summary.gold is None:
                 err_console.print(f"[yellow]{results} has no gold scores: no heatmap to save[/yellow]")
                 raise typer.Exit(2)
-            from ..plot import save_heatmap_png
+            from ..reports.plot import save_heatmap_png
 
             save_heatmap_png(summary.gold, png, title=f"{results.name}: gold vs predicted "
                              f"(n={summary.gold.n})")

@@ -9,15 +9,15 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..batch import default_output, score_file
+from ..runs.score_file import default_output, score_file
 from ..errors import OutputError
-from ..grading import Grade
-from ..output import read_results
-from ..records import read_records
-from ..results_sink import BatchStats, ResultsSink
-from ..models import resolve_model
-from ..workload import pending_work
-from ..remote import RemoteError
+from ..judging.grading import Grade
+from ..runs.results_reader import read_results
+from ..judging.records import read_records
+from ..runs.results_sink import BatchStats, ResultsSink
+from ..store.models import resolve_model
+from ..runs.workload import pending_work
+from ..runs.remote import RemoteError
 from .options import EngineOptions, err_console, with_engine_options
 from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect
 
@@ -35,7 +35,7 @@ def check_input(path: str) -> None:
 def count_lines(path: str) -> int | None:
     if path == "-":
         return None
-    from ..benchmark_files import count_records, detect
+    from ..inputs.benchmark_files import count_records, detect
     if detect(path):   # a JSON array: records, not lines
         return count_records(path)
     try:
@@ -134,9 +134,9 @@ def register(app: typer.Typer) -> None:
             err_console.print(f"[yellow]cut a torn last line ({stats.repaired_bytes} bytes) from {out}; "
                               "its record was graded again[/yellow]")
         # Imported here: scipy costs ~0.8 s, which `--help` and the other commands should not pay.
-        from ..report import summarise
-        from ..report_relative import summarise_relative
-        from ..report_view import file_view
+        from ..reports.absolute import summarise
+        from ..reports.pairwise import summarise_relative
+        from ..reports.views import file_view
 
         summary, relative = None, None
         if out != "-" and not Path(out).exists():   # nothing to write (an empty input)
@@ -186,7 +186,7 @@ def _score_on_server(input, sink: ResultsSink, server, api_key, api_key_file, op
 
 def _score_on_ray(input, sink: ResultsSink, address, actors, opts: EngineOptions, progress, task, on_result,
                   say, *, both_orders: bool = False) -> BatchStats:
-    from ..distributed import JudgeSpec, RayScorer
+    from ..runs.ray.driver import JudgeSpec, RayScorer
 
     spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
                      sampling=opts.sampling_params(),

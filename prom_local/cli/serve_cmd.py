@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import PromLocalError
-from ..models import resolve_model
+from ..store.models import resolve_model
 from .options import EngineOptions, err_console, with_engine_options
 
 EXIT_OK, EXIT_BAD_OPTION = 0, 2

@@ -10,9 +10,9 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import UsageError
-from ..model_info import ModelInfo, describe_judge
-from ..models import resolve_model
-from ..remote import RemoteJudge
+from ..engine.model_info import ModelInfo, describe_judge
+from ..store.models import resolve_model
+from ..runs.remote import RemoteJudge
 from .options import EngineOptions, with_engine_options
 from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect, read_key
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Callable
 
 from .doctor import builtin_records
-from .engine import EngineConfig, SamplingParams
-from .judge import Judge
-from .records import Record
-from .workload import measure
+from ..engine import EngineConfig, SamplingParams
+from ..judging.judge import Judge
+from ..judging.records import Record
+from ..runs.workload import measure
 
 
 def bench_records(n: int) -> list[Record]:

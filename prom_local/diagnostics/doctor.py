@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .devices import gpus_seen
-from .engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offload_supported, read_model_info
-from .errors import PromLocalError
-from .model_info import quant_from_metadata
-from .offload import auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
-from .records import AnyRecord, Record, read_records
-from .workload import WorkSize, measure
+from ..engine.devices import gpus_seen
+from ..engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offload_supported, read_model_info
+from ..errors import PromLocalError
+from ..engine.model_info import quant_from_metadata
+from ..engine.offload import auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
+from ..judging.records import AnyRecord, Record, read_records
+from ..runs.workload import WorkSize, measure
 
 # Exit codes (also in `prom-local doctor --help` and the README).
 EXIT_OK = 0            # the model can run here

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import ContextOverflow
-from ..offload import available_memory
+from .offload import available_memory
 from .cache import PrefixCache
 from .config import EngineConfig
 from .context import LlamaBatch, LlamaContext, SamplerChain, flash_attn_default

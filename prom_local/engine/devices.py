@@ -46,7 +46,7 @@ def _ggml_library():
 
 def backend_devices() -> list[Device]:
     """Every device of the loaded llama.cpp build; [] where the registry cannot be read."""
-    from .engine.llama import require_llama  # initialises the backends, which registers the devices
+    from .llama import require_llama  # initialises the backends, which registers the devices
 
     try:
         require_llama()

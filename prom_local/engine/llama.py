@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import ModelLoadError, ModelNotFound
-from ..offload import ModelShape
+from .offload import ModelShape
 
 try:  # Guarded so that importing the package (the CLI, its --help, config readers) works on an
     # install whose binding is missing or broken; that is reported when a model is opened.

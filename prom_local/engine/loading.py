@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ModelLoadError
-from ..offload import (OffloadPlan, available_memory, choose_parallel, context_size, fewer_layers,
+from .offload import (OffloadPlan, available_memory, choose_parallel, context_size, fewer_layers,
                        free_gpu_memory, plan_offload)
 from .config import EngineConfig
 from .scheduler import CONTINUATION_RESERVE

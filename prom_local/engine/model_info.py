@@ -11,8 +11,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import build_backend, read_model_info
-from .models import ResolvedModel
+from . import build_backend, read_model_info
+from ..store.models import ResolvedModel
 
 @functools.lru_cache(maxsize=1)
 def ftype_table() -> dict[str, int]:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InputError
-from .grading import round_half_up
-from .records import Record, record_from_mapping
-from .rubrics import SCORES, Rubric
+from ..errors import InputError
+from ..judging.grading import round_half_up
+from ..judging.records import Record, record_from_mapping
+from ..judging.rubrics import SCORES, Rubric
 
 # The absolute prompt exactly as the benchmark files render it (Prometheus 1's wording, from
 # prometheus-eval's eval/prompts.py and the files themselves). Prometheus 2's ABSOLUTE_PROMPT

@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, SamplingParams,
+from ..engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, SamplingParams,
                      TokenEvent)
-from .errors import InputError
+from ..errors import InputError
 from .grading import MARKER_AT_END, Grade, attach_gold, find_score, note_run, split_feedback
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prometheus_eval_calls import PrometheusEvalCalls
@@ -94,7 +94,7 @@ class Judge(PrometheusEvalCalls):
     def pairs(self):
         """Relative grading on this judge; a UsageError when the profile has no relative prompt."""
         if self._pairs is None:
-            from .relative import PairJudge
+            from .pairwise import PairJudge
             self._pairs = PairJudge(self)
         return self._pairs
 
@@ -189,7 +189,7 @@ class Judge(PrometheusEvalCalls):
     def failed_grade(record: AnyRecord, error: Exception) -> Grade:
         """The error row of a record the engine could not run (a prompt too long for the context)."""
         if record.is_relative:
-            from .relative import failed_pair
+            from .pairwise import failed_pair
             return failed_pair(record, error)  # type: ignore[arg-type]
         return Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
                      error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
-from .engine import GenOutput, GenRequest, SamplingParams
+from ..engine import GenOutput, GenRequest, SamplingParams
 from .grading import WINNER_AT_END, RelativeGrade, find_winner, note_run, split_relative_feedback
 from .prompts import LABELS
 from .records import RelativeRecord, other_label

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping, Sequence
 
-from .engine import SamplingParams
+from ..engine import SamplingParams
 from .records import Record, RelativeRecord
 from .rubrics import Rubric
 

@@ -20,12 +20,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Callable
 
 from .chat_template import render_chat
-from .errors import PromLocalError
+from ..errors import PromLocalError
 from .prompts import PromptProfile
 from .records import AnyRecord
 
 if TYPE_CHECKING:  # the engine imports llama.cpp; rendering text needs no model at all
-    from .engine import LlamaModel
+    from ..engine import LlamaModel
 
 # (text, from_record): the prompt as the template laid it out, record text flagged.
 Pieces = list[tuple[str, bool]]

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .errors import UsageError
+from ..errors import UsageError
 from .rubrics import Rubric
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Iterator, Mapping, Union
 
-from .errors import InputError
+from ..errors import InputError
 from .rubrics import SCORES, Rubric
 
 # Feedback-Collection columns first, then the plain names; the first one present wins.
@@ -238,7 +238,7 @@ def _open(path: str | Path) -> tuple[BinaryIO, str, bool]:
 def read_records(path: str | Path) -> Iterator[AnyRecord | InputError]:
     """Yield a Record or an InputError for every non-blank line of a JSONL file (`-` = stdin), or
     for every record of a prometheus-eval benchmark file (benchmark_files.py)."""
-    from . import benchmark_files   # imports this module: imported late
+    from ..inputs import benchmark_files   # imports this module: imported late
 
     if benchmark_files.detect(path):
         yield from benchmark_files.read_benchmark(path)

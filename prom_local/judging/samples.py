@@ -11,7 +11,7 @@ import statistics
 from dataclasses import fields, replace
 from typing import Iterable, Sequence
 
-from .engine import SamplingParams
+from ..engine import SamplingParams
 from .grading import Grade, round_half_up
 
 # The Prometheus papers' protocol, as prometheus-eval's evaluation code runs it (the repository

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .errors import PromLocalError
+from ..errors import PromLocalError
 from .grading import normalise
 
 if TYPE_CHECKING:
-    from .engine import GenOutput, LlamaModel
+    from ..engine import GenOutput, LlamaModel
 
 
 @dataclass(frozen=True)

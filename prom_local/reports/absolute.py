@@ -10,8 +10,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from .grading import expected_score, normalise, row_probabilities
-from .rubrics import SCORES
+from ..judging.grading import expected_score, normalise, row_probabilities
+from ..judging.rubrics import SCORES
 
 
 @dataclass

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .report import is_relative
+from .absolute import is_relative
 
 LABELS = ("A", "B")
 # Confidence bins for calibration: max(P(A), P(B)) lies in [0.5, 1].

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import OutputError, PromLocalError
-from .report import Agreement
-from .rubrics import SCORES
+from ..errors import OutputError, PromLocalError
+from .absolute import Agreement
+from ..judging.rubrics import SCORES
 
 
 class PlotUnavailable(PromLocalError):

@@ -12,9 +12,9 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .report import Agreement, Comparison, Correlation, Summary
-from .report_relative import RelativeComparison, RelativeSummary
-from .rubrics import SCORES
+from .absolute import Agreement, Comparison, Correlation, Summary
+from .pairwise import RelativeComparison, RelativeSummary
+from ..judging.rubrics import SCORES
 
 FIGURES = (
     # (field, label); labels short enough for the TUI's side pane at 80 columns

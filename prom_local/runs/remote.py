@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .engine import SamplingParams
-from .errors import InputError, PromLocalError, UsageError
-from .grading import Grade, gold_fields
-from .records import Record
+from ..engine import SamplingParams
+from ..errors import InputError, PromLocalError, UsageError
+from ..judging.grading import Grade, gold_fields
+from ..judging.records import Record
 
 CONNECT_TIMEOUT = 10.0
 # One record's whole answer: a long feedback from a big model on a busy box takes minutes.

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 
 
 def read_rows(path: str | Path, *, skip_torn_tail: bool = False) -> list[dict]:

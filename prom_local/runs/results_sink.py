@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import OutputError, ResultsLocked
-from .grading import Grade
+from ..errors import OutputError, ResultsLocked
+from ..judging.grading import Grade
 
 
 @dataclass

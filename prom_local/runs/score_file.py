@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import InputError
-from .grading import Grade
-from .judge import Judge
-from .records import AnyRecord, read_records
+from ..errors import InputError
+from ..judging.grading import Grade
+from ..judging.judge import Judge
+from ..judging.records import AnyRecord, read_records
 from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
 
 

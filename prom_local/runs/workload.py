@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .engine import LlamaModel, read_model_info
-from .errors import OutputError
-from .output import read_rows
-from .prompt_tokens import tokenize_prompt
-from .prompts import PromptProfile, get_profile
-from .records import RECORD_TYPES, AnyRecord, read_records
+from ..engine import LlamaModel, read_model_info
+from ..errors import OutputError
+from .results_reader import read_rows
+from ..judging.prompt_tokens import tokenize_prompt
+from ..judging.prompts import PromptProfile, get_profile
+from ..judging.records import RECORD_TYPES, AnyRecord, read_records
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..engine import GenRequest, SamplingParams
-from ..judge import Judge
-from ..prompt_tokens import render_message_pieces, tokenize_pieces
-from ..prompts import PROMETHEUS_KO_SYSTEM
+from ..judging.judge import Judge
+from ..judging.prompt_tokens import render_message_pieces, tokenize_pieces
+from ..judging.prompts import PROMETHEUS_KO_SYSTEM
 from .schema import ChatRequest
 
 # prometheus-eval's ABSOLUTE_PROMPT (and its no-reference variant) put the whole task in the

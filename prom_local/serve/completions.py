@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse
 
 from ..engine import DoneEvent, ErrorEvent, GenOutput, TokenEvent
 from ..errors import ContextOverflow, PromLocalError
-from ..judge import Judge, Verdict
-from ..rubrics import SCORES
+from ..judging.judge import Judge, Verdict
+from ..judging.rubrics import SCORES
 from .bridge import Flight, finish_unless_gone
 from .chat import StopScanner, TokenLogprobs, engine_request, is_grading, prompt_tokens
 from .errors import ApiError, bad_request, model_not_found

@@ -21,10 +21,10 @@ import threading
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..batch import error_grade
+from ..runs.score_file import error_grade
 from ..errors import InputError, UsageError
-from ..grading import Grade
-from ..records import Record, record_from_mapping
+from ..judging.grading import Grade
+from ..judging.records import Record, record_from_mapping
 from .bridge import finish_unless_gone
 from .errors import ApiError, bad_request
 from .schema import parse_grade, parse_json

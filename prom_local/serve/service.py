@@ -13,7 +13,7 @@ from typing import Callable
 from starlette.requests import Request
 
 from ..engine import CONTINUATION_RESERVE, Engine, EngineConfig, GenOutput, SamplingParams
-from ..judge import Judge
+from ..judging.judge import Judge
 from .bridge import Admission, Flight
 from .errors import ApiError, not_ready, overloaded, unauthorized
 from .metrics import ServeMetrics
@@ -102,7 +102,7 @@ class Service:
         """What a `--server` client's model panel shows (quant, size, GPU layers), read once."""
         if self._facts is None:
             try:
-                from ..model_info import describe_judge
+                from ..engine.model_info import describe_judge
 
                 model = describe_judge(self.judge)
                 self._facts = {"quant": model.quant, "size_bytes": model.size_bytes,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import DownloadError
+from ..errors import DownloadError
 
 
 def is_connection_error(exc: BaseException) -> bool:

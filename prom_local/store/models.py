@@ -15,7 +15,7 @@ from pathlib import Path
 
 from platformdirs import user_data_path
 
-from .errors import ConvertError, ModelNotFound
+from ..errors import ConvertError, ModelNotFound
 
 DEFAULT_MODEL = "prometheus-ko"
 DEFAULT_PROFILE = "prometheus-ko"

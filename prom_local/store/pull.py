@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest as mf
-from .errors import DownloadError, IntegrityError, ModelLoadError, ModelNotFound, PromLocalError
+from ..errors import DownloadError, IntegrityError, ModelLoadError, ModelNotFound, PromLocalError
 from .hub import hub_error, is_connection_error, offline_message
-from .model_info import ftype_table, gguf_summary
+from ..engine.model_info import ftype_table, gguf_summary
 from .models import DEFAULT_PROFILE, gguf_name, registry, split_spec, store_dir, validate_name
 from .stages import Reporter, Stage, check_free, hash_with_progress, human
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DiskSpaceError
+from ..errors import DiskSpaceError
 from .manifest import sha256_file
 
 

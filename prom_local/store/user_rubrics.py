@@ -13,8 +13,8 @@ from pathlib import Path
 
 from platformdirs import user_config_path
 
-from .errors import PromLocalError
-from .rubrics import Rubric, presets
+from ..errors import PromLocalError
+from ..judging.rubrics import Rubric, presets
 
 CONFIG_ENV = "PROM_LOCAL_CONFIG_DIR"
 MAX_NAME = 60

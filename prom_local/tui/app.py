@@ -22,8 +22,8 @@ from textual.binding import Binding
 from textual.reactive import reactive
 
 from ..errors import PromLocalError
-from ..model_info import ModelInfo
-from ..models import list_store, store_dir
+from ..engine.model_info import ModelInfo
+from ..store.models import list_store, store_dir
 from .messages import ModelFailed, ModelLoaded, ModelStatus
 from .screens.batch import BatchScreen
 from .screens.grade import GradeScreen

@@ -16,8 +16,8 @@ from textual.message import Message as _Message
 class Message(_Message, bubble=False):
     """Messages here go to the screen or app that started the work, and stop there."""
 
-from ..grading import Grade
-from ..model_info import ModelInfo
+from ..judging.grading import Grade
+from ..engine.model_info import ModelInfo
 
 
 # -- the model ------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ClusterError
-from .records import Record
+from ...errors import ClusterError
+from ...judging.records import Record
 
 # A local instance started by `--ray auto` keeps records and grades only (kilobytes each).
 LOCAL_OBJECT_STORE_BYTES = 128 << 20

@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .batch import pending_items
-from .engine import EngineConfig, SamplingParams
-from .errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
+from ..score_file import pending_items
+from ...engine import EngineConfig, SamplingParams
+from ...errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
                      PromLocalError)
-from .grading import Grade
-from .prompts import get_profile
-from .records import Record
-from .ray_cluster import ActorSlot, connect, import_ray, plan_actors
-from .ray_worker import EngineWorker
-from .results_sink import BatchStats, ResultsSink
+from ...judging.grading import Grade
+from ...judging.prompts import get_profile
+from ...judging.records import Record
+from .cluster import ActorSlot, connect, import_ray, plan_actors
+from .worker import EngineWorker
+from ..results_sink import BatchStats, ResultsSink
 
 # How long an actor may wait to be placed (its node busy, its resources taken) before we give up.
 PLACEMENT_TIMEOUT_S = float(os.environ.get("PROM_LOCAL_RAY_PLACEMENT_TIMEOUT", "180"))

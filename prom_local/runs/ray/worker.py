@@ -18,11 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-from .engine import EngineConfig, SamplingParams
-from .errors import ModelNotFound, PromLocalError
-from .grading import Grade
-from .manifest import sha256_file
-from .records import Record
+from ...engine import EngineConfig, SamplingParams
+from ...errors import ModelNotFound, PromLocalError
+from ...judging.grading import Grade
+from ...store.manifest import sha256_file
+from ...judging.records import Record
 
 # How long the engine may wait for the next record when the inbox is empty before it ends the
 # current stream and finishes what it holds. While it waits, its other slots are not decoding, so
@@ -40,8 +40,8 @@ def _user_error(exc: PromLocalError) -> dict:
 
 
 def _pull(spec: str, store: Path | None) -> None:
-    from .models import store_dir
-    from .pull import pull_gguf
+    from ...store.models import store_dir
+    from ...store.pull import pull_gguf
 
     try:
         pull_gguf(spec, store=store)
@@ -74,7 +74,7 @@ class EngineWorker:
 
     def prepare_model(self, spec: str | None, models_dir: str | None, allow_pull: bool = True) -> dict:
         """Resolve the model on this node (pulling a store model if missing) and hash the file."""
-        from .models import DEFAULT_MODEL, read_manifest, resolve_model, store_dir
+        from ...store.models import DEFAULT_MODEL, read_manifest, resolve_model, store_dir
 
         name = spec or DEFAULT_MODEL
         try:
@@ -106,7 +106,7 @@ class EngineWorker:
 
     def load(self, path: str, profile: str, engine: EngineConfig, sampling: SamplingParams,
              both_orders: bool = False) -> dict:
-        from .judge import Judge
+        from ...judging.judge import Judge
 
         self._both_orders = both_orders
         try:

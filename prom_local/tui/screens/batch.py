@@ -15,12 +15,12 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
-from ...batch import default_output, duplicate_row_id, score_file
+from ...runs.score_file import default_output, duplicate_row_id, score_file
 from ...errors import InputError, PromLocalError
-from ...output import read_results
-from ...records import Record, read_records
-from ...report import RowFilter, filter_rows
-from ...results_sink import BatchStats
+from ...runs.results_reader import read_results
+from ...judging.records import Record, read_records
+from ...reports.absolute import RowFilter, filter_rows
+from ...runs.results_sink import BatchStats
 from ..messages import (BatchActivity, BatchFinished, BatchOpened, BatchOpenFailed, BatchRow, Progress)
 from ..widgets.batch.agreement_pane import AgreementPane
 from ..widgets.batch.detail_pane import DetailPane

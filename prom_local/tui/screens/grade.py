@@ -12,9 +12,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Select, TextArea
 
 from ...errors import InputError, PromLocalError
-from ...records import record_from_mapping
-from ...rubrics import Rubric, presets
-from ...user_rubrics import load_user_rubrics, save_user_rubric
+from ...judging.records import record_from_mapping
+from ...judging.rubrics import Rubric, presets
+from ...store.user_rubrics import load_user_rubrics, save_user_rubric
 from ..messages import FeedbackToken, GradeFailed, GradeFinished
 from ..widgets.grade.record_form import RecordForm
 from ..widgets.grade.result_view import ResultView

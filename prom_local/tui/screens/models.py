@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from ...model_info import ModelInfo, human_size
+from ...engine.model_info import ModelInfo, human_size
 
 
 class ModelPickerScreen(ModalScreen[str | None]):

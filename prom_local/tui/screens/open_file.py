@@ -10,7 +10,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DirectoryTree, Input, Label, Static
 
-from ...batch import default_output
+from ...runs.score_file import default_output
 
 
 class JsonlTree(DirectoryTree):

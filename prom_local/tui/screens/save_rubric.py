@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from ...errors import PromLocalError
-from ...user_rubrics import check_name, rubrics_file
+from ...store.user_rubrics import check_name, rubrics_file
 
 
 class SaveRubricScreen(ModalScreen[str | None]):

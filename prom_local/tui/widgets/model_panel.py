@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from ...model_info import ModelInfo
+from ...engine.model_info import ModelInfo
 
 
 def describe(info: ModelInfo | None, state: str, error: str | None) -> Text:

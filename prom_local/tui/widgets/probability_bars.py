@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from ...rubrics import SCORES
+from ...judging.rubrics import SCORES
 
 EIGHTHS = " ▏▎▍▌▋▊▉"
 

@@ -8,9 +8,9 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from ....report import summarise
-from ....report_relative import summarise_relative
-from ....report_view import file_view
+from ....reports.absolute import summarise
+from ....reports.pairwise import summarise_relative
+from ....reports.views import file_view
 
 
 class AgreementPane(VerticalScroll):

@@ -7,9 +7,9 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from ....grading import row_probabilities
-from ....report import is_relative
-from ....report_relative import pair_probabilities, verdict
+from ....judging.grading import row_probabilities
+from ....reports.absolute import is_relative
+from ....reports.pairwise import pair_probabilities, verdict
 from ..probability_bars import ProbabilityBars
 
 PREVIEW = 400

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ....report import RowFilter
+from ....reports.absolute import RowFilter
 
 
 class FilterBar(Static):

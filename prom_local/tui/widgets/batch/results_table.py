@@ -7,8 +7,8 @@ import re
 from rich.text import Text
 from textual.widgets import DataTable
 
-from ....report import is_disagreement, is_relative
-from ....report_relative import verdict
+from ....reports.absolute import is_disagreement, is_relative
+from ....reports.pairwise import verdict
 
 COLUMNS = (("id", "id"), ("score", "score"), ("gold", "gold"), ("forced", "forced"), ("error", "error"))
 WIDTHS = {"id": 8, "score": 5, "gold": 4, "forced": 6, "error": 14}

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Select, TextArea
 
-from ....rubrics import SCORES, Rubric
+from ....judging.rubrics import SCORES, Rubric
 
 RUBRIC_FIELDS = (("criteria", "Criteria"),) + tuple(
     (f"score{s}_description", f"Score {s}") for s in SCORES)
