@@ -33,7 +33,7 @@ RECORDS = ROOT / "prom_local" / "data" / "bench-ko.jsonl"
 
 def child(args: argparse.Namespace) -> None:
     from prom_local import EngineConfig, Judge, SamplingParams
-    from prom_local.judging.records import read_records
+    from prom_local.inputs import read_records
 
     records = list(read_records(args.records))[: args.limit]
     sampling = SamplingParams(temperature=1.0, top_p=0.9, repeat_penalty=1.03, seed=args.seed,

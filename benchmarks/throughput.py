@@ -101,7 +101,7 @@ def child_loop(args) -> dict:
 
     from prom_local.judging.grading import extract_score
     from prom_local.judging.prompts import get_profile
-    from prom_local.judging.records import read_records
+    from prom_local.inputs import read_records
 
     profile = get_profile("prometheus-ko")
     records = [r for r in read_records(args.input)]

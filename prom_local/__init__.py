@@ -5,7 +5,8 @@ from .errors import ContextOverflow, InputError, ModelLoadError, ModelNotFound, 
 from .judging.grading import Grade, RelativeGrade, extract_score, extract_winner
 from .judging.judge import Judge, render_prompt
 from .judging.prompts import PromptProfile, get_profile, load_profile, register_profile
-from .judging.records import Record, RelativeRecord, read_records
+from .judging.records import Record, RelativeRecord
+from .inputs import read_records
 from .judging.rubrics import Rubric
 
 __version__ = "0.1.0"

@@ -18,7 +18,8 @@ from prom_local.runs.score_file import score_file
 from prom_local.errors import InputError
 from prom_local.judging.judge import Judge
 from prom_local.runs.results_reader import read_rows
-from prom_local.judging.records import Record, read_records
+from prom_local.judging.records import Record
+from prom_local.inputs import read_records
 
 DATA = Path(__file__).parent / "data" / "benchmarks"
 FIXTURES = [DATA / "vicuna_eval.sample.json", DATA / "mt_bench_eval.sample.json"]

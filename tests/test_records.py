@@ -5,7 +5,8 @@ import pytest
 
 from helpers import RUBRIC, write_jsonl
 from prom_local.errors import InputError
-from prom_local.judging.records import Record, read_records, record_from_mapping
+from prom_local.judging.records import Record, record_from_mapping
+from prom_local.inputs import read_records
 from prom_local.judging.rubrics import Rubric
 
 

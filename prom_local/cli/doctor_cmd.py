@@ -13,7 +13,8 @@ from ..diagnostics.doctor import Diagnosis, diagnose, parse_size
 from ..errors import PromLocalError
 from ..store.models import resolve_model
 from ..engine.offload import parse_gpu_layers
-from ..judging.records import RECORD_TYPES, read_records
+from ..judging.records import RECORD_TYPES
+from ..inputs import read_records
 from .options import (CtxOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ParallelOpt, ProfileOpt,
                       err_console)
 

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..judging.prompt_tokens import render_pieces, tokenize_pieces
 from ..store.models import resolve_model
 from ..judging.prompts import get_profile
-from ..judging.records import read_records
+from ..inputs import read_records
 from .options import ModelOpt, ModelsDirOpt, ProfileOpt
 
 

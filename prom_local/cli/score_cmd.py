@@ -13,7 +13,7 @@ from ..runs.score_file import default_output, score_file
 from ..errors import OutputError
 from ..judging.grading import Grade
 from ..runs.results_reader import read_results
-from ..judging.records import read_records
+from ..inputs import read_records
 from ..runs.results_sink import BatchStats, ResultsSink
 from ..store.models import resolve_model
 from ..runs.workload import pending_work

@@ -1,16 +1,15 @@
-"""Input records: parse JSONL lines into `Record`s, with errors that name the file, line and field.
+"""Input records: one mapping (a parsed JSONL line, a form, an HTTP body) -> a `Record` or a
+`RelativeRecord`, with errors that name the file, line and field.
 
-One bad line never stops the others: `read_records` yields either a `Record` or an `InputError`
-for every non-blank line, in order, so a batch can write an error row for it and go on.
+Reading files is inputs/'s job (`prom_local.inputs.read_records`); this module holds what a record
+is and how one mapping becomes one.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, BinaryIO, ClassVar, Iterator, Mapping, Union
+from typing import Any, ClassVar, Mapping, Union
 
 from ..errors import InputError
 from .rubrics import SCORES, Rubric
@@ -219,54 +218,3 @@ def _rubric(data: Mapping[str, Any], fail) -> Rubric:
                                                  else _styled(data, name))) from None
     except TypeError as exc:
         raise fail("must be a string", prefix + exc.args[0]) from None
-
-
-def _open(path: str | Path) -> tuple[BinaryIO, str, bool]:
-    if str(path) == "-":
-        return sys.stdin.buffer, "<stdin>", False
-    p = Path(path)
-    try:
-        return p.open("rb"), str(p), True
-    except FileNotFoundError:
-        raise InputError("no such file", source=str(p)) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, expected a JSONL file", source=str(p)) from None
-    except OSError as exc:   # permission denied, and the like
-        raise InputError(f"cannot read it: {exc.strerror or exc}", source=str(p)) from None
-
-
-def read_records(path: str | Path) -> Iterator[AnyRecord | InputError]:
-    """Yield a Record or an InputError for every non-blank line of a JSONL file (`-` = stdin), or
-    for every record of a prometheus-eval benchmark file (benchmark_files.py)."""
-    from ..inputs import benchmark_files   # imports this module: imported late
-
-    if benchmark_files.detect(path):
-        yield from benchmark_files.read_benchmark(path)
-        return
-    handle, source, close = _open(path)
-    try:
-        # Lines are decoded one by one, so a line of bad bytes is an error for that line only.
-        for line_no, raw in enumerate(handle, 1):
-            try:
-                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                yield InputError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", source=source,
-                                 line=line_no)
-                continue
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield InputError(f"invalid JSON: {exc.msg} (column {exc.colno})", source=source, line=line_no)
-                continue
-            try:
-                yield record_from_mapping(data, line=line_no, source=source)
-            except InputError as err:
-                rid = data.get("id") if isinstance(data, dict) else None
-                if isinstance(rid, (str, int)) and not isinstance(rid, bool):
-                    err.record_id = str(rid)
-                yield err
-    finally:
-        if close:
-            handle.close()

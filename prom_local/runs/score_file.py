@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 from ..errors import InputError
 from ..judging.grading import Grade
 from ..judging.judge import Judge
-from ..judging.records import AnyRecord, read_records
+from ..judging.records import AnyRecord
+from ..inputs import read_records
 from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
 
 

@@ -17,7 +17,8 @@ from ..errors import OutputError
 from .results_reader import read_rows
 from ..judging.prompt_tokens import tokenize_prompt
 from ..judging.prompts import PromptProfile, get_profile
-from ..judging.records import RECORD_TYPES, AnyRecord, read_records
+from ..judging.records import RECORD_TYPES, AnyRecord
+from ..inputs import read_records
 
 
 @dataclass(frozen=True)

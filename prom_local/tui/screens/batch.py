@@ -18,7 +18,8 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 from ...runs.score_file import default_output, duplicate_row_id, score_file
 from ...errors import InputError, PromLocalError
 from ...runs.results_reader import read_results
-from ...judging.records import Record, read_records
+from ...judging.records import Record
+from ...inputs import read_records
 from ...reports.absolute import RowFilter, filter_rows
 from ...runs.results_sink import BatchStats
 from ..messages import (BatchActivity, BatchFinished, BatchOpened, BatchOpenFailed, BatchRow, Progress)
