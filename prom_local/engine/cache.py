@@ -9,12 +9,9 @@ what a sequence is about to lose there, and loads a stored prompt back when that
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .host_cache import HostPromptCache
 
 # Tokens a sequence must be about to lose before its state is worth saving to the host store, and
 # tokens a stored state must add over the best sequence before loading it beats computing them
@@ -31,6 +28,15 @@ class KvMemory(Protocol):
     def seq_load(self, seq: int, data) -> bool: ...       # replace the sequence with a state
 
 
+class PromptStore(Protocol):
+    """What the cache asks of a host store (host_cache.HostPromptCache). A protocol, not an import:
+    the store uses this module's common_prefix, and the two modules must not import each other."""
+    def best(self, arr: np.ndarray, limit: int) -> tuple[object | None, int]: ...
+    def used(self, entry) -> None: ...
+    def covers(self, tokens: np.ndarray) -> bool: ...
+    def put(self, tokens: np.ndarray, data) -> bool: ...
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     n = min(len(a), len(b), limit)
     # numpy compares long prompts far faster than a Python loop.
@@ -44,7 +50,7 @@ class PrefixCache:
     """Tokens whose KV each of `n_seq` sequences holds (at most `capacity` each)."""
 
     def __init__(self, n_seq: int, capacity: int, memory: KvMemory | None = None,
-                 store: "HostPromptCache | None" = None):
+                 store: PromptStore | None = None):
         self._buf = np.zeros((n_seq, capacity), dtype=np.int64)
         self.n = [0] * n_seq            # sequence s holds buf[s, :n[s]]
         self.last_used = [0] * n_seq    # admission stamp of the last request given the sequence

@@ -10,9 +10,16 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from . import build_backend, read_model_info
-from ..store.models import ResolvedModel
+from .llama import build_backend, read_model_info
+
+
+class StoreName(Protocol):
+    """What describe_judge takes from a store entry (store.models.ResolvedModel), as a protocol:
+    the engine sits below the store and does not import it."""
+    name: str | None
+    quant: str | None
 
 @functools.lru_cache(maxsize=1)
 def ftype_table() -> dict[str, int]:
@@ -76,7 +83,7 @@ class ModelInfo:
         return human_size(self.size_bytes)
 
 
-def describe_judge(judge, resolved: ResolvedModel | None = None) -> ModelInfo:
+def describe_judge(judge, resolved: StoreName | None = None) -> ModelInfo:
     """ModelInfo of a loaded `Judge`; `resolved` (from the store) supplies the store name and quant."""
     model = judge.model
     path = Path(model.path)

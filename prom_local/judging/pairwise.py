@@ -15,16 +15,23 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
-from ..engine import GenOutput, GenRequest, SamplingParams
+from ..engine import GenOutput, GenRequest, LlamaModel, SamplingParams
 from .grading import WINNER_AT_END, RelativeGrade, find_winner, note_run, split_relative_feedback
-from .prompts import LABELS
+from .prompts import LABELS, PromptProfile
 from .records import RelativeRecord, other_label
 from .verdict_tokens import VerdictTokens
 
-if TYPE_CHECKING:
-    from .judge import Judge
+
+class JudgeParts(Protocol):
+    """What pairwise grading takes from its Judge. A protocol, not an import of judge.py: the Judge
+    makes its PairJudge, so judge.py imports this module and not the other way round."""
+    profile: PromptProfile
+    model: LlamaModel
+    sampling: SamplingParams
+
+    def tokenize_prompt(self, record) -> list[int]: ...
 
 
 def _wants_probe(text: str) -> bool:
@@ -44,7 +51,7 @@ class PairVerdict:
 class PairJudge:
     """The relative half of a Judge: requests for pairs, and their outputs -> RelativeGrade."""
 
-    def __init__(self, judge: "Judge"):
+    def __init__(self, judge: JudgeParts):
         judge.profile.require_relative()
         self.judge = judge
         self.continuation = judge.profile.relative_continuation

@@ -60,10 +60,9 @@ def import_ray():
 
 def _shipped_packages() -> list[str]:
     """This process's prom_local, sent to every node so that actors run exactly the driver's code,
-    whatever is installed there (the library alone: it does not import `convert`)."""
-    import prom_local
-
-    return [str(Path(prom_local.__file__).parent)]
+    whatever is installed there (the library alone: it does not import `convert`). The folder is
+    found from this file (prom_local/runs/ray/cluster.py), not by importing the package's top."""
+    return [str(Path(__file__).resolve().parents[2])]
 
 
 def _local_start_wanted(address: str) -> bool:

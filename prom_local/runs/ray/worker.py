@@ -64,13 +64,12 @@ class EngineWorker:
 
     # -- setup ----------------------------------------------------------------------------------
     def node_info(self) -> dict:
-        import prom_local
         import ray
 
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
                 "cpus": len(os.sched_getaffinity(0)), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-                "code": str(Path(prom_local.__file__).parent)}
+                "code": str(Path(__file__).resolve().parents[2])}   # this node's prom_local/
 
     def prepare_model(self, spec: str | None, models_dir: str | None, allow_pull: bool = True) -> dict:
         """Resolve the model on this node (pulling a store model if missing) and hash the file."""
