@@ -18,10 +18,12 @@ from pathlib import Path
 
 from ..engine.devices import gpus_seen
 from ..engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offload_supported, read_model_info
+from ..engine.llama import binding_version
 from ..errors import PromLocalError
 from ..engine.model_info import quant_from_metadata
 from ..engine.offload import auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
-from ..judging.records import AnyRecord, Record, read_records
+from ..judging.records import AnyRecord, Record
+from ..inputs import read_records
 from ..runs.workload import WorkSize, measure
 
 # Exit codes (also in `prom-local doctor --help` and the README).
@@ -100,19 +102,17 @@ class Diagnosis:
 
 
 def _environment(memory_budget: int | None) -> Diagnosis:
-    import llama_cpp
-
     gpus, source = gpus_seen()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     supported = gpu_offload_supported()
     return Diagnosis(
-        llama_cpp_version=llama_cpp.__version__, backend=build_backend(), gpu_offload=supported,
+        llama_cpp_version=binding_version(), backend=build_backend(), gpu_offload=supported,
         gpus=[{"name": g.description, "device": g.name, "free_bytes": g.free_bytes,
                "total_bytes": g.total_bytes} for g in gpus],
         gpus_source=source, cpu_cores=cores,
         ram_available_bytes=memory_budget if memory_budget is not None else available_memory(),
         ram_budget_given=memory_budget is not None,
-        install_hint=None if supported else install_command(version=llama_cpp.__version__))
+        install_hint=None if supported else install_command(version=binding_version()))
 
 
 def diagnose(model_path: Path | None, *, model_error: str | None = None, memory_budget: int | None = None,

@@ -93,6 +93,20 @@ def build_backend() -> str:
     return "GPU" if gpu_offload_supported() else "CPU"
 
 
+def binding_version() -> str | None:
+    """llama-cpp-python's version; None when it is not installed."""
+    return getattr(_ll, "__version__", None)
+
+
+def llama_build_version() -> str | None:
+    """The linked llama.cpp's own version string; None when the binding is missing or broken
+    (a broken binding is reported where it is used, not where its version is recorded)."""
+    try:
+        return _ll.llama_version().decode() if _ll is not None else None
+    except Exception:
+        return None
+
+
 def check_gguf_file(path: Path) -> None:
     """Fail early, with the path, for the mistakes llama.cpp would only report as 'failed to load'."""
     if not path.exists():

