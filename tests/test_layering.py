@@ -1,5 +1,7 @@
 """Dependencies point one way: convert/ may use the library, the library never uses convert/, and
-only the CLI (prom_local/cli/, at the top) may use both. Checked statically, over the source files."""
+only the CLI (prom_local/cli/, at the top) may use both; inside the library, a package imports only
+its own layer and those below (shape_figures.LAYERS), with no import circles, and only engine/
+imports llama_cpp. Checked statically, over the source files."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import ast
 from pathlib import Path
 
 import pytest
+
+import shape_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,10 +66,52 @@ def test_the_scanner_ignores_look_alikes():
 
 def test_the_library_never_imports_convert():
     library = ROOT / "prom_local"
-    assert (library / "ray_worker.py").exists()
+    assert (library / "runs" / "ray" / "worker.py").exists()
     assert offenders(library, "convert", skip=library / "cli") == []
 
 
 def test_convert_never_imports_the_cli():
     assert (ROOT / "convert" / "pipeline.py").exists()
     assert offenders(ROOT / "convert", "prom_local.cli") == []
+
+
+# -- the package's layers (tests/shape_figures.py prints the same figures) ---------------------------
+
+def test_every_package_has_a_layer():
+    """A new folder under prom_local/ must be placed in a layer, or the checks below would skip it."""
+    placed = {name for layer in shape_figures.LAYERS for name in layer}
+    folders = {p.parent.name for p in (ROOT / "prom_local").glob("*/__init__.py")} - {"data"}
+    modules = {p.stem for p in (ROOT / "prom_local").glob("*.py")} - {"__init__", "__main__"}
+    assert folders | modules <= placed
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"prom_local.engine.core": {"prom_local.judging.judge"},
+             "prom_local.runs.score_file": {"prom_local.engine.core", "prom_local.errors"},
+             "prom_local.store.pull": {"prom_local"}}
+    assert shape_figures.upward_imports(graph) == ["prom_local.engine.core -> prom_local.judging.judge",
+                                                   "prom_local.store.pull -> prom_local"]
+
+
+def test_the_circle_check_sees_a_late_import_circle():
+    graph = {"prom_local.a": {"prom_local.b"}, "prom_local.b": {"prom_local.c"}, "prom_local.c": {"prom_local.a"},
+             "prom_local.d": {"prom_local.a"}}
+    assert shape_figures.import_circles(graph) == [["prom_local.a", "prom_local.b", "prom_local.c"]]
+
+
+def test_no_lower_package_imports_a_higher_one():
+    assert shape_figures.upward_imports(shape_figures.import_graph()) == []
+
+
+def test_no_import_circles():
+    assert shape_figures.import_circles(shape_figures.import_graph()) == []
+
+
+def test_llama_cpp_is_imported_only_under_engine():
+    assert (ROOT / "prom_local" / "engine" / "llama.py").exists()
+    assert shape_figures.llama_cpp_outside_engine() == []
+
+
+def test_the_top_level_stays_small():
+    assert len(shape_figures.top_level_modules()) <= 8
+    assert shape_figures.long_modules() == []
