@@ -106,7 +106,7 @@ def test_stdout_needs_no_lock(tmp_path, capsysbinary):
 
 HOLDER = textwrap.dedent("""
     import sys
-    from prom_local.results_sink import ResultsSink
+    from prom_local.runs.results_sink import ResultsSink
     sink = ResultsSink(sys.argv[1]).open()
     print("locked", flush=True)
     sys.stdin.read()   # hold the lock until killed
@@ -144,8 +144,8 @@ def test_the_lock_dies_with_a_killed_process(tmp_path):
 FILL = textwrap.dedent("""
     import resource, signal, sys
     from prom_local.errors import OutputError
-    from prom_local.grading import Grade
-    from prom_local.results_sink import ResultsSink
+    from prom_local.judging.grading import Grade
+    from prom_local.runs.results_sink import ResultsSink
     # Past RLIMIT_FSIZE a write fails with EFBIG (SIGXFSZ ignored): the OS refusing a write, as a
     # full disk's ENOSPC does, without filling a disk.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
