@@ -17,7 +17,8 @@ from typing import Sequence
 from prom_local.store import manifest as mf
 from prom_local.errors import ConvertError
 from prom_local.engine.model_info import gguf_summary
-from prom_local.store.models import DEFAULT_PROFILE, gguf_name, registry, store_dir, validate_name
+from prom_local.settings import DEFAULT_PROFILE
+from prom_local.store.models import gguf_name, registry, store_dir, validate_name
 from prom_local.store.stages import Reporter, Stage, check_free, hash_with_progress, human
 
 from . import gguf16, source as src

@@ -17,6 +17,7 @@ from ..judging.records import RECORD_TYPES
 from ..inputs import read_records
 from .options import (CtxOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ParallelOpt, ProfileOpt,
                       err_console)
+from ..settings import DEFAULT_PROFILE, ENV_MEMORY_BUDGET
 
 
 def _size_option(value: Optional[str], name: str) -> Optional[int]:
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
             "--input", "-i", help="Size the context to these JSONL records (default: the built-in judge "
             "records).")] = None,
         memory_budget: Annotated[Optional[str], typer.Option(
-            "--memory-budget", envvar="PROM_LOCAL_MEMORY_BUDGET", metavar="SIZE",
+            "--memory-budget", envvar=ENV_MEMORY_BUDGET, metavar="SIZE",
             help="What-if (and for tests): plan as if this much RAM were available, e.g. 6GiB.")] = None,
         gpu_memory: Annotated[Optional[str], typer.Option(
             "--gpu-memory", metavar="SIZE", help="What-if: plan as if a GPU build had this much free GPU "
@@ -107,7 +108,7 @@ def register(app: typer.Typer) -> None:
             layers = parse_gpu_layers(gpu_layers)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        path, error, default_profile = None, None, "prometheus-ko"
+        path, error, default_profile = None, None, DEFAULT_PROFILE
         try:
             resolved = resolve_model(model, models_dir)
             path, default_profile = resolved.path, resolved.profile

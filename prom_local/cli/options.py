@@ -24,6 +24,7 @@ from ..judging.judge import Judge
 from ..store.models import resolve_model
 from ..engine.offload import parse_gpu_layers
 from ..judging.samples import PROTOCOLS, apply_protocol
+from ..settings import DEFAULT_MODEL, ENV_MODEL
 
 # soft_wrap: long paths in messages stay on one line (greppable), tables still fit the terminal.
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -66,7 +67,7 @@ def _gpu_layers(value: str | int | None) -> int | None:
 
 ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
     Flag("model", ("--model", "-m"), "GGUF path, or a store name like prometheus-ko or prometheus-ko:Q8_0.",
-         Optional[str], default=None, option=dict(envvar="PROM_LOCAL_MODEL", show_default="prometheus-ko")),
+         Optional[str], default=None, option=dict(envvar=ENV_MODEL, show_default=DEFAULT_MODEL)),
     Flag("models_dir", ("--models-dir",), "Model store folder (default ./models in a checkout, else "
          "$PROM_LOCAL_MODELS or the user data dir).", Optional[Path], default=None),
     Flag("profile", ("--profile",), "Prompt profile (default: the model's, else prometheus-ko).",

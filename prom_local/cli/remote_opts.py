@@ -18,13 +18,14 @@ import typer
 from ..errors import UsageError
 from ..runs.remote import RemoteJudge, ServerInfo, check_url
 from .options import FLAGS, EngineOptions, err_console
+from ..settings import ENV_API_KEY
 
 ServerOpt = Annotated[Optional[str], typer.Option(
     "--server", metavar="URL", help="Grade on a running `prom-local serve` at this URL (e.g. "
     "http://gpu-box:8000) instead of loading a model here. Sampling options and --parallel (records "
     "in flight; default: the server's slots) apply; local engine options are refused.")]
 ApiKeyOpt = Annotated[Optional[str], typer.Option(
-    "--api-key", envvar="PROM_LOCAL_API_KEY", help="With --server: the key the server requires.")]
+    "--api-key", envvar=ENV_API_KEY, help="With --server: the key the server requires.")]
 ApiKeyFileOpt = Annotated[Optional[Path], typer.Option(
     "--api-key-file", help="With --server: read the key from this file (keeps it out of `ps`).")]
 

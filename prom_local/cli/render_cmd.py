@@ -15,6 +15,7 @@ from ..store.models import resolve_model
 from ..judging.prompts import get_profile
 from ..inputs import read_records
 from .options import ModelOpt, ModelsDirOpt, ProfileOpt
+from ..settings import DEFAULT_PROFILE
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
         with --model also its token ids, from the GGUF's own tokenizer and chat template."""
         resolved = resolve_model(model, models_dir) if model else None
         llama = read_model_info(resolved.path) if resolved else None
-        prof = get_profile(profile or (resolved.profile if resolved else "prometheus-ko"))
+        prof = get_profile(profile or (resolved.profile if resolved else DEFAULT_PROFILE))
         errors = 0
         for item in read_records(input):
             if isinstance(item, InputError):

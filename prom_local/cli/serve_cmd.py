@@ -15,6 +15,7 @@ import typer
 from ..errors import PromLocalError
 from ..store.models import resolve_model
 from .options import EngineOptions, err_console, with_engine_options
+from ..settings import ENV_API_KEY
 
 EXIT_OK, EXIT_BAD_OPTION = 0, 2
 
@@ -74,7 +75,7 @@ def register(app: typer.Typer) -> None:
             "to serve other machines.")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 = any free port).")] = 8000,
         api_key: Annotated[Optional[str], typer.Option(
-            "--api-key", envvar="PROM_LOCAL_API_KEY",
+            "--api-key", envvar=ENV_API_KEY,
             help="Require `Authorization: Bearer KEY` on /v1/* and /metrics.")] = None,
         api_key_file: Annotated[Optional[Path], typer.Option(
             "--api-key-file", help="Read the API key from this file (keeps it out of `ps`).")] = None,

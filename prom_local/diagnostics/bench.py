@@ -28,6 +28,7 @@ from ..engine import EngineConfig, SamplingParams
 from ..judging.judge import Judge
 from ..judging.records import Record
 from ..runs.workload import measure
+from ..settings import DEFAULT_PROFILE
 
 
 def bench_records(n: int) -> list[Record]:
@@ -114,7 +115,7 @@ def _grade_all(judge: Judge, records: list[Record], tick: Callable[[], None]) ->
 
 
 def run_bench(model_path: str | Path, *, parallels: list[int], engine: EngineConfig, sampling: SamplingParams,
-              profile: str = "prometheus-ko", records: list[Record],
+              profile: str = DEFAULT_PROFILE, records: list[Record],
               on_status: Callable[[str], None] | None = None,
               on_tick: Callable[[], None] | None = None) -> tuple[list[BenchRow], dict]:
     """Measure every --parallel setting -> (rows, setup). `on_tick` is called once per record graded

@@ -25,6 +25,7 @@ from ..engine.offload import auto_plan, available_memory, context_size, free_gpu
 from ..judging.records import AnyRecord, Record
 from ..inputs import read_records
 from ..runs.workload import WorkSize, measure
+from ..settings import DEFAULT_PROFILE
 
 # Exit codes (also in `prom-local doctor --help` and the README).
 EXIT_OK = 0            # the model can run here
@@ -118,7 +119,7 @@ def _environment(memory_budget: int | None) -> Diagnosis:
 def diagnose(model_path: Path | None, *, model_error: str | None = None, memory_budget: int | None = None,
              gpu_memory: int | None = None, gpu_layers: int | None = None, parallel: int | None = None,
              ctx: int | None = None, max_tokens: int = 512, records: list[AnyRecord] | None = None,
-             profile: str = "prometheus-ko") -> Diagnosis:
+             profile: str = DEFAULT_PROFILE) -> Diagnosis:
     """The whole report. `records` sizes the context (default: the built-in judge records);
     `memory_budget` / `gpu_memory` replace free RAM / free GPU memory (what-if, and for tests)."""
     diag = _environment(memory_budget)

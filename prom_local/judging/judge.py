@@ -23,6 +23,7 @@ from .records import AnyRecord, Record
 from .rubrics import SCORES
 from .samples import combine
 from .verdict_tokens import VerdictTokens
+from ..settings import DEFAULT_PROFILE
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Judge(PrometheusEvalCalls):
     share one prompt computation (see samples.py); the engine then keeps at least 3 sequences.
     """
 
-    def __init__(self, model: str | Path, *, profile: str | PromptProfile = "prometheus-ko",
+    def __init__(self, model: str | Path, *, profile: str | PromptProfile = DEFAULT_PROFILE,
                  engine: EngineConfig | None = None, sampling: SamplingParams | None = None,
                  on_status: Callable[[str], None] | None = None):
         profile = get_profile(profile) if isinstance(profile, str) else profile  # before the load
@@ -64,7 +65,7 @@ class Judge(PrometheusEvalCalls):
         self._attach(Engine(model, engine, on_status=on_status), profile, sampling)
 
     @classmethod
-    def with_engine(cls, engine, *, profile: str | PromptProfile = "prometheus-ko",
+    def with_engine(cls, engine, *, profile: str | PromptProfile = DEFAULT_PROFILE,
                     sampling: SamplingParams | None = None) -> "Judge":
         """A Judge around an engine that already exists: anything with `model` (tokenizer and
         template) and `generate(requests)` yielding Token/Done/Error events, e.g. a test's

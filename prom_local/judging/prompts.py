@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import UsageError
 from .rubrics import Rubric
+from ..settings import DEFAULT_PROFILE
 
 if TYPE_CHECKING:
     from .records import AnyRecord, Record, RelativeRecord
@@ -173,8 +174,8 @@ def _register_builtins() -> None:
 
 _register_builtins()
 
-# The Korean card's system prompt: serve/chat.py recognises grading chats by it.
-PROMETHEUS_KO_SYSTEM = get_profile("prometheus-ko").system
+# The Korean card's system prompt (the default profile's): serve/chat.py recognises grading chats by it.
+PROMETHEUS_KO_SYSTEM = get_profile(DEFAULT_PROFILE).system
 
 __all__ = ["LABELS", "PromptProfile", "get_profile", "load_profile", "profile_names", "register_profile",
            "Rubric"]

@@ -17,6 +17,7 @@ from ..judging.judge import Judge
 from .bridge import Admission, Flight
 from .errors import ApiError, not_ready, overloaded, unauthorized
 from .metrics import ServeMetrics
+from ..settings import DEFAULT_PROFILE
 
 log = logging.getLogger("prom_local.serve")
 
@@ -25,7 +26,7 @@ log = logging.getLogger("prom_local.serve")
 class ServeConfig:
     model_path: Path
     model_name: str
-    profile: str = "prometheus-ko"
+    profile: str = DEFAULT_PROFILE
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     api_key: str | None = None

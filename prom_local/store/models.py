@@ -1,7 +1,8 @@
 """The model store: where GGUFs live, the registry of known models, and `name:QUANT` resolution.
 
 Layout: <store>/<name>/<name>.<QUANT>.gguf plus <store>/<name>/manifest.json (written by convert
-and pull). The store is ./models in a checkout, else $PROM_LOCAL_MODELS, else the user data dir.
+and pull). Where the store is: settings.models_dir (--models-dir, $PROM_LOCAL_MODELS, ./models in a
+checkout, the user data dir).
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from platformdirs import user_data_path
-
 from ..errors import ConvertError, ModelNotFound
-
-DEFAULT_MODEL = "prometheus-ko"
-DEFAULT_PROFILE = "prometheus-ko"
+from ..settings import DEFAULT_MODEL, DEFAULT_PROFILE, models_dir
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -28,15 +25,8 @@ def registry() -> dict[str, dict]:
 
 
 def store_dir(explicit: str | Path | None = None) -> Path:
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("PROM_LOCAL_MODELS")
-    if env:
-        return Path(env)
-    local = Path.cwd() / "models"
-    if (local / "registry.json").exists():
-        return local
-    return user_data_path("prom-local") / "models"
+    """The store folder (settings.models_dir: the one rule for where it is)."""
+    return models_dir(explicit)
 
 
 def validate_name(name: str) -> str:

@@ -23,7 +23,8 @@ from . import manifest as mf
 from ..errors import DownloadError, IntegrityError, ModelLoadError, ModelNotFound, PromLocalError
 from .hub import hub_error, is_connection_error, offline_message
 from ..engine.model_info import ftype_table, gguf_summary
-from .models import DEFAULT_PROFILE, gguf_name, registry, split_spec, store_dir, validate_name
+from ..settings import DEFAULT_PROFILE
+from .models import gguf_name, registry, split_spec, store_dir, validate_name
 from .stages import Reporter, Stage, check_free, hash_with_progress, human
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

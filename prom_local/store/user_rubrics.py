@@ -11,12 +11,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from platformdirs import user_config_path
 
 from ..errors import PromLocalError
+from ..settings import config_dir
 from ..judging.rubrics import Rubric, presets
 
-CONFIG_ENV = "PROM_LOCAL_CONFIG_DIR"
 MAX_NAME = 60
 
 
@@ -24,11 +23,6 @@ class RubricStoreError(PromLocalError):
     """A user rubrics file that cannot be read or written, or a name that cannot be saved."""
 
     exit_code = 2
-
-
-def config_dir() -> Path:
-    env = os.environ.get(CONFIG_ENV)
-    return Path(env) if env else user_config_path("prom-local")
 
 
 def rubrics_file(directory: str | Path | None = None) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +34,8 @@ from ...judging.records import Record
 from .cluster import ActorSlot, connect, import_ray, plan_actors
 from .worker import EngineWorker
 from ..results_sink import BatchStats, ResultsSink
+from ...settings import ray_placement_timeout_s
 
-# How long an actor may wait to be placed (its node busy, its resources taken) before we give up.
-PLACEMENT_TIMEOUT_S = float(os.environ.get("PROM_LOCAL_RAY_PLACEMENT_TIMEOUT", "180"))
 # Longest one exchange call waits inside the actor for a first result before it returns empty.
 EXCHANGE_WAIT_S = 1.0
 
@@ -162,11 +160,12 @@ class RayScorer:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
             ).remote()
         refs = {slot.handle.node_info.remote(): slot for slot in self.actors}
-        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=PLACEMENT_TIMEOUT_S)
+        placement_timeout = ray_placement_timeout_s()
+        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=placement_timeout)
         if waiting:
             late = sorted({refs[r].where for r in waiting})
             raise ClusterError(f"no engine could start on {', '.join(late)} within "
-                               f"{PLACEMENT_TIMEOUT_S:.0f} s: are its resources taken by other Ray work? "
+                               f"{placement_timeout:.0f} s: are its resources taken by other Ray work? "
                                f"(each engine asks for {refs[waiting[0]].num_gpus:g} GPU, "
                                f"{refs[waiting[0]].num_cpus:g} CPU)")
         for ref in ready:

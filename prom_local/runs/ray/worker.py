@@ -73,7 +73,8 @@ class EngineWorker:
 
     def prepare_model(self, spec: str | None, models_dir: str | None, allow_pull: bool = True) -> dict:
         """Resolve the model on this node (pulling a store model if missing) and hash the file."""
-        from ...store.models import DEFAULT_MODEL, read_manifest, resolve_model, store_dir
+        from ...settings import DEFAULT_MODEL
+        from ...store.models import read_manifest, resolve_model, store_dir
 
         name = spec or DEFAULT_MODEL
         try:
