@@ -280,3 +280,29 @@ def test_a_second_writer_is_refused_before_any_model_or_cluster_starts(files):
                 "results file; wait for it to finish, or write the results to another file")
         assert first.rows == 0
     assert not Path(files["out"]).exists()
+
+
+def test_every_error_class_takes_its_code_from_the_one_table():
+    """Each PromLocalError subclass, wherever it is defined, names a member of errors.ExitCode, and
+    the README lists every code in the table."""
+    import importlib
+    import pkgutil
+
+    import prom_local
+    from prom_local.errors import ExitCode, PromLocalError
+
+    for info in pkgutil.walk_packages(prom_local.__path__, "prom_local."):
+        if not info.name.endswith("__main__"):   # it runs the CLI
+            importlib.import_module(info.name)   # every other module, so every error class is defined
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    loose = [c.__qualname__ for c in subclasses(PromLocalError) if not isinstance(c.exit_code, ExitCode)]
+    assert not loose, f"exit codes not from errors.ExitCode: {loose}"
+    readme = (ROOT / "README.md").read_text("utf-8")
+    section = readme[readme.index("### Exit codes"):]
+    missing = [code.value for code in ExitCode if code and f"| {code.value} " not in section]
+    assert not missing, f"README's exit code table lacks {missing}"

@@ -8,12 +8,11 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from ..errors import PromLocalError
+from ..errors import ExitCode, PromLocalError
 from . import (bench_cmd, compare_cmd, convert_cmd, doctor_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd,
                render_cmd, report_cmd, score_cmd, serve_cmd, tui_cmd)
 
-EXIT_IO_ERROR = 1
-EXIT_INTERRUPTED = 130
+EXIT_IO_ERROR, EXIT_INTERRUPTED = ExitCode.FAILURE, ExitCode.INTERRUPTED
 
 
 def fail(message: str, code: int) -> typer.Exit:

@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..errors import ExitCode
 from .options import StoreOutOpt, err_console
 
 DEFAULT_QUANTS = ["Q4_K_M", "Q8_0"]
@@ -68,7 +69,7 @@ def interrupt_means_resume():
     except KeyboardInterrupt:
         err_console.print("\n[yellow]interrupted: finished stages are kept; re-run the same command to "
                           "resume[/yellow]")
-        raise typer.Exit(130) from None
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
 def stage_table(stages) -> Table:

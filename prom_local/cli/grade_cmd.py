@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError
+from ..errors import ExitCode, InputError
 from ..judging.records import record_from_mapping
 from ..judging.rubrics import SCORES, presets
 from ..judging.samples import samples_line
@@ -89,4 +89,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(result.to_row(), ensure_ascii=False))
         if result.error:
-            raise typer.Exit(2)
+            raise typer.Exit(ExitCode.USAGE)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..engine import read_model_info
-from ..errors import InputError
+from ..errors import ExitCode, InputError
 from ..judging.prompt_tokens import render_pieces, tokenize_pieces
 from ..store.models import resolve_model
 from ..judging.prompts import get_profile
@@ -44,4 +44,4 @@ def register(app: typer.Typer) -> None:
                     row["n_tokens"] = len(row["tokens"])
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         if errors:
-            raise typer.Exit(2)
+            raise typer.Exit(ExitCode.USAGE)

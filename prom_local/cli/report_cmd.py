@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from ..errors import ExitCode
 from ..runs.results_reader import read_results
 from .options import err_console
 
@@ -57,7 +58,7 @@ def register(app: typer.Typer) -> None:
         if png is not None:
             if summary.gold is None:
                 err_console.print(f"[yellow]{results} has no gold scores: no heatmap to save[/yellow]")
-                raise typer.Exit(2)
+                raise typer.Exit(ExitCode.USAGE)
             from ..reports.plot import save_heatmap_png
 
             save_heatmap_png(summary.gold, png, title=f"{results.name}: gold vs predicted "

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..runs.score_file import default_output, score_file
-from ..errors import OutputError
+from ..errors import ExitCode, OutputError
 from ..judging.grading import Grade
 from ..runs.results_reader import read_results
 from ..inputs import read_records
@@ -21,7 +21,7 @@ from ..runs.remote import RemoteError
 from .options import EngineOptions, err_console, with_engine_options
 from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect
 
-EXIT_OK, EXIT_RECORD_ERRORS = 0, 2
+EXIT_RECORD_ERRORS = ExitCode.USAGE   # the run finished, but some records were bad input
 
 
 def check_input(path: str) -> None:
@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
             progress.stop()
             err_console.print(f"interrupted; {out} keeps every row written so far: "
                               "re-run the same command to resume")
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
 
         if stats.retried:
             err_console.print(f"removed {stats.retried} error rows from {out} to grade them again")

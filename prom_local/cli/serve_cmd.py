@@ -12,12 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import PromLocalError
+from ..errors import ExitCode, PromLocalError
 from ..store.models import resolve_model
 from .options import EngineOptions, err_console, with_engine_options
 from ..settings import ENV_API_KEY
 
-EXIT_OK, EXIT_BAD_OPTION = 0, 2
+EXIT_BAD_OPTION = ExitCode.USAGE
 
 
 def _bind(host: str, port: int) -> socket.socket:

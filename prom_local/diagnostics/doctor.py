@@ -19,7 +19,7 @@ from pathlib import Path
 from ..engine.devices import gpus_seen
 from ..engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offload_supported, read_model_info
 from ..engine.llama import binding_version
-from ..errors import PromLocalError
+from ..errors import ExitCode, PromLocalError
 from ..engine.model_info import quant_from_metadata
 from ..engine.offload import auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
 from ..judging.records import AnyRecord, Record
@@ -27,10 +27,10 @@ from ..inputs import read_records
 from ..runs.workload import WorkSize, measure
 from ..settings import DEFAULT_PROFILE
 
-# Exit codes (also in `prom-local doctor --help` and the README).
-EXIT_OK = 0            # the model can run here
-EXIT_MODEL = 3         # no model, not a GGUF, or a GGUF that is not a model (no weights)
-EXIT_MEMORY = 10       # the model does not fit in memory (RAM, after what the GPU takes); 9 is a locked results file
+# doctor's exit codes, from the one table (also in `prom-local doctor --help` and the README): the model
+# can run here; no model, not a GGUF, or a GGUF without weights; it does not fit in memory (RAM, after
+# what the GPU takes).
+EXIT_OK, EXIT_MODEL, EXIT_MEMORY = ExitCode.OK, ExitCode.MODEL, ExitCode.MEMORY
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}

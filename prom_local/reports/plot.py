@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import OutputError, PromLocalError
+from ..errors import ExitCode, OutputError, PromLocalError
 from .absolute import Agreement
 from ..judging.rubrics import SCORES
 
 
 class PlotUnavailable(PromLocalError):
-    exit_code = 5
+    exit_code = ExitCode.CONVERT   # the plot extra missing: an install problem, as convert's are
 
 
 def save_heatmap_png(agree: Agreement, path: str | Path, *, rows: str = "gold",

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..engine import SamplingParams
-from ..errors import InputError, PromLocalError, UsageError
+from ..errors import ExitCode, InputError, PromLocalError, UsageError
 from ..judging.grading import Grade, gold_fields
 from ..judging.records import Record
 
@@ -42,7 +42,7 @@ class RemoteError(PromLocalError):
     """The server cannot be used: unreachable, a refused key, busy past the wait, gone mid-run, or
     not a prom-local server. Rows written before it stay; re-running resumes."""
 
-    exit_code = 11
+    exit_code = ExitCode.REMOTE
 
 
 def check_url(url: str) -> str:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 
-from ..errors import PromLocalError
+from ..errors import ExitCode, PromLocalError
 from ..settings import config_dir
 from ..judging.rubrics import Rubric, presets
 
@@ -22,7 +22,7 @@ MAX_NAME = 60
 class RubricStoreError(PromLocalError):
     """A user rubrics file that cannot be read or written, or a name that cannot be saved."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 def rubrics_file(directory: str | Path | None = None) -> Path:
