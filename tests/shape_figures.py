@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "prom_local"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
-# errors/settings are the floor; the shells (serve, tui, then cli which starts them) are the roof.
+# errors/settings/units are the floor; the shells (serve, tui, then cli which starts them) are the roof.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "settings"),
+    ("errors", "settings", "units"),
     ("engine",),
     ("judging",),
     ("inputs",),

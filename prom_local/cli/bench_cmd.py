@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..diagnostics.bench import BenchRow, bench_records, run_bench
 from ..store.models import resolve_model
+from ..units import format_bytes
 from .options import (CtxOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
                       ThreadsOpt, VerboseOpt, err_console)
 
@@ -37,7 +38,7 @@ def table(rows: list[BenchRow]) -> Table:
         out.add_row(str(r.parallel), where, f"{r.n_ctx:,}", f"{r.load_seconds:.2f}",
                     f"{r.prompt_tokens_per_second:,.0f}", "-" if gen is None else f"{gen:,.1f}",
                     f"{r.records_per_minute:,.1f}",
-                    "?" if r.peak_rss_bytes is None else f"{r.peak_rss_bytes / 2**20:,.0f} MiB", str(r.errors))
+                    "?" if r.peak_rss_bytes is None else format_bytes(r.peak_rss_bytes), str(r.errors))
     return out
 
 

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from ..errors import ExitCode
+from ..units import format_bytes
 from .options import StoreOutOpt, err_console
 
 DEFAULT_QUANTS = ["Q4_K_M", "Q8_0"]
@@ -75,7 +76,7 @@ def interrupt_means_resume():
 def stage_table(stages) -> Table:
     table = Table("stage", "file", "status", "seconds", "peak RSS", title="stages")
     for s in stages:
-        rss = f"{s.peak_rss_bytes / 2**20:,.0f} MiB" if s.peak_rss_bytes else "-"
+        rss = format_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "-"
         table.add_row(s.stage, s.target, s.status + (f" ({s.detail})" if s.status == "skipped" else ""),
                       f"{s.seconds:.1f}" if s.seconds else "-", rss)
     return table
@@ -133,7 +134,7 @@ def register(app: typer.Typer) -> None:
         err_console.print(stage_table(report.stages))
         for quant_name, entry in report.manifest.get("files", {}).items():
             if entry.get("role") == "output":
-                err_console.print(f"  {report.name}:{quant_name}  {entry['size'] / 2**20:,.1f} MiB  "
+                err_console.print(f"  {report.name}:{quant_name}  {format_bytes(entry['size'])}  "
                                   f"sha256 {entry['sha256'][:16]}…")
         err_console.print(f"manifest: {report.manifest_path}\n"
                           f"use it: prom-local score INPUT.jsonl --model {report.name}:"

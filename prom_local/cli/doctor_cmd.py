@@ -18,6 +18,7 @@ from ..inputs import read_records
 from .options import (CtxOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ParallelOpt, ProfileOpt,
                       err_console)
 from ..settings import DEFAULT_PROFILE, ENV_MEMORY_BUDGET
+from ..units import format_bytes
 
 
 def _size_option(value: Optional[str], name: str) -> Optional[int]:
@@ -32,7 +33,7 @@ def _size_option(value: Optional[str], name: str) -> Optional[int]:
 def _gib(n) -> str:
     if n is None:
         return "?"
-    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+    return format_bytes(n)
 
 
 def show(diag: Diagnosis) -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 from ..engine import gpu_offload_supported
 from ..engine.model_info import gguf_summary
 from ..store.models import resolve_model
+from ..units import format_bytes
 from .options import ModelsDirOpt, err_console
 
 
@@ -40,6 +41,6 @@ def register(app: typer.Typer) -> None:
         table = Table(show_header=False, box=None)
         for key, value in data.items():
             if key == "size_bytes":
-                value = f"{value / 1024**3:.2f} GiB ({value:,} bytes)"
+                value = f"{format_bytes(value)} ({value:,} bytes)"
             table.add_row(f"[bold]{key}[/bold]", str(value))
         err_console.print(table)

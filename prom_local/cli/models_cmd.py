@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..store.models import list_store, registry, store_dir
+from ..units import format_bytes
 from .options import ModelsDirOpt, err_console
 
 
@@ -25,7 +26,7 @@ def register(app: typer.Typer) -> None:
         err_console.print(f"store: {store_dir(models_dir)}")
         table = Table("name:quant", "size", "sha256", "profile")
         for row in present:
-            table.add_row(f"{row['name']}:{row['quant']}", f"{row['size'] / 1024**3:.2f} GiB",
+            table.add_row(f"{row['name']}:{row['quant']}", format_bytes(row['size']),
                           (row["sha256"] or "-")[:12], row["profile"] or "-")
         err_console.print(table if present else "no GGUF files in the store yet")
         known = Table("registry name", "hub checkpoint", "default quant", "description")

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..units import format_bytes
 from .convert_cmd import RichReporter, interrupt_means_resume, stage_table
 from .options import StoreOutOpt, err_console
 
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
         entry = report.entry
         check = (f"matches the hub's sha256 ({entry['verified_against']})" if entry.get("verified_against")
                  else "not checked: no sha256 known for it")
-        err_console.print(f"{report.name}:{report.quant}  {entry['size'] / 2**20:,.1f} MiB  sha256 "
+        err_console.print(f"{report.name}:{report.quant}  {format_bytes(entry['size'])}  sha256 "
                           f"{entry['sha256'][:16]}… {check}\nmanifest: {report.manifest_path}\n"
                           f"use it: prom-local score INPUT.jsonl --model {report.name}:{report.quant}"
                           + (f" --models-dir {out}" if out else ""))

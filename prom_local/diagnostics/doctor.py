@@ -26,6 +26,7 @@ from ..judging.records import AnyRecord, Record
 from ..inputs import read_records
 from ..runs.workload import WorkSize, measure
 from ..settings import DEFAULT_PROFILE
+from ..units import format_bytes
 
 # doctor's exit codes, from the one table (also in `prom-local doctor --help` and the README): the model
 # can run here; no model, not a GGUF, or a GGUF without weights; it does not fit in memory (RAM, after
@@ -76,7 +77,7 @@ def builtin_records() -> list[Record]:
 def _gib(n: int | None) -> str:
     if n is None:
         return "?"
-    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+    return format_bytes(n)
 
 
 @dataclass

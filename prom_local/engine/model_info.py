@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .llama import build_backend, read_model_info
+from ..units import format_bytes
 
 
 class StoreName(Protocol):
@@ -59,11 +60,7 @@ def gguf_summary(path: str | Path) -> dict:
         model.close()
 
 
-def human_size(n_bytes: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{n_bytes} B"
+human_size = format_bytes   # the name the TUI's model picker imports
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from ..units import format_bytes
+
 MiB = 1024 * 1024
 # llama.cpp allocates compute buffers and CUDA needs its own context beyond weights and KV cache.
 DEFAULT_RESERVE_BYTES = 768 * MiB
 
 
-def human_bytes(n: int) -> str:
-    """GiB with one decimal, or MiB below a GiB (small models' KV caches would all read 0.0 GiB)."""
-    return f"{n / 1024**3:.1f} GiB" if abs(n) >= 1024**3 else f"{n / MiB:.0f} MiB"
+human_bytes = format_bytes   # the planner's name for it
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import DiskSpaceError
 from .manifest import sha256_file
+from ..units import format_bytes
 
 
 class Reporter:
@@ -38,12 +39,7 @@ class Stage:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+human = format_bytes   # the name pull and convert import
 
 
 def check_free(path: Path, needed: int, what: str) -> int:
