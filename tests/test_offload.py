@@ -108,7 +108,7 @@ def test_context_size_from_the_longest_record():
     assert n == 1024 and "--ctx 1,024" in why and "error rows" in why
     # Beyond the trained context (no --ctx): the trained context.
     assert context_size(20000, ctx=None, trained=8192, reserve=16)[0] == 8192
-    # Unknown need: the old default, min(8192, trained), or --ctx.
+    # Unknown need: min(8192, trained), or --ctx.
     assert context_size(None, ctx=None, trained=131072, reserve=16)[0] == 8192
     assert context_size(None, ctx=None, trained=2048, reserve=16)[0] == 2048
     assert context_size(None, ctx=4096, trained=8192, reserve=16)[0] == 4096

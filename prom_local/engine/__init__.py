@@ -11,7 +11,12 @@ floats. Its parts, one concern each:
   cache.py       PrefixCache: which tokens' KV each sequence holds; copy, trim, eviction
   scheduler.py   admission, prefix waits, rounds, KV bounds: pure Python, tested without a model
   submission.py  submit() from any thread / generate(); who runs the loop
+  host_cache.py  the host prompt store: KV states of finished prompts kept in RAM for reuse
   core.py        Engine: the decode loop over all of the above
+  loading.py     loading a GGUF: context size, --parallel, GPU layers (retried with fewer on OOM)
+  offload.py     the planning arithmetic: GPU layers, context sizing, --parallel from free memory
+  devices.py     the devices llama.cpp sees (ggml's registry) and nvidia-smi's GPUs
+  model_info.py  the one GGUF summary, quant names, what a loaded model is
 """
 
 from .cache import PrefixCache

@@ -39,7 +39,7 @@ class ModelShape:
 
     def _non_layer_params(self) -> int:
         # Token embeddings and output head: Llama 3 has both. A model that ties them (SmolLM2) stores
-        # one, so its layer_bytes comes out low; engine.py's out-of-memory retry with fewer layers
+        # one, so its layer_bytes comes out low; engine/loading.py's out-of-memory retry with fewer layers
         # covers a plan that was too hopeful.
         return 2 * self.n_vocab * self.n_embd
 
@@ -167,7 +167,7 @@ def context_size(need_tokens: int | None, *, ctx: int | None, trained: int, rese
 
     `need_tokens` is the longest prompt of the work plus the new tokens it may generate; `reserve`
     is the room the engine keeps after them (the forced-score continuation). Unknown need (stdin,
-    library callers that do not say) keeps the old default, min(8192, trained). --ctx, or else
+    library callers that do not say) keeps min(8192, trained). --ctx, or else
     the trained context, caps it; records that need more become error rows with their size.
     """
     cap = ctx or trained
@@ -246,7 +246,7 @@ class AutoPlan:
 
 def auto_plan(shape: ModelShape, *, n_ctx: int, gpu_supported: bool, gpu_free: int | None,
               ram_free: int | None, gpu_layers: int | None = None, parallel: int | None = None) -> AutoPlan:
-    """The engine's choices (Engine._choose_parallel, then Engine._plan), from given memory figures:
+    """The engine's choices (engine/loading.py's _choose_parallel, then _plan), from given memory figures:
     --parallel first, from the KV cache per sequence, then the layers that fit beside that cache."""
     on_gpu = gpu_layers != 0 and gpu_supported and gpu_free is not None
     if parallel is None:

@@ -360,9 +360,3 @@ def pairwise_mapping(data: dict, number: int, fail) -> dict:
     if rid is not None:
         out["id"] = rid
     return out
-
-
-def gold_mean(record: Record) -> float | None:
-    """The mean of a record's gold scores (what the papers correlate against), when it has several."""
-    scores = getattr(record, "gold_scores", None)
-    return sum(scores) / len(scores) if scores else None

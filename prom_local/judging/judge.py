@@ -100,9 +100,6 @@ class Judge(PrometheusEvalCalls):
         return self._pairs
 
     # -- record -> prompt -> tokens -------------------------------------------------------------
-    def render(self, record: AnyRecord) -> str:
-        return render_prompt(record, self.profile, self.model)
-
     def tokenize_prompt(self, record: AnyRecord) -> list[int]:
         """Prompt ids; record text is always plain text, never control tokens (see prompt_tokens)."""
         return tokenize_prompt(record, self.profile, self.model)

@@ -43,7 +43,7 @@ def apply_protocol(params: SamplingParams, name: str | None, keep: Iterable[str]
 
 
 def combine(grades: Sequence[Grade]) -> Grade:
-    """One row for a record's samples (CONTRACT 3): `score` = the mean of the valid scores rounded
+    """One row for a record's samples: `score` = the mean of the valid scores rounded
     half up, with `samples`, `scores`, `mean_score`, `score_spread` (population standard
     deviation) and `forced_samples`; feedback, output and `forced` are the first sample's;
     `probabilities` the mean of the samples' P(1..5); completion tokens are summed and seconds are

@@ -228,7 +228,7 @@ class ResultsSink:
 
     >>> with ResultsSink("out.jsonl") as sink:      # ResultsLocked if another run writes it
     ...     todo = [r for r in records if r.id not in sink.done_ids]
-    ...     for grade in judge.grade_many(todo):
+    ...     for grade in judge.grade_stream(todo):
     ...         sink.write(grade)
     >>> sink.stats.graded
     """
