@@ -137,41 +137,77 @@ def pull_gguf(target: str, file: str | None = None, *, revision: str | None = No
               name: str | None = None, source_key: str | None = None, store: str | Path | None = None,
               profile: str | None = None, force: bool = False,
               reporter: Reporter | None = None) -> PullReport:
-    from huggingface_hub import constants, hf_hub_download
-
     say = reporter or Reporter()
     spec = resolve_target(target, file, quant=quant, name=name, source_key=source_key)
     root = store_dir(store)
-    model_dir = root / spec.name
     manifest = mf.load(root, spec.name)
-    files: dict = manifest.setdefault("files", {})
     stages: list[Stage] = []
-    what = f"{spec.repo}/{spec.file}"
 
     facts, offline_exc = _expected_online(spec.repo, spec.file, revision)
     commit = facts["commit"] if facts else None
-
     if spec.quant:  # already there and intact?
-        dest = model_dir / gguf_name(spec.name, spec.quant)
-        entry = files.get(spec.quant)
-        origin = (entry or {}).get("source") or {}
-        if dest.exists() and not entry and not force:
-            raise PromLocalError(f"{dest} is already in the store but not in its manifest; "
-                                 "pass --force to replace it")
-        if dest.exists() and entry and not force:
-            same = origin.get("repo") == spec.repo and origin.get("file") == spec.file and \
-                (commit is None or origin.get("commit") == commit)
-            if not same:
-                raise PromLocalError(f"{dest} is already in the store (from "
-                                     f"{origin.get('repo') or origin.get('path') or 'elsewhere'}); "
-                                     "pass --force to replace it, or --name to keep both")
-            digest, seconds = hash_with_progress(dest, say, "verify")
-            ok = digest == entry.get("sha256")
-            say.done(f"{dest.name}: {'matches the manifest' if ok else 'differs from the manifest: pulling again'}")
-            stages.append(Stage("verify", dest.name, "ran", seconds, detail="ok" if ok else "mismatch"))
-            if ok:
-                return PullReport(spec.name, spec.quant, dest, mf.write(root, spec.name, manifest), entry, stages)
+        report = _already_there(spec, root, manifest, commit, force, say, stages)
+        if report is not None:
+            return report
+    cached = _download(spec, root / spec.name, facts, offline_exc, revision, say, stages)
+    if facts is None or not facts.get("sha256"):
+        facts = {**_expected_from_cache(spec.repo, spec.file, revision, cached),
+                 **({"commit": facts["commit"]} if facts and facts.get("commit") else {})}
+    dest, digest, info, q = _into_store(spec, root / spec.name, cached, facts, force, say, stages)
+    expected = facts.get("sha256")
 
+    origin = {"kind": "pull", "repo": spec.repo, "file": spec.file, "revision": revision or "main",
+              "commit": facts.get("commit"), "fingerprint": f"pull:{spec.repo}@{facts.get('commit')}/{spec.file}"}
+    entry = mf.file_entry(dest, digest, type=q, role="output", made_by="pull", source=origin,
+                          expected_sha256=expected, verified_against=facts.get("verified_against") if expected else None,
+                          file_type=info.get("quant"), tools=mf.tool_versions())
+    manifest.setdefault("files", {})[q] = entry
+    manifest.setdefault("source", origin)
+    manifest["profile"] = profile or manifest.get("profile") or registry().get(spec.name, {}).get("profile") \
+        or DEFAULT_PROFILE
+    manifest.setdefault("gguf", {k: v for k, v in info.items() if k != "quant"})
+    if not expected:
+        say.note(f"{dest.name}: the hub gave no sha256 for this file; recorded its sha256 {digest[:16]}… unverified")
+    elif info.get("quant") and info["quant"] != q:
+        say.note(f"{dest.name}: the file says it is {info['quant']}, stored as {q} as asked")
+    return PullReport(spec.name, q, dest, mf.write(root, spec.name, manifest), entry, stages)
+
+
+def _already_there(spec: PullTarget, root: Path, manifest: dict, commit: str | None, force: bool, say: Reporter,
+                   stages: list[Stage]) -> PullReport | None:
+    """The report of a pull with nothing to do (the file is in the store, from the same source, and
+    its sha256 matches the manifest); None when it must be pulled (again). Refuses to replace a file
+    from elsewhere without --force."""
+    dest = root / spec.name / gguf_name(spec.name, spec.quant)
+    entry = manifest.setdefault("files", {}).get(spec.quant)
+    origin = (entry or {}).get("source") or {}
+    if dest.exists() and not entry and not force:
+        raise PromLocalError(f"{dest} is already in the store but not in its manifest; "
+                             "pass --force to replace it")
+    if not (dest.exists() and entry and not force):
+        return None
+    same = origin.get("repo") == spec.repo and origin.get("file") == spec.file and \
+        (commit is None or origin.get("commit") == commit)
+    if not same:
+        raise PromLocalError(f"{dest} is already in the store (from "
+                             f"{origin.get('repo') or origin.get('path') or 'elsewhere'}); "
+                             "pass --force to replace it, or --name to keep both")
+    digest, seconds = hash_with_progress(dest, say, "verify")
+    ok = digest == entry.get("sha256")
+    say.done(f"{dest.name}: {'matches the manifest' if ok else 'differs from the manifest: pulling again'}")
+    stages.append(Stage("verify", dest.name, "ran", seconds, detail="ok" if ok else "mismatch"))
+    if not ok:
+        return None
+    return PullReport(spec.name, spec.quant, dest, mf.write(root, spec.name, manifest), entry, stages)
+
+
+def _download(spec: PullTarget, model_dir: Path, facts: dict | None, offline_exc: BaseException | None,
+              revision: str | None, say: Reporter, stages: list[Stage]) -> Path:
+    """The file in the HF cache (downloaded unless cached), after checking there is disk for it."""
+    from huggingface_hub import constants, hf_hub_download
+
+    what = f"{spec.repo}/{spec.file}"
+    commit = facts["commit"] if facts else None
     # Disk: the HF cache gets the download; the store needs a copy only if a hard link is impossible.
     if facts and facts.get("size"):
         size = int(facts["size"])
@@ -195,10 +231,13 @@ def pull_gguf(target: str, file: str | None = None, *, revision: str | None = No
         raise (hub_error(exc, what) or exc) from None
     stages.append(Stage("download", spec.file, "ran", time.perf_counter() - t0, detail=str(cached)))
     say.done(f"{spec.file}: {cached}")
-    if facts is None or not facts.get("sha256"):
-        facts = {**_expected_from_cache(spec.repo, spec.file, revision, cached),
-                 **({"commit": facts["commit"]} if facts and facts.get("commit") else {})}
+    return cached
 
+
+def _into_store(spec: PullTarget, model_dir: Path, cached: Path, facts: dict, force: bool, say: Reporter,
+                stages: list[Stage]) -> tuple[Path, str, dict, str]:
+    """The cached file linked or copied into the store under its quant name, its sha256 checked
+    against the hub's -> (path, sha256, GGUF summary, quant). Nothing is left behind on failure."""
     created_dir = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = model_dir / (spec.file.rsplit("/", 1)[-1] + ".partial")
@@ -224,22 +263,7 @@ def pull_gguf(target: str, file: str | None = None, *, revision: str | None = No
         if created_dir and not any(model_dir.iterdir()):
             model_dir.rmdir()
         raise
-
-    origin = {"kind": "pull", "repo": spec.repo, "file": spec.file, "revision": revision or "main",
-              "commit": facts.get("commit"), "fingerprint": f"pull:{spec.repo}@{facts.get('commit')}/{spec.file}"}
-    entry = mf.file_entry(dest, digest, type=q, role="output", made_by="pull", source=origin,
-                          expected_sha256=expected, verified_against=facts.get("verified_against") if expected else None,
-                          file_type=info.get("quant"), tools=mf.tool_versions())
-    files[q] = entry
-    manifest.setdefault("source", origin)
-    manifest["profile"] = profile or manifest.get("profile") or registry().get(spec.name, {}).get("profile") \
-        or DEFAULT_PROFILE
-    manifest.setdefault("gguf", {k: v for k, v in info.items() if k != "quant"})
-    if not expected:
-        say.note(f"{dest.name}: the hub gave no sha256 for this file; recorded its sha256 {digest[:16]}… unverified")
-    elif info.get("quant") and info["quant"] != q:
-        say.note(f"{dest.name}: the file says it is {info['quant']}, stored as {q} as asked")
-    return PullReport(spec.name, q, dest, mf.write(root, spec.name, manifest), entry, stages)
+    return dest, digest, info, q
 
 
 def _stage_copy(cached: Path, staging: Path, say: Reporter, stages: list[Stage]) -> str:
