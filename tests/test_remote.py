@@ -62,7 +62,8 @@ def test_score_server_rows_equal_local_rows(server, smollm2, tmp_path):
     assert result.returncode == 2, result.stderr
     assert f"server: {server.url}" in result.stderr and "parallel 2" in result.stderr
     ids = ["r0", "r1", "r2", "4", "bad"]   # rows are written as records finish: compare in input order
-    got = in_order(read_jsonl(tmp_path / "remote.jsonl"), ids)
+    written = read_jsonl(tmp_path / "remote.jsonl")
+    got = in_order(written, ids)
     want = in_order(read_jsonl(tmp_path / "local.jsonl"), ids)
     assert_same_rows(got, want)
     # Bad lines never reached the server: the local file/line/field message.
@@ -71,7 +72,7 @@ def test_score_server_rows_equal_local_rows(server, smollm2, tmp_path):
     # Re-running resumes: nothing left to grade, nothing written twice.
     again = remote("score", src, "-o", tmp_path / "remote.jsonl", url=server.url)
     assert again.returncode == 2 and "wrote 0 rows" in again.stderr and "(5 already there)" in again.stderr
-    assert read_jsonl(tmp_path / "remote.jsonl") == got
+    assert read_jsonl(tmp_path / "remote.jsonl") == written
 
 
 def test_grade_server_prints_what_local_grade_prints(server, smollm2):
