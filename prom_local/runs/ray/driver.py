@@ -286,38 +286,17 @@ class RayScorer:
                 size = max(1, min(size, -(-len(batch) // (2 * live))))
             queue.extend(group_chunks(batch, size))
 
+        def refill() -> None:
+            if not exhausted:
+                read_ahead()
+
         while True:
             live = [a for a in self.actors if a.alive]
             if not live:
                 reasons = "; ".join(f"{a.where}: {a.lost}" for a in self.actors)
                 raise ClusterError(f"every engine was lost ({reasons}). The rows written so far are "
                                    "kept: re-run the same command to grade the rest.")
-            # Top up every engine that has no call in flight, one chunk each in turn, until a
-            # chunk's worth waits in its queue. Counted by what the engine has not yet taken,
-            # not by what it has not yet returned: it returns in its own input order, so
-            # finished records can wait behind a long one, and its slots must not run dry.
-            idle = [a for a in live if a.call is None]
-            sending: dict[int, list[Record]] = {a.index: [] for a in idle}
-            more = True
-            while more:
-                more = False
-                for slot in idle:
-                    if slot.queued + len(sending[slot.index]) >= self.chunk_size:
-                        continue
-                    if not queue and not exhausted:
-                        read_ahead()
-                    if not queue:
-                        break
-                    sending[slot.index].extend(queue.popleft())
-                    more = True
-            for slot in idle:
-                batch = sending[slot.index]
-                slot.inflight.update((r.id, r) for r in batch)
-                slot.queued += len(batch)
-                if not slot.inflight:
-                    continue  # nothing left for it
-                slot.call = slot.handle.exchange.remote(batch, EXCHANGE_WAIT_S)
-                calls[slot.call] = slot
+            self._top_up([a for a in live if a.call is None], queue, refill, calls)
             if not calls:
                 if not queue and exhausted:
                     break
@@ -339,6 +318,35 @@ class RayScorer:
         return RayRun(stats=stats, actors=self.actors, requeued=requeued, model=self.model,
                       address=self.connected_to, setup_seconds=self.setup_seconds,
                       grading_seconds=time.perf_counter() - started)
+
+    def _top_up(self, idle: list[ActorSlot], queue: collections.deque, refill: Callable[[], None],
+                calls: dict[object, ActorSlot]) -> None:
+        """Top up every engine that has no call in flight, one chunk each in turn, until a
+        chunk's worth waits in its queue. Counted by what the engine has not yet taken, not by
+        what it has not yet returned: it returns in its own input order, so finished records can
+        wait behind a long one, and its slots must not run dry. `refill` reads more input into
+        `queue` (nothing once the input is exhausted); each call sent goes into `calls`."""
+        sending: dict[int, list[Record]] = {a.index: [] for a in idle}
+        more = True
+        while more:
+            more = False
+            for slot in idle:
+                if slot.queued + len(sending[slot.index]) >= self.chunk_size:
+                    continue
+                if not queue:
+                    refill()
+                if not queue:
+                    break
+                sending[slot.index].extend(queue.popleft())
+                more = True
+        for slot in idle:
+            batch = sending[slot.index]
+            slot.inflight.update((r.id, r) for r in batch)
+            slot.queued += len(batch)
+            if not slot.inflight:
+                continue  # nothing left for it
+            slot.call = slot.handle.exchange.remote(batch, EXCHANGE_WAIT_S)
+            calls[slot.call] = slot
 
     def _lose(self, slot: ActorSlot, exc: BaseException, queue: collections.deque) -> int:
         """Take an actor out of the run and put its unfinished records back at the front."""
