@@ -128,45 +128,51 @@ def register(app: typer.Typer) -> None:
                               "re-run the same command to resume")
             raise typer.Exit(ExitCode.INTERRUPTED) from None
 
-        if stats.retried:
-            err_console.print(f"removed {stats.retried} error rows from {out} to grade them again")
-        if stats.repaired_bytes:
-            err_console.print(f"[yellow]cut a torn last line ({stats.repaired_bytes} bytes) from {out}; "
-                              "its record was graded again[/yellow]")
-        # Imported here: scipy costs ~0.8 s, which `--help` and the other commands should not pay.
-        from ..reports.absolute import summarise
-        from ..reports.pairwise import summarise_relative
-        from ..reports.views import file_view
+        _finish(out, stats, quiet, summary_json)
 
-        summary, relative = None, None
-        if out != "-" and not Path(out).exists():   # nothing to write (an empty input)
-            summary = summarise([])
-        elif out != "-":
-            results = read_results(out)
-            if results.repeated:
-                err_console.print(f"warning: {results.warning()}", style="yellow", markup=False)
-            summary, relative = summarise(results.rows), summarise_relative(results.rows)
-        if not quiet:
-            err_console.print(f"wrote {stats.graded} rows to {out}"
-                              + (f" ({stats.skipped} already there)" if stats.skipped else ""))
-            if stats.graded:
-                err_console.print(f"throughput  {stats.graded / stats.elapsed * 60:.1f} records/min  "
-                                  f"{stats.tokens_per_second:,.0f} tok/s  "
-                                  f"(prompt tokens reused from cache: {stats.reused_prompt_tokens})")
-            if summary is not None:
-                err_console.print(file_view(summary, relative))
-        if summary_json is not None and summary is not None:
-            try:
-                summary_json.write_text(json.dumps({**summary.as_dict(),
-                                                    "relative": relative.as_dict() if relative else None}, indent=1))
-            except OSError as exc:
-                raise OutputError(f"{summary_json}: cannot write the summary ({exc.strerror or exc}); "
-                                  f"the rows are safe in {out}") from None
-        # The exit code describes the results file as it now stands, resumed rows included.
-        # (summarise counts absolute rows; pairwise rows are summarise_relative's)
-        errors = summary.errors + (relative.errors if relative else 0) if summary is not None else stats.errors
-        if errors:
-            raise typer.Exit(EXIT_RECORD_ERRORS)
+
+def _finish(out: str, stats: BatchStats, quiet: bool, summary_json: Path | None) -> None:
+    """After the run: what was repaired, the summary of the results file as it now stands, and
+    the exit code it earns (2 when it holds error rows)."""
+    if stats.retried:
+        err_console.print(f"removed {stats.retried} error rows from {out} to grade them again")
+    if stats.repaired_bytes:
+        err_console.print(f"[yellow]cut a torn last line ({stats.repaired_bytes} bytes) from {out}; "
+                          "its record was graded again[/yellow]")
+    # Imported here: scipy costs ~0.8 s, which `--help` and the other commands should not pay.
+    from ..reports.absolute import summarise
+    from ..reports.pairwise import summarise_relative
+    from ..reports.views import file_view
+
+    summary, relative = None, None
+    if out != "-" and not Path(out).exists():   # nothing to write (an empty input)
+        summary = summarise([])
+    elif out != "-":
+        results = read_results(out)
+        if results.repeated:
+            err_console.print(f"warning: {results.warning()}", style="yellow", markup=False)
+        summary, relative = summarise(results.rows), summarise_relative(results.rows)
+    if not quiet:
+        err_console.print(f"wrote {stats.graded} rows to {out}"
+                          + (f" ({stats.skipped} already there)" if stats.skipped else ""))
+        if stats.graded:
+            err_console.print(f"throughput  {stats.graded / stats.elapsed * 60:.1f} records/min  "
+                              f"{stats.tokens_per_second:,.0f} tok/s  "
+                              f"(prompt tokens reused from cache: {stats.reused_prompt_tokens})")
+        if summary is not None:
+            err_console.print(file_view(summary, relative))
+    if summary_json is not None and summary is not None:
+        try:
+            summary_json.write_text(json.dumps({**summary.as_dict(),
+                                                "relative": relative.as_dict() if relative else None}, indent=1))
+        except OSError as exc:
+            raise OutputError(f"{summary_json}: cannot write the summary ({exc.strerror or exc}); "
+                              f"the rows are safe in {out}") from None
+    # The exit code describes the results file as it now stands, resumed rows included.
+    # (summarise counts absolute rows; pairwise rows are summarise_relative's)
+    errors = summary.errors + (relative.errors if relative else 0) if summary is not None else stats.errors
+    if errors:
+        raise typer.Exit(EXIT_RECORD_ERRORS)
 
 
 def _score_on_server(input, sink: ResultsSink, server, api_key, api_key_file, opts: EngineOptions, quiet,
