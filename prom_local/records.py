@@ -40,6 +40,9 @@ class Record:
     # Every annotator's score, when the input has several (benchmark files: gpt4_score [5, 4, 5]);
     # gold_score is then their mean rounded half up.
     gold_scores: tuple[int, ...] | None = None
+    # Fields the reader wants in the record's results row as they are (KUDGE: the exact human
+    # score, which gold_score can only round); the judge copies them into the row.
+    row_fields: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     # The JSON object the record was read from, as given: what `--server` sends, so every field
     # (those the server knows and this client may not) reaches the server unchanged.
@@ -237,9 +240,13 @@ def _open(path: str | Path) -> tuple[BinaryIO, str, bool]:
 
 def read_records(path: str | Path) -> Iterator[AnyRecord | InputError]:
     """Yield a Record or an InputError for every non-blank line of a JSONL file (`-` = stdin), or
-    for every record of a prometheus-eval benchmark file (benchmark_files.py)."""
-    from . import benchmark_files   # imports this module: imported late
+    for every record of a prometheus-eval benchmark file (benchmark_files.py) or KUDGE CSV
+    (kudge_files.py)."""
+    from . import benchmark_files, kudge_files   # they import this module: imported late
 
+    if kudge_files.detect(path):
+        yield from kudge_files.read_kudge(path)
+        return
     if benchmark_files.detect(path):
         yield from benchmark_files.read_benchmark(path)
         return
