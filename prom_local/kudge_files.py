@@ -241,10 +241,13 @@ def _record(row: dict[str, str], index: int, line: int, source: str) -> Record |
     fields = {"kudge": kudge}
     if gold is not None:
         fields["gold_mean"] = gold   # exact: `report` correlates against it, as KUDGE does
+    gold_score = round_half_up(gold) if gold is not None else None
+    # `raw` is what `score --server` sends: the record in prom-local's JSON shape (the server has no CSV).
+    raw = {"instruction": query.instruction, "response": query.response, "rubric": query.rubric.as_dict(),
+           "reference_answer": query.reference_answer, "gold_score": gold_score}
     return Record(id=str(index), instruction=query.instruction, response=query.response, rubric=query.rubric,
-                  reference_answer=query.reference_answer,
-                  gold_score=round_half_up(gold) if gold is not None else None, line=line,
-                  row_fields=fields)
+                  reference_answer=query.reference_answer, gold_score=gold_score, line=line,
+                  row_fields=fields, raw=raw)
 
 
 def _pairwise(row: dict[str, str], text: str, index: int, line: int) -> RelativeRecord:
@@ -255,5 +258,7 @@ def _pairwise(row: dict[str, str], text: str, index: int, line: int) -> Relative
     winner = (row.get("winner") or "").strip().upper()
     if winner not in ("A", "B", ""):
         raise ParseError(f'must be "A" or "B", got {row["winner"][:20]!r}', "winner")
+    raw = {"instruction": instruction, "response_A": a, "response_B": b, "rubric": PAIRWISE_CRITERIA,
+           "gold_winner": winner or None}
     return RelativeRecord(id=str(index), instruction=instruction, response_A=a, response_B=b,
-                          rubric=PAIRWISE_CRITERIA, gold_winner=winner or None, line=line)
+                          rubric=PAIRWISE_CRITERIA, gold_winner=winner or None, line=line, raw=raw)

@@ -279,3 +279,20 @@ def test_real_model_scores_the_fixture_and_report_shows_kudges_table(tmp_path, s
     assert all(r["score"] in (1, 2, 3, 4, 5) and r["error"] is None for r in rows)
     text = invoke("report", str(out), columns=200).stdout
     assert "KUDGE figures" in text and "GPT-4o" in text and "this run (pointwise)" in text
+
+
+def test_records_travel_to_a_server_and_open_in_the_tui(tmp_path):
+    """`score --server` sends Record.raw, which the server reads with record_from_mapping: the same
+    record must come out (pointwise and pairwise); the TUI's batch screen reads the CSV as `score` does."""
+    from prom_local.batch import default_output
+    from prom_local.records import record_from_mapping
+    from prom_local.remote import record_body
+    from prom_local.tui.screens.batch import load_batch
+
+    for path in (FULL, PAIRWISE):
+        for record in read_records(path):
+            back = record_from_mapping(record_body(record), line=record.line)
+            assert back == record
+    items, rows, note = load_batch(FALSEINFO, tmp_path / "out.jsonl")
+    assert len(items) == 54 and all(isinstance(i, Record) for i in items) and rows == [] and note is None
+    assert default_output(FALSEINFO) == str(DATA / "k2-eval-pointwise-falseinfo.prom.jsonl")
