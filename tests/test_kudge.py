@@ -41,7 +41,10 @@ def test_every_row_parses_and_re_renders_exactly(path, gold_column, n):
     originals = csv_rows(path)
     records = list(read_records(path))
     assert len(records) == len(originals) == n and all(isinstance(r, Record) for r in records)
-    kudge = get_profile("prometheus-ko-kudge")
+    kudge, card = get_profile("prometheus-ko-kudge"), get_profile("prometheus-ko")
+    # Only the user message differs from the card's profile: same system message, chat frame, marker.
+    assert (kudge.system, kudge.chat_template, kudge.score_continuation, kudge.has_relative) == \
+        (card.system, card.chat_template, card.score_continuation, False)
     for i, (record, row) in enumerate(zip(records, originals)):
         query = kf.parse_query(row["judge_query"])
         assert kf.render_query(query) == row["judge_query"]
