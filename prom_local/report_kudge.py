@@ -170,7 +170,7 @@ def kudge_view(summary: KudgeSummary, title: str = "this run"):
                           f"{judge['source']} [{i - 1}]")
     parts = [table]
     if "falseinfo" in summary.subsets:
-        parts.append(Text("the reference rows are on the full set; this run is on the 54-row false-information "
+        parts.append(Text("the reference rows are on the full set; this run is on rows of the false-information "
                           "subset, whose human scores are those of the uncorrupted responses", style="dim"))
     if summary.falseinfo is not None:
         parts.append(_falseinfo_table(summary.falseinfo))
