@@ -17,9 +17,11 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Argument(
             help="A registry name with a quant (prometheus-ko:Q4_K_M), a hub repo id followed by FILE, "
             "or kudge (the KUDGE benchmark CSVs).")],
-        file: Annotated[Optional[str], typer.Argument(help="The .gguf file in the repo (with REPO).")] = None,
+        file: Annotated[Optional[str], typer.Argument(
+            help="The .gguf file in the repo (with REPO); with kudge, which CSVs.")] = None,
         source: Annotated[Optional[str], typer.Option(
-            "--from", help="Which of the registry's gguf_sources to use (default: the first).")] = None,
+            "--from", help="Which of the registry's gguf_sources to use (default: the first); "
+            "with kudge, a mirror's base URL.")] = None,
         quant: Annotated[Optional[str], typer.Option(
             "--quant", help="Quant label in the store (default: from the file name or the GGUF).")] = None,
         name: Annotated[Optional[str], typer.Option("--name", help="Store name.")] = None,
