@@ -42,9 +42,10 @@ def test_every_row_parses_and_re_renders_exactly(path, gold_column, n):
     records = list(read_records(path))
     assert len(records) == len(originals) == n and all(isinstance(r, Record) for r in records)
     kudge, card = get_profile("prometheus-ko-kudge"), get_profile("prometheus-ko")
-    # Only the user message differs from the card's profile: same system message, chat frame, marker.
-    assert (kudge.system, kudge.chat_template, kudge.score_continuation, kudge.has_relative) == \
-        (card.system, card.chat_template, card.score_continuation, False)
+    # Absolute grading differs from the card's profile only in the user message: same system
+    # message, chat frame and marker.
+    assert (kudge.system, kudge.chat_template, kudge.score_continuation) == \
+        (card.system, card.chat_template, card.score_continuation)
     for i, (record, row) in enumerate(zip(records, originals)):
         query = kf.parse_query(row["judge_query"])
         assert kf.render_query(query) == row["judge_query"]
@@ -76,8 +77,11 @@ def test_pairwise_rows_become_relative_records():
     originals = csv_rows(PAIRWISE)
     records = list(read_records(PAIRWISE))
     assert len(records) == len(originals) == 3 and all(isinstance(r, RelativeRecord) for r in records)
+    kudge = get_profile("prometheus-ko-kudge")
+    assert kudge.has_relative and kudge.verdict_style == "mt-bench"
     for record, row in zip(records, originals):
         assert kf.render_pairwise(record.instruction, record.response_A, record.response_B) == row["judge_query"]
+        assert kudge.relative_message(record) == row["judge_query"]   # what the model sees, byte for byte
         assert record.gold_winner == row["winner"].strip().upper()
         assert record.instruction == row["instruction"]
 
@@ -299,3 +303,45 @@ def test_records_travel_to_a_server_and_open_in_the_tui(tmp_path):
     items, rows, note = load_batch(FALSEINFO, tmp_path / "out.jsonl")
     assert len(items) == 54 and all(isinstance(i, Record) for i in items) and rows == [] and note is None
     assert default_output(FALSEINFO) == str(DATA / "k2-eval-pointwise-falseinfo.prom.jsonl")
+
+
+def test_mt_bench_verdicts_are_read_as_kudge_reads_them():
+    from prom_local.grading import find_bracket_winner, split_relative_feedback
+
+    def winner(text):
+        match = find_bracket_winner(text)
+        return match.group("label").upper() if match else None
+
+    assert winner("A가 더 정확합니다.\n\n[[A]]") == "A" and winner("[[a]] ... 다시 보니 [[B]]") == "B"   # the last
+    assert winner('형식은 "[[A]]" 입니다.') is None and winner("[[C]]") is None and winner("[RESULT] A") is None
+    assert split_relative_feedback("B가 낫다. [[B]]", find_bracket_winner) == "B가 낫다."
+
+
+def test_pairwise_file_graded_with_kudges_prompt_and_verdicts(tmp_path, smollm2):
+    """The pairwise rows through prometheus-ko-kudge's relative prompt (a scripted engine): written
+    [[A]]/[[B]] verdicts are read, an output without one gets the model's own choice after '[['
+    (forced), and `report` gives the accuracy against KUDGE's winner column."""
+    replies = {0: Reply("A가 더 정확합니다. [[A]]"), 1: Reply('형식은 "[[B]]" 입니다', labels=(0.1, 0.8)),
+               2: Reply("B가 낫습니다.\n\n[[B]]")}
+    originals = csv_rows(PAIRWISE)
+
+    def script(prompt: str) -> Reply:
+        return next(replies[i] for i, row in enumerate(originals) if row["judge_query"] in prompt)
+
+    engine = FakeEngine(smollm2, script, n_ctx=32768)
+    judge = Judge.with_engine(engine, profile="prometheus-ko-kudge")
+    out = tmp_path / "pairwise.prom.jsonl"
+    with judge:
+        stats = score_file(judge, PAIRWISE, out)
+    assert stats.errors == 0 and len(engine.prompts) == 3
+    rows = sorted(read_rows(out), key=lambda r: int(r["id"]))
+    assert [(r["winner"], r["forced"]) for r in rows] == [("A", False), ("B", True), ("B", False)]
+    assert rows[1]["probabilities"]["B"] == pytest.approx(0.8 / 0.9, abs=1e-6)
+    assert rows[0]["feedback"] == "A가 더 정확합니다."
+    gold = [row["winner"].strip().upper() for row in originals]
+    assert [r["gold_winner"] for r in rows] == gold
+    data = json.loads(invoke("report", str(out), "--json").stdout)["relative"]
+    right = sum(r["winner"] == g for r, g in zip(rows, gold))
+    assert (data["accuracy"]["n"], data["accuracy"]["correct"], data["accuracy"]["forced"]) == (3, right, 1)
+    # A written verdict was probed where the model wrote it (right after "[["): P(A), P(B) are known.
+    assert rows[0]["probabilities"]["A"] == pytest.approx(0.7 / 0.9, abs=1e-6)
