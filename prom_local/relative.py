@@ -90,7 +90,8 @@ class PairJudge:
         return PairVerdict(match.group("label").upper(), probabilities, mass, False)
 
     def to_grade(self, record: RelativeRecord, out: GenOutput) -> RelativeGrade:
-        grade = RelativeGrade(id=record.id, score=None, feedback=split_relative_feedback(out.text, self.find, self.at_end),
+        feedback = split_relative_feedback(out.text, self.find, self.at_end)
+        grade = RelativeGrade(id=record.id, score=None, feedback=feedback,
                               output=out.text, finish_reason=out.finish_reason,
                               prompt_tokens=out.prompt_tokens, completion_tokens=len(out.tokens),
                               seconds=out.seconds, gold_winner=record.gold_winner)
