@@ -76,7 +76,7 @@ CASES = {
         (["score", "{in.jsonl}", "-o", "{out}", "-m", "{fake.gguf}"], 3, "not a GGUF file"),
         (["score", "{in.jsonl}", "-o", "-", "-m", "{fake.gguf}"], 3, "not a GGUF file"),
         (["score", "{in.jsonl}", "-o", "{out}", "-m", "{fake.gguf}", "--profile", "nope"], 2,
-         "unknown prompt profile 'nope' (known: prometheus-2, prometheus-ko)"),
+         "unknown prompt profile 'nope' (known: prometheus-2, prometheus-ko"),
         (["score", "{in.jsonl}", "-o", "{out}", "--gpu-layers", "lots"], 2, "--gpu-layers"),
         (["score", "{in.jsonl}", "--actors", "2"], 2, "--actors needs --ray"),
         (["score", "{in.jsonl}", "--parallel", "0"], 2, "--parallel"),
@@ -139,6 +139,8 @@ CASES = {
     ],
     "pull": [
         (["pull", "nope:Q4_K_M", "--models-dir", "{store}"], 1, "not a registry model"),
+        (["pull", "kudge", "--quant", "Q8_0"], 2, "pull kudge takes FILES"),
+        (["pull", "kudge", "nope"], 2, "no KUDGE file 'nope'"),
     ],
     "models": [
         (["models", "--models-dir", "{a-file}"], 1, "Not a directory"),

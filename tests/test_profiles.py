@@ -143,7 +143,7 @@ def test_prometheus_ko_is_absolute_only_and_says_so():
     ko = get_profile("prometheus-ko")
     assert not ko.has_relative and ko.template_source == "gguf"
     pair = record_from_mapping({"instruction": "q", "response_A": "a", "response_B": "b", "rubric": "c"}, line=1)
-    with pytest.raises(UsageError, match=r"'prometheus-ko' has no relative .*\(prometheus-2\)"):
+    with pytest.raises(UsageError, match=r"'prometheus-ko' has no relative .*\(prometheus-2, prometheus-ko-kudge\)"):
         render_prompt(pair, ko)
 
 

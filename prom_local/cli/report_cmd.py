@@ -39,22 +39,35 @@ def register(app: typer.Typer) -> None:
         Relative rows: accuracy against gold_winner (ties and forced verdicts counted and shown),
         position consistency and tie rate for --both-orders rows, and P(A)/P(B) calibration. A file
         with both kinds gets both sections.
+
+        KUDGE files (kudge_files.py): also KUDGE's own figures (signed mean error, share off by
+        less than 1, Pearson, failures, n; as its src/pointwise_eval.py) beside the published runs of
+        GPT-4o, Claude, prometheus-7b/8x7b-v2.0 and Llama-3-8B-Instruct, and for the
+        false-information subset how often and by how much the judge scores below the human score
+        of the uncorrupted response. --json adds them under "kudge".
         """
         # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
         from ..reports.absolute import summarise
         from ..reports.pairwise import summarise_relative
         from ..reports.views import file_view
 
+        from ..reports.kudge import kudge_view, summarise_kudge
+
         read = read_results(results)
         if read.repeated:   # counted once each; say so, since the figures differ from a plain count
             err_console.print(f"warning: {read.warning()}", style="yellow", markup=False)
         summary = summarise(read.rows)
         relative = summarise_relative(read.rows)
+        kudge = summarise_kudge(read.rows)   # None unless the input was a KUDGE CSV
         if as_json:
             print(json.dumps({**summary.as_dict(), "relative": relative.as_dict() if relative else None,
-                              "repeated_ids": len(read.repeated)}, indent=1, ensure_ascii=False))
+                              "repeated_ids": len(read.repeated)}
+                             | ({"kudge": kudge.as_dict()} if kudge else {}), indent=1, ensure_ascii=False))
         else:
-            Console(highlight=False).print(file_view(summary, relative, title=str(results)))
+            console = Console(highlight=False)
+            console.print(file_view(summary, relative, title=str(results)))
+            if kudge is not None:
+                console.print(kudge_view(kudge))
         if png is not None:
             if summary.gold is None:
                 err_console.print(f"[yellow]{results} has no gold scores: no heatmap to save[/yellow]")

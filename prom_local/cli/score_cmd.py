@@ -35,9 +35,10 @@ def check_input(path: str) -> None:
 def count_lines(path: str) -> int | None:
     if path == "-":
         return None
-    from ..inputs.benchmark_files import count_records, detect
-    if detect(path):   # a JSON array: records, not lines
-        return count_records(path)
+    from ..inputs import benchmark_files, kudge_files
+    for reader in (kudge_files, benchmark_files):   # CSV rows, JSON array records: not lines
+        if reader.detect(path):
+            return reader.count_records(path)
     try:
         with open(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())

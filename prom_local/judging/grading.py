@@ -214,8 +214,25 @@ def extract_winner(text: str) -> str | None:
     return match.group("label").upper() if match else None
 
 
-def split_relative_feedback(text: str) -> str:
-    match = find_winner(text) or WINNER_AT_END.search(text)
+# MT-Bench's verdict, "[[A]]" / "[[B]]", for profiles whose pairwise prompt asks for it (KUDGE's,
+# relative.verdict_style "mt-bench"). KUDGE's extract_pairwise takes the last [[...]]; so do we,
+# for A or B only, and not when quoted (cited from a response).
+BRACKET_WINNER = re.compile(r"\[\[\s*(?P<label>[AB])\s*\]\]", re.IGNORECASE)
+BRACKET_AT_END = re.compile(r"\[\[\s*$")
+
+
+def find_bracket_winner(text: str) -> re.Match[str] | None:
+    last = None
+    for match in BRACKET_WINNER.finditer(text):
+        before = text[match.start() - 1: match.start()]
+        after = text[match.end(): match.end() + 1]
+        if not ((before and before in _OPENING_QUOTES) or (after and after in _CLOSING_QUOTES)):
+            last = match
+    return last
+
+
+def split_relative_feedback(text: str, find=find_winner, at_end: re.Pattern[str] = WINNER_AT_END) -> str:
+    match = find(text) or at_end.search(text)
     body = text[: match.start()] if match else text
     return FEEDBACK_PREFIX.sub("", body).strip()
 

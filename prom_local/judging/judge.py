@@ -171,6 +171,7 @@ class Judge(PrometheusEvalCalls):
                       completion_tokens=len(out.tokens), seconds=out.seconds,
                       gold_score=record.gold_score)
         attach_gold(grade, record.gold_scores)
+        grade.extra.update(record.row_fields or {})
         if not note_run(grade, out):
             return grade
         verdict = self.verdict(out)
@@ -191,8 +192,10 @@ class Judge(PrometheusEvalCalls):
         if record.is_relative:
             from .pairwise import failed_pair
             return failed_pair(record, error)  # type: ignore[arg-type]
-        return Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
-                     error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
+        grade = Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
+                      error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
+        grade.extra.update(getattr(record, "row_fields", None) or {})   # a failure still counts in KUDGE's figures
+        return grade
 
     def grade_stream(self, records: Iterable[AnyRecord | Grade], *,
                      on_token: Callable[[AnyRecord, str], None] | None = None,

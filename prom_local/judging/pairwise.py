@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 from ..engine import GenOutput, GenRequest, LlamaModel, SamplingParams
-from .grading import WINNER_AT_END, RelativeGrade, find_winner, note_run, split_relative_feedback
+from .grading import (BRACKET_AT_END, WINNER_AT_END, RelativeGrade, find_bracket_winner, find_winner, note_run,
+                      split_relative_feedback)
 from .prompts import LABELS, PromptProfile
 from .records import RelativeRecord, other_label
 from .verdict_tokens import VerdictTokens
@@ -39,6 +40,15 @@ def _wants_probe(text: str) -> bool:
     return "result" in tail.lower() and WINNER_AT_END.search(tail) is not None
 
 
+def _wants_bracket_probe(text: str) -> bool:
+    return BRACKET_AT_END.search(text[-8:]) is not None
+
+
+# The verdict grammar by the profile's relative.verdict_style: (find, probe when, the marker at the end).
+_STYLES = {"prometheus": (find_winner, _wants_probe, WINNER_AT_END),
+           "mt-bench": (find_bracket_winner, _wants_bracket_probe, BRACKET_AT_END)}
+
+
 @dataclass(frozen=True)
 class PairVerdict:
     winner: str | None
@@ -55,6 +65,7 @@ class PairJudge:
         judge.profile.require_relative()
         self.judge = judge
         self.continuation = judge.profile.relative_continuation
+        self.find, self.wants_probe, self.at_end = _STYLES[judge.profile.verdict_style]
         self.tokens = VerdictTokens.for_model(judge.model, self.continuation, LABELS)
 
     def request(self, record: RelativeRecord, *, params: SamplingParams | None = None,
@@ -62,10 +73,10 @@ class PairJudge:
         tokens = self.tokens
 
         def on_finish(text: str) -> list[int] | None:
-            return None if find_winner(text) else list(tokens.continuation)
+            return None if self.find(text) else list(tokens.continuation)
 
         return GenRequest(tokens=self.judge.tokenize_prompt(record), params=params or replace(self.judge.sampling, n=1),
-                          tag=record, probe_ids=tokens.probe_ids, probe_when=_wants_probe,
+                          tag=record, probe_ids=tokens.probe_ids, probe_when=self.wants_probe,
                           on_finish=on_finish, cancel=cancel)
 
     def requests(self, record: RelativeRecord, *, both_orders: bool,
@@ -79,14 +90,15 @@ class PairJudge:
         if out.final_probe is not None:
             winner, probabilities, mass, suffix = self.tokens.forced(out, self.continuation)
             return PairVerdict(winner, probabilities, mass, True, suffix)
-        match = find_winner(out.text)
+        match = self.find(out.text)
         if match is None:
             return PairVerdict(None, None, None, False)
         probabilities, mass = self.tokens.written(out, match.start(), match.start("label"))
         return PairVerdict(match.group("label").upper(), probabilities, mass, False)
 
     def to_grade(self, record: RelativeRecord, out: GenOutput) -> RelativeGrade:
-        grade = RelativeGrade(id=record.id, score=None, feedback=split_relative_feedback(out.text),
+        feedback = split_relative_feedback(out.text, self.find, self.at_end)
+        grade = RelativeGrade(id=record.id, score=None, feedback=feedback,
                               output=out.text, finish_reason=out.finish_reason,
                               prompt_tokens=out.prompt_tokens, completion_tokens=len(out.tokens),
                               seconds=out.seconds, gold_winner=record.gold_winner)

@@ -58,6 +58,9 @@ class PromptProfile:
     relative_with_reference: str | None = None
     relative_without_reference: str | None = None
     verdict_continuation: str | None = None   # text before "A"/"B"; default score_continuation
+    # How the relative prompt asks for the verdict: "prometheus" ("[RESULT] A") or "mt-bench" ("[[A]]",
+    # MT-Bench's judge prompt, as KUDGE's pairwise files use it).
+    verdict_style: str = "prometheus"
     description: str = ""
 
     @property
@@ -124,9 +127,16 @@ class PromptProfile:
                 relative_with_reference=relative.get("with_reference"),
                 relative_without_reference=relative.get("without_reference"),
                 verdict_continuation=relative.get("verdict_continuation"),
+                verdict_style=_verdict_style(relative.get("verdict_style", "prometheus")),
                 description=data.get("description", ""))
         except (KeyError, TypeError) as exc:
             raise UsageError(f"prompt profile {name!r}: missing or malformed field {exc}") from None
+
+
+def _verdict_style(value: str) -> str:
+    if value not in ("prometheus", "mt-bench"):
+        raise UsageError(f"relative.verdict_style must be 'prometheus' or 'mt-bench', got {value!r}")
+    return value
 
 
 def _template_source(value: str) -> str:

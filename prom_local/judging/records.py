@@ -39,6 +39,9 @@ class Record:
     # Every annotator's score, when the input has several (benchmark files: gpt4_score [5, 4, 5]);
     # gold_score is then their mean rounded half up.
     gold_scores: tuple[int, ...] | None = None
+    # Fields the reader wants in the record's results row as they are (KUDGE: the exact human
+    # score, which gold_score can only round); the judge copies them into the row.
+    row_fields: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     # The JSON object the record was read from, as given: what `--server` sends, so every field
     # (those the server knows and this client may not) reaches the server unchanged.

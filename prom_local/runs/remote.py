@@ -245,6 +245,9 @@ class RemoteJudge:
         # scores never reached the server: the row gets it here, as a local run writes it.
         if "gold_scores" not in row:
             row.update(gold_fields(getattr(record, "gold_scores", None)))
+        # Likewise a KUDGE row's exact human score (kudge_files.py): the client's reader made it.
+        for key, value in (getattr(record, "row_fields", None) or {}).items():
+            row.setdefault(key, value)
         return ServerGrade.of(row)
 
     def grade_stream(self, records: Iterable[Record | Grade], *,

@@ -34,8 +34,9 @@ def default_output(input_path: str | Path) -> str:
     if str(input_path) == "-":
         return "-"
     p = Path(input_path)
-    # Benchmark files are .json (benchmark_files.py): vicuna_eval.json -> vicuna_eval.prom.jsonl
-    stem = p.name.removesuffix(".jsonl") if p.name.endswith(".jsonl") else p.name.removesuffix(".json")
+    # Benchmark files are .json (benchmark_files.py): vicuna_eval.json -> vicuna_eval.prom.jsonl;
+    # KUDGE's are .csv (kudge_files.py).
+    stem = next((p.name.removesuffix(x) for x in (".jsonl", ".json", ".csv") if p.name.endswith(x)), p.name)
     return str(p.with_name(stem + ".prom.jsonl"))
 
 
