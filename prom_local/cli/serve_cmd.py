@@ -51,6 +51,52 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
     mallopt(M_ARENA_MAX, arenas)
 
 
+def _serve(config, host: str, port: int, warning: str | None, server_options: dict) -> None:
+    """Listen, load the model in the background, and serve until SIGTERM/Ctrl-C."""
+    import logging
+
+    import uvicorn
+
+    from ..serve import Service, create_app
+
+    sock = _bind(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"{'https' if server_options.get('ssl_certfile') else 'http'}://{shown_host}:{sock.getsockname()[1]}"
+
+    def say(message: str) -> None:
+        err_console.print(f"[dim]{message}[/dim]")
+
+    def ready(service: Service) -> None:
+        if service.load_error is not None:
+            server.should_exit = True  # the error is raised below, after the server stops
+            return
+        info = service.describe()
+        err_console.print(f"ready: {url}/v1  model {config.model_name} ({config.model_path})  backend "
+                          f"{info['backend']}  parallel {info['parallel']}  ctx {info['n_ctx']}"
+                          + (f"  ({len(config.api_keys)} API key(s) required)" if config.api_keys else ""))
+
+    service = Service(config, on_status=say, on_ready=ready)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
+                                          lifespan="on", **server_options))
+    if warning:
+        err_console.print(f"[bold red]{warning}[/bold red]")
+    err_console.print(f"listening on {url} (loading {config.model_path.name}; "
+                      "GET /health says 200 when ready)")
+    # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours
+    # makes that a clean exit instead of death by SIGTERM.
+    stopped: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: stopped.append(number))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if service.load_error is not None:
+        raise service.load_error
+    err_console.print("stopped")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     @with_engine_options
@@ -109,12 +155,10 @@ def register(app: typer.Typer) -> None:
         Exit codes: 0 stopped by SIGTERM or Ctrl-C; 2 bad option or port in use; 3 model missing
         or unloadable.
         """
-        import logging
-
         try:
-            import uvicorn
+            import uvicorn  # noqa: F401 - the extra's presence, checked before any work
 
-            from ..serve import ServeConfig, Service, create_app
+            from ..serve import ServeConfig
             from ..serve.auth import allowed_hosts
             from ..serve.protocol import uvicorn_limits
             from .serve_auth import check_exposure, check_tls, server_keys
@@ -135,42 +179,6 @@ def register(app: typer.Typer) -> None:
                              log_requests=log_requests, max_tokens_cap=max_tokens_cap,
                              allowed_hosts=allowed_hosts(host, allowed_host or ()),
                              request_read_timeout=request_read_timeout)
-        sock = _bind(host, port)
-        shown_host = f"[{host}]" if ":" in host else host
-        url = f"{'https' if ssl_certfile else 'http'}://{shown_host}:{sock.getsockname()[1]}"
-
-        def say(message: str) -> None:
-            err_console.print(f"[dim]{message}[/dim]")
-
-        def ready(service: Service) -> None:
-            if service.load_error is not None:
-                server.should_exit = True  # the error is raised below, after the server stops
-                return
-            info = service.describe()
-            err_console.print(f"ready: {url}/v1  model {name} ({config.model_path})  backend "
-                              f"{info['backend']}  parallel {info['parallel']}  ctx {info['n_ctx']}"
-                              + (f"  ({len(keys)} API key(s) required)" if keys else ""))
-
-        service = Service(config, on_status=say, on_ready=ready)
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(service), log_level="warning", access_log=False,
-            timeout_graceful_shutdown=shutdown_timeout, lifespan="on", **uvicorn_limits(
-                max_connections, request_read_timeout),
-            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
-        if warning:
-            err_console.print(f"[bold red]{warning}[/bold red]")
-        err_console.print(f"listening on {url} (loading {config.model_path.name}; "
-                          "GET /health says 200 when ready)")
-        # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours
-        # makes that a clean exit instead of death by SIGTERM.
-        stopped: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda number, frame: stopped.append(number))
-        try:
-            server.run(sockets=[sock])
-        finally:
-            sock.close()
-        if service.load_error is not None:
-            raise service.load_error
-        err_console.print("stopped")
+        _serve(config, host, port, warning, server_options={
+            **uvicorn_limits(max_connections, request_read_timeout), "ssl_certfile": ssl_certfile,
+            "ssl_keyfile": ssl_keyfile, "timeout_graceful_shutdown": shutdown_timeout})
