@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, wrap: tuple[str, ...] = ()):
+        # wrap: a command the server runs under (e.g. `prlimit --as=...`).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prom_local", "serve", "--port", "0", *args],
+            [*wrap, sys.executable, "-m", "prom_local", "serve", "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         self.lines: list[str] = []

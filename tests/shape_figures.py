@@ -19,7 +19,7 @@ PACKAGE = ROOT / "prom_local"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 # errors/settings/units are the floor; the shells (serve, tui, then cli which starts them) are the roof.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "settings", "units"),
+    ("errors", "settings", "units", "safe_files"),
     ("engine",),
     ("judging",),
     ("inputs",),

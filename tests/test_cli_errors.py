@@ -108,6 +108,9 @@ CASES = {
         (["serve", "--api-key-file", "{missing}"], 2, "--api-key-file"),
         (["serve", "--api-key", "k", "--api-key-file", "{in.jsonl}"], 2, "not both"),
         (["serve", "--port", "-5"], 2, "--port"),
+        (["serve", "--api-key", ""], 2, "--api-key is empty"),
+        (["serve", "--host", "0.0.0.0"], 2, "--insecure-no-auth"),
+        (["serve", "--ssl-certfile", "{in.jsonl}"], 2, "go together"),
     ],
     "tui": [
         (["tui", "--gpu-layers", "lots"], 2, "--gpu-layers"),

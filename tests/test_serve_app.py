@@ -100,7 +100,7 @@ def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(client):
             yield b" " * 1000
 
     response = client.post("/v1/chat/completions", content=chunks(),
-                           headers={"Authorization": f"Bearer {KEY}"})
+                           headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert_openai_error(response, 413)
 
 

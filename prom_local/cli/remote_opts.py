@@ -16,16 +16,17 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import UsageError
-from ..runs.remote import RemoteJudge, ServerInfo, check_url
+from ..runs.remote import RemoteJudge, ServerInfo, check_url, plain_http_warning
 from .options import FLAGS, EngineOptions, err_console
-from ..settings import ENV_API_KEY
+from ..settings import ENV_SERVER_API_KEY
 
 ServerOpt = Annotated[Optional[str], typer.Option(
     "--server", metavar="URL", help="Grade on a running `prom-local serve` at this URL (e.g. "
     "http://gpu-box:8000) instead of loading a model here. Sampling options and --parallel (records "
     "in flight; default: the server's slots) apply; local engine options are refused.")]
 ApiKeyOpt = Annotated[Optional[str], typer.Option(
-    "--api-key", envvar=ENV_API_KEY, help="With --server: the key the server requires.")]
+    "--api-key", envvar=ENV_SERVER_API_KEY, help="With --server: the key the server requires "
+    "(its own variable: PROM_LOCAL_API_KEY is the server's).")]
 ApiKeyFileOpt = Annotated[Optional[Path], typer.Option(
     "--api-key-file", help="With --server: read the key from this file (keeps it out of `ps`).")]
 
@@ -35,7 +36,7 @@ LOCAL_ONLY = ("models_dir", "profile", "ctx", "gpu_layers", "threads", "verbose"
 
 def check_remote_options(server: str | None, api_key_file: Path | None, opts: EngineOptions) -> None:
     """Option conflicts, before any file or network is touched. (--api-key alone is ignored: it
-    may come from PROM_LOCAL_API_KEY, set for `serve` on the same machine.)"""
+    may come from PROM_LOCAL_SERVER_API_KEY, set for every --server run.)"""
     if server is None:
         if api_key_file is not None:
             raise UsageError("--api-key-file needs --server")
@@ -49,9 +50,18 @@ def check_remote_options(server: str | None, api_key_file: Path | None, opts: En
 
 
 def read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
-    from .serve_cmd import _read_key   # the same rules as `serve --api-key/--api-key-file`
-
-    return _read_key(api_key, api_key_file)
+    """The client's key: --api-key (or PROM_LOCAL_SERVER_API_KEY), or the one line of --api-key-file."""
+    if api_key and api_key_file:
+        raise typer.BadParameter("give --api-key or --api-key-file, not both")
+    if api_key_file is not None:
+        try:
+            key = api_key_file.read_text("utf-8").strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"{api_key_file}: {exc.strerror}", param_hint="--api-key-file") from None
+        if not key:
+            raise typer.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
+        return key
+    return api_key or None
 
 
 def model_matches(spec: str, info: ServerInfo) -> bool:
@@ -70,7 +80,11 @@ def connect(server: str, api_key: str | None, api_key_file: Path | None, opts: E
     """A RemoteJudge on the server, with this command's sampling options; refuses a --model that
     names another model than the server's."""
     say = on_status or ((lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]")))
-    judge = RemoteJudge(server, api_key=read_key(api_key, api_key_file), sampling=opts.sampling_params(),
+    key = read_key(api_key, api_key_file)
+    warning = plain_http_warning(server) if key else None
+    if warning:   # shown even with --quiet: the key is about to leave unencrypted
+        err_console.print(f"[bold yellow]{warning}[/bold yellow]")
+    judge = RemoteJudge(server, api_key=key, sampling=opts.sampling_params(),
                         concurrency=opts.parallel, source=source, on_status=say)
     info = judge.info
     if opts.model is not None and not model_matches(opts.model, info):

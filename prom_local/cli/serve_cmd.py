@@ -52,18 +52,50 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
     mallopt(M_ARENA_MAX, arenas)
 
 
-def _read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
-    if api_key and api_key_file:
-        raise typer.BadParameter("give --api-key or --api-key-file, not both")
-    if api_key_file is not None:
-        try:
-            key = api_key_file.read_text("utf-8").strip()
-        except OSError as exc:
-            raise typer.BadParameter(f"{api_key_file}: {exc.strerror}", param_hint="--api-key-file") from None
-        if not key:
-            raise typer.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
-        return key
-    return api_key or None
+def _serve(config, host: str, port: int, warning: str | None, server_options: dict) -> None:
+    """Listen, load the model in the background, and serve until SIGTERM/Ctrl-C."""
+    import logging
+
+    import uvicorn
+
+    from ..serve import Service, create_app
+
+    sock = _bind(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"{'https' if server_options.get('ssl_certfile') else 'http'}://{shown_host}:{sock.getsockname()[1]}"
+
+    def say(message: str) -> None:
+        err_console.print(f"[dim]{message}[/dim]")
+
+    def ready(service: Service) -> None:
+        if service.load_error is not None:
+            server.should_exit = True  # the error is raised below, after the server stops
+            return
+        info = service.describe()
+        err_console.print(f"ready: {url}/v1  model {config.model_name} ({config.model_path})  backend "
+                          f"{info['backend']}  parallel {info['parallel']}  ctx {info['n_ctx']}"
+                          + (f"  ({len(config.api_keys)} API key(s) required)" if config.api_keys else ""))
+
+    service = Service(config, on_status=say, on_ready=ready)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
+                                          lifespan="on", **server_options))
+    if warning:
+        err_console.print(f"[bold red]{warning}[/bold red]")
+    err_console.print(f"listening on {url} (loading {config.model_path.name}; "
+                      "GET /health says 200 when ready)")
+    # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours
+    # makes that a clean exit instead of death by SIGTERM.
+    stopped: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: stopped.append(number))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if service.load_error is not None:
+        raise service.load_error
+    err_console.print("stopped")
 
 
 def register(app: typer.Typer) -> None:
@@ -76,9 +108,28 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 = any free port).")] = 8000,
         api_key: Annotated[Optional[str], typer.Option(
             "--api-key", envvar=ENV_API_KEY,
-            help="Require `Authorization: Bearer KEY` on /v1/* and /metrics.")] = None,
+            help="Require `Authorization: Bearer KEY` on /v1/* and /metrics (an empty key is an error).")] = None,
         api_key_file: Annotated[Optional[Path], typer.Option(
-            "--api-key-file", help="Read the API key from this file (keeps it out of `ps`).")] = None,
+            "--api-key-file", help="Read the API keys from this file: `name=key` per line (`#` comments); "
+            "the name shows in logs and metrics, never the key. A file with one bare key also works.")] = None,
+        insecure_no_auth: Annotated[bool, typer.Option(
+            "--insecure-no-auth", help="Serve a non-loopback --host WITHOUT any API key (refused otherwise).")] = False,
+        allowed_host: Annotated[Optional[list[str]], typer.Option(
+            "--allowed-host", help="A host name clients reach this server by (the Host header), beside "
+            "the loopback names, the --host address and IP addresses; repeat for more. Others get 421 "
+            "(this stops DNS rebinding).")] = None,
+        ssl_certfile: Annotated[Optional[Path], typer.Option(
+            "--ssl-certfile", help="Serve HTTPS with this certificate (PEM; with --ssl-keyfile).")] = None,
+        ssl_keyfile: Annotated[Optional[Path], typer.Option(
+            "--ssl-keyfile", help="The private key of --ssl-certfile (PEM).")] = None,
+        max_tokens_cap: Annotated[Optional[int], typer.Option(
+            "--max-tokens-cap", min=1, help="Most new tokens a client may ask for (400 above). Default: "
+            "what the context holds after the prompt.")] = None,
+        max_connections: Annotated[int, typer.Option(
+            "--max-connections", min=1, help="Open connections at once; more are answered 503.")] = 256,
+        request_read_timeout: Annotated[float, typer.Option(
+            "--request-read-timeout", min=0.1, help="Seconds a client has to send a request's headers "
+            "and body; slower ones are dropped (or answered 408).")] = 30.0,
         served_name: Annotated[Optional[str], typer.Option(
             "--served-name", help="The model name clients send (default: the GGUF file name "
             "without .gguf).")] = None,
@@ -105,57 +156,30 @@ def register(app: typer.Typer) -> None:
         Exit codes: 0 stopped by SIGTERM or Ctrl-C; 2 bad option or port in use; 3 model missing
         or unloadable.
         """
-        import logging
-
         try:
-            import uvicorn
+            import uvicorn  # noqa: F401 - the extra's presence, checked before any work
 
-            from ..serve import ServeConfig, Service, create_app
+            from ..serve import ServeConfig
+            from ..serve.auth import allowed_hosts
+            from ..serve.protocol import uvicorn_limits
+            from .serve_auth import check_exposure, check_tls, server_keys
         except ImportError as exc:
             raise PromLocalError(f"serve needs its extra ({exc.name} is missing): "
                                  "pip install 'prom-local[serve]'") from None
 
-        key = _read_key(api_key, api_key_file)
+        keys = server_keys(api_key, api_key_file)
+        warning = check_exposure(host, keys, insecure_no_auth)
+        check_tls(ssl_certfile, ssl_keyfile)
         _cap_malloc_arenas()
         resolved = resolve_model(opts.model, opts.models_dir)
         name = served_name or Path(resolved.path).name.removesuffix(".gguf")
         config = ServeConfig(model_path=Path(resolved.path), model_name=name,
                              profile=opts.profile or resolved.profile, engine=opts.engine_config(),
-                             sampling=opts.sampling_params(), api_key=key, max_body_bytes=max_body_bytes,
+                             sampling=opts.sampling_params(), api_keys=keys, max_body_bytes=max_body_bytes,
                              max_prompt_tokens=max_prompt_tokens, max_queue=max_queue,
-                             log_requests=log_requests)
-        sock = _bind(host, port)
-        shown_host = f"[{host}]" if ":" in host else host
-        url = f"http://{shown_host}:{sock.getsockname()[1]}"
-
-        def say(message: str) -> None:
-            err_console.print(f"[dim]{message}[/dim]")
-
-        def ready(service: Service) -> None:
-            if service.load_error is not None:
-                server.should_exit = True  # the error is raised below, after the server stops
-                return
-            info = service.describe()
-            err_console.print(f"ready: {url}/v1  model {name} ({config.model_path})  backend "
-                              f"{info['backend']}  parallel {info['parallel']}  ctx {info['n_ctx']}"
-                              + ("  (API key required)" if key else ""))
-
-        service = Service(config, on_status=say, on_ready=ready)
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(service), log_level="warning", access_log=False,
-            timeout_graceful_shutdown=shutdown_timeout, lifespan="on"))
-        err_console.print(f"listening on {url} (loading {config.model_path.name}; "
-                          "GET /health says 200 when ready)")
-        # uvicorn re-raises the signal that stopped it once it has shut down; a handler of ours
-        # makes that a clean exit instead of death by SIGTERM.
-        stopped: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda number, frame: stopped.append(number))
-        try:
-            server.run(sockets=[sock])
-        finally:
-            sock.close()
-        if service.load_error is not None:
-            raise service.load_error
-        err_console.print("stopped")
+                             log_requests=log_requests, max_tokens_cap=max_tokens_cap,
+                             allowed_hosts=allowed_hosts(host, allowed_host or ()),
+                             request_read_timeout=request_read_timeout)
+        _serve(config, host, port, warning, server_options={
+            **uvicorn_limits(max_connections, request_read_timeout), "ssl_certfile": ssl_certfile,
+            "ssl_keyfile": ssl_keyfile, "timeout_graceful_shutdown": shutdown_timeout})

@@ -156,7 +156,10 @@ class LlamaBatch:
 class SamplerChain:
     """llama.cpp's sampler chain for one request's SamplingParams."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int, history: Sequence[int] = ()):
+    def __init__(self, params: SamplingParams, n_vocab: int, history: Sequence[int] = (),
+                 budget: int | None = None):
+        # budget: the tokens this sequence may generate, as the scheduler cut them to the context
+        # (never the client's max_tokens, which may be anything).
         ll = self._ll = require_llama()
         chain = self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         p = params
@@ -165,7 +168,8 @@ class SamplerChain:
             # (1.03) were given for: every token of the prompt and of the output so far, no window
             # (vLLM's _apply_penalties masks prompt | output). llama.cpp's own default looks at the
             # last 64 generated tokens only, so the prompt is fed in and the window spans it all.
-            window = len(history) + p.max_tokens + 64
+            # llama.cpp allocates the window up front, so it is sized by what can be generated.
+            window = len(history) + min(p.max_tokens, p.max_tokens if budget is None else budget) + 64
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(n_vocab, window, p.repeat_penalty,
                                                                               0.0, 0.0))
             for token in history:
@@ -178,7 +182,7 @@ class SamplerChain:
         if p.top_p < 1.0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(p.temperature))
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(p.seed & 0xFFFFFFFF))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(_seed(p.seed)))
 
     def sample(self, ctx: LlamaContext, index: int) -> int:
         return self._ll.llama_sampler_sample(self._chain, ctx.handle, index)
@@ -187,3 +191,13 @@ class SamplerChain:
         if getattr(self, "_chain", None) is not None:
             self._ll.llama_sampler_free(self._chain)
             self._chain = None
+
+
+RANDOM_SEED = 0xFFFFFFFF   # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed for it
+
+
+def _seed(seed: int) -> int:
+    """The 32-bit seed llama.cpp gets; never its "random" value, so a run stays reproducible
+    whatever seed (or seed + sample index) it was given."""
+    seed &= 0xFFFFFFFF
+    return seed - 1 if seed == RANDOM_SEED else seed

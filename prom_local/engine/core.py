@@ -124,7 +124,8 @@ class Engine:
         for active in sched.admit():
             req = active.job.req
             active.progress = _Progress(SamplerChain(req.params.for_sample(active.sample), self.model.n_vocab,
-                                                     history=req.tokens), time.perf_counter())
+                                                     history=req.tokens, budget=active.budget),
+                                       time.perf_counter())
         sched.start_waiting()
         runnable = sched.runnable()
         if runnable:

@@ -233,9 +233,11 @@ class LlamaModel:
 
     def control_token_texts(self) -> tuple[str, ...]:
         """Texts that tokenizing with special=True turns into control ids (<|eot_id|>, <|im_start|>):
-        the tokens llama.cpp treats that way are those marked control or unknown."""
+        the tokens llama.cpp treats that way are those marked control or unknown, and those marked
+        user-defined, which llama.cpp matches as whole tokens even with special parsing off."""
         if self._control_texts is None:
-            wanted = _ll.LLAMA_TOKEN_ATTR_CONTROL | _ll.LLAMA_TOKEN_ATTR_UNKNOWN
+            wanted = (_ll.LLAMA_TOKEN_ATTR_CONTROL | _ll.LLAMA_TOKEN_ATTR_UNKNOWN
+                      | _ll.LLAMA_TOKEN_ATTR_USER_DEFINED)
             self._control_texts = tuple(
                 text for token in range(self.n_vocab)
                 if _ll.llama_vocab_get_attr(self._vocab, token) & wanted

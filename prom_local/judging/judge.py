@@ -153,6 +153,13 @@ class Judge(PrometheusEvalCalls):
     def record_grade(self, record: AnyRecord, results: Sequence[Sequence[GenOutput] | Exception]) -> Grade:
         """The row of a record from what each of its requests (record_requests) ended with: its
         outputs (one per sample), or the exception that stopped it."""
+        grade = self._record_grade(record, results)
+        warning = self.profile.frame_warning(record)
+        if warning:
+            grade.extra["warning"] = warning
+        return grade
+
+    def _record_grade(self, record: AnyRecord, results: Sequence[Sequence[GenOutput] | Exception]) -> Grade:
         for result in results:
             if isinstance(result, Exception):
                 return self.failed_grade(record, result)

@@ -13,7 +13,7 @@ Shipped: `prometheus-ko` (the Korean model card's layout, absolute only) and `pr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -32,6 +32,10 @@ LABELS = ("A", "B")   # the relative verdict labels, as the templates name the t
 @lru_cache(maxsize=None)
 def builtin_chat_template(name: str) -> str:
     return resources.files("prom_local.data").joinpath(f"{name}.jinja").read_text("utf-8")
+
+
+# Chat frames whose turn markers are plain text in their model's vocabulary.
+FRAME_DELIMITERS = {"mistral-instruct": ("[INST]", "[/INST]")}
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,28 @@ class PromptProfile:
                     {"role": "user", "content": self.relative_message(record, wrap)}]  # type: ignore[arg-type]
         return [{"role": "system", "content": self.system},
                 {"role": "user", "content": self.user_message(record, wrap)}]  # type: ignore[arg-type]
+
+    @property
+    def frame_delimiters(self) -> tuple[str, ...]:
+        """Turn markers of this profile's chat frame that are plain text in the vocabulary (not
+        control tokens), so that a record can write them too: [INST]/[/INST] in Mistral's."""
+        return FRAME_DELIMITERS.get(self.chat_template_name, ())
+
+    def frame_warning(self, record: "Record") -> str | None:
+        """A warning for the row of a record whose text holds the frame's own delimiters: the model
+        cannot tell them from the real turn markers (nothing in the vocabulary differs)."""
+        if not self.frame_delimiters:
+            return None
+        texts = [getattr(record, f.name) for f in fields(record)]
+        texts = [v for v in texts if isinstance(v, str)]
+        rubric = getattr(record, "rubric", None)
+        if hasattr(rubric, "as_dict"):
+            texts += [v for v in rubric.as_dict().values() if isinstance(v, str)]
+        found = sorted({d for d in self.frame_delimiters for text in texts if d in text})
+        if not found:
+            return None
+        return (f"the record's text holds {', '.join(found)}, the {self.name} prompt frame's own turn "
+                "markers: the model may read the text after it as the real turn")
 
     def require_relative(self) -> None:
         if not self.has_relative:

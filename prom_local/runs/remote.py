@@ -16,6 +16,7 @@ a record the server refuses (400, 413, 500) becomes that record's error row, as 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import queue
 import threading
 import time
@@ -62,6 +63,25 @@ def check_url(url: str) -> str:
         raise UsageError(f"--server {url!r}: no query or fragment expected")
     del port
     return text.removesuffix("/v1")
+
+
+def plain_http_warning(url: str) -> str | None:
+    """A warning when a key would cross the network unencrypted: http:// to a host that is not
+    this machine (anyone on the path can read it and use the server)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+        return None
+    return (f"warning: sending the API key to {parts.hostname} over plain http (unencrypted); use "
+            "https:// (serve --ssl-certfile/--ssl-keyfile, or a TLS reverse proxy)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -189,7 +209,7 @@ class RemoteJudge:
     def _refused_key(self) -> RemoteError:
         what = "refused the API key" if self._has_key else "requires an API key"
         return RemoteError(f"the server at {self.url} {what} (401): give the key it was started with "
-                           "(--api-key, --api-key-file or PROM_LOCAL_API_KEY)")
+                           "(--api-key, --api-key-file or PROM_LOCAL_SERVER_API_KEY)")
 
     # -- grading ---------------------------------------------------------------------------------
     def grade_one(self, record: Record, cancel: threading.Event | None = None, *,

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from ..errors import OutputError, ResultsLocked
 from ..judging.grading import Grade
+from ..safe_files import create_unique, open_nofollow, replace_durably, write_all
 
 
 @dataclass
@@ -93,8 +95,11 @@ class ResultsLock:
     def acquire(self) -> "ResultsLock":
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # O_NOFOLLOW: a symlink planted at OUT.lock must not make us truncate its target.
+                fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _os_error(self.path, exc, "the lock file is a symlink; remove it") from None
                 raise _os_error(self.path, exc, "cannot create the lock file beside the results") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,7 +113,7 @@ class ResultsLock:
             # A holder unlinks the file as it lets go; if that happened between our open and our
             # flock, we hold a lock on a file nobody else will open: start again on the new one.
             try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                same = os.lstat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -198,26 +203,22 @@ def drop_error_rows(path: Path) -> int:
         else:
             keep.append(raw)
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = None
         try:
-            with tmp.open("wb") as handle:
-                handle.writelines(keep)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)   # the rename itself survives a power cut
+            # A new file under a random name (never a planted symlink), with the results' own mode.
+            fd, tmp = create_unique(path.parent, f".{path.name}.", mode=0o600)
+            try:
+                os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+                write_all(fd, b"".join(keep))
+            except OSError:
+                os.close(fd)
+                raise
+            replace_durably(fd, tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise _os_error(path, exc, "--retry-errors could not rewrite it (the file is unchanged)") from None
     return dropped
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The ASGI app: routes, the error shape for every failure, and the model loading in the background."""
+"""The ASGI app: routes, the error shape for every failure, the guard in front (Host, Origin,
+Content-Type), and the model loading in the background."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -10,76 +12,29 @@ from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import completions, grade
-from .errors import ApiError
+from .errors import ApiError, model_not_found
+from .guard import Guard
 from .metrics import CONTENT_TYPE
 from .service import Service
 
 log = logging.getLogger("prom_local.serve")
+Handler = Callable[[Service, Request], Awaitable[Response]]
 
 
 def create_app(service: Service, *, load: bool = True) -> Starlette:
     """The app around a Service. With `load`, the model loads in a background thread when the
     server starts (GET /health says 503 until then) and is freed when it stops."""
 
-    def endpoint(name: str, handler: Callable[[Request], Awaitable[Response]]):
-        async def run(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except ApiError as exc:
-                response = exc.response()
-                service.metrics.request(name, exc.status, exc.code)
-                return response
-            except Exception as exc:  # a bug: still OpenAI's shape, and the server goes on
-                log.exception("unexpected error in %s", name)
-                error = ApiError(500, f"internal error: {type(exc).__name__}", type="server_error")
-                service.metrics.request(name, 500, "internal_error")
-                return error.response()
-            service.metrics.request(name, response.status_code)
-            return response
-        return run
-
-    async def chat(request: Request) -> Response:
-        call = await completions.prepare(service, request)
-        if call.request.stream:
-            return completions.stream(call)
-        return await completions.complete(call, request)
-
-    async def grade_endpoint(request: Request) -> Response:
-        return await grade.grade(service, request)
-
-    async def models(request: Request) -> Response:
-        service.check_key(request)
-        return JSONResponse({"object": "list", "data": [_model_card(service)]})
-
-    async def model(request: Request) -> Response:
-        service.check_key(request)
-        name = request.path_params["name"]
-        if name != service.config.model_name:
-            from .errors import model_not_found
-            raise model_not_found(name, service.config.model_name)
-        return JSONResponse(_model_card(service))
-
-    async def health(request: Request) -> Response:
-        if service.load_error is not None:
-            return JSONResponse({"status": "error", "error": str(service.load_error)}, status_code=500)
-        if not service.ready:
-            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
-        return JSONResponse({"status": "ok", **service.describe()})
-
-    async def metrics(request: Request) -> Response:
-        service.check_key(request)
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        loader = threading.Thread(target=service.load, name="prom-local-load", daemon=True)
         if load:
-            loader.start()
+            threading.Thread(target=service.load, name="prom-local-load", daemon=True).start()
         try:
             yield
         finally:
@@ -87,21 +42,83 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
             # after the timeout); anything still in the engine ends as cancelled here.
             service.close()
 
-    async def not_found(request: Request, exc: HTTPException) -> Response:
-        status = exc.status_code
-        return ApiError(status, f"{request.method} {request.url.path}: " + (
-            "no such endpoint" if status == 404 else exc.detail), code="not_found" if status == 404 else None
-        ).response()
+    def refused(error: ApiError) -> None:
+        service.metrics.request("guard", error.status, error.code)
+
+    def route(path: str, name: str, handler: Handler, method: str = "GET") -> Route:
+        return Route(path, _endpoint(service, name, handler), methods=[method])
 
     routes = [
-        Route("/v1/chat/completions", endpoint("chat", chat), methods=["POST"]),
-        Route("/v1/grade", endpoint("grade", grade_endpoint), methods=["POST"]),
-        Route("/v1/models", endpoint("models", models), methods=["GET"]),
-        Route("/v1/models/{name:path}", endpoint("models", model), methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", endpoint("metrics", metrics), methods=["GET"]),
+        route("/v1/chat/completions", "chat", _chat, "POST"),
+        route("/v1/grade", "grade", grade.grade, "POST"),
+        route("/v1/models", "models", _models),
+        route("/v1/models/{name:path}", "models", _model),
+        Route("/health", functools.partial(_health, service), methods=["GET"]),
+        route("/metrics", "metrics", _metrics),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
+    middleware = [Middleware(Guard, hosts=service.config.allowed_hosts, on_refused=refused)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                     exception_handlers={HTTPException: _not_found})
+
+
+def _endpoint(service: Service, name: str, handler: Handler):
+    async def run(request: Request) -> Response:
+        try:
+            response = await handler(service, request)
+        except ApiError as exc:
+            service.metrics.request(name, exc.status, exc.code)
+            return exc.response()
+        except Exception as exc:  # a bug: still OpenAI's shape, and the server goes on
+            log.exception("unexpected error in %s", name)
+            service.metrics.request(name, 500, "internal_error")
+            return ApiError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+        service.metrics.request(name, response.status_code)
+        return response
+    return run
+
+
+async def _chat(service: Service, request: Request) -> Response:
+    call = await completions.prepare(service, request)
+    if call.request.stream:
+        return completions.stream(call)
+    return await completions.complete(call, request)
+
+
+async def _models(service: Service, request: Request) -> Response:
+    service.authenticate(request)
+    return JSONResponse({"object": "list", "data": [_model_card(service)]})
+
+
+async def _model(service: Service, request: Request) -> Response:
+    service.authenticate(request)
+    name = request.path_params["name"]
+    if name != service.config.model_name:
+        raise model_not_found(name[:200], service.config.model_name)
+    return JSONResponse(_model_card(service))
+
+
+async def _health(service: Service, request: Request) -> Response:
+    # No key needed (load balancers, `--server` clients before they authenticate): nothing here
+    # says where the model lies on disk, nor echoes a load error's paths.
+    if service.load_error is not None:
+        where = service.config.model_path
+        error = str(service.load_error).replace(str(where.parent), "").replace(str(where), where.name)
+        return JSONResponse({"status": "error", "error": error}, status_code=500)
+    if not service.ready:
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ok", **service.describe(public=True)})
+
+
+async def _metrics(service: Service, request: Request) -> Response:
+    service.authenticate(request)
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _not_found(request: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    return ApiError(status, f"{request.method} {request.url.path[:200]}: " + (
+        "no such endpoint" if status == 404 else exc.detail), code="not_found" if status == 404 else None
+    ).response()
 
 
 def _model_card(service: Service) -> dict:

@@ -20,6 +20,7 @@ from ..judging.rubrics import SCORES
 from .bridge import Flight, finish_unless_gone
 from .chat import StopScanner, TokenLogprobs, engine_request, is_grading, prompt_tokens
 from .errors import ApiError, bad_request, model_not_found
+from .limits import parse_json
 from .schema import ChatRequest, parse_chat
 from .service import Service
 
@@ -124,19 +125,27 @@ def _verdict_fields(verdict: Verdict, out: GenOutput) -> dict:
 
 
 async def prepare(service: Service, request: Request) -> ChatCall:
-    service.check_key(request)
-    raw = await service.read_body(request)
-    body = parse_chat(raw)
+    caller = service.authenticate(request)
+    body = parse_chat(await parse_json(await service.read_body(request)))
     judge = service.require_judge()
     if body.model != service.config.model_name:
         raise model_not_found(body.model, service.config.model_name)
+    cap = service.config.max_tokens_cap
+    if cap and (body.new_tokens or 0) > cap:
+        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise bad_request(f"{field} must be at most {cap} (the server's --max-tokens-cap).", param=field)
     if service.config.log_requests:
-        log.info("chat request: %s", json.dumps([m.model_dump() for m in body.messages], ensure_ascii=False))
+        log.info("chat request from %s: %s", caller,
+                 json.dumps([m.model_dump() for m in body.messages], ensure_ascii=False))
+    limit = service.max_prompt_tokens
+    # Before rendering or tokenizing: text longer than the longest prompt could be, whatever its tokens.
+    if sum(len(m.text.encode("utf-8")) for m in body.messages) > service.max_prompt_bytes:
+        raise bad_request(f"This model's maximum prompt length is {limit} tokens; your messages are "
+                          "longer than that many tokens can be.", param="messages", code="context_length_exceeded")
     try:
         tokens = await anyio.to_thread.run_sync(prompt_tokens, judge, body)
     except PromLocalError as exc:
         raise bad_request(str(exc), param="messages") from None
-    limit = service.max_prompt_tokens
     if len(tokens) > limit:
         raise bad_request(f"This model's maximum prompt length is {limit} tokens; your messages "
                           f"resulted in {len(tokens)} tokens.", param="messages",

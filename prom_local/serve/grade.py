@@ -27,51 +27,63 @@ from ..judging.grading import Grade
 from ..judging.records import Record, record_from_mapping
 from .bridge import finish_unless_gone
 from .errors import ApiError, bad_request
-from .schema import parse_grade, parse_json
+from .limits import parse_json, text_bytes
+from .schema import parse_grade
 from .service import Service
 
 log = logging.getLogger("prom_local.serve")
 SOURCE = "request body"
+MAX_ID_CHARS = 256
 
 
-def _parse(data: object) -> list[Record | Grade]:
+def _parse(data: list, service: Service) -> list[Record | Grade]:
     items = []
     for i, item in enumerate(data, 1):
         try:
-            items.append(record_from_mapping(item, line=i, source=SOURCE))
+            items.append(_record(item, i, service))
         except InputError as err:
             rid = item.get("id") if isinstance(item, dict) else None
             if isinstance(rid, (str, int)) and not isinstance(rid, bool):
-                err.record_id = str(rid)
+                err.record_id = str(rid)[:MAX_ID_CHARS]
             items.append(error_grade(err))
     return items
 
 
-async def grade(service: Service, request: Request) -> JSONResponse:
-    service.check_key(request)
-    data, sampling, both_orders = parse_grade(parse_json(await service.read_body(request)))
-    judge = service.require_judge()
-    single = isinstance(data, dict)
-    if single:
+def _record(item: object, line: int, service: Service) -> Record:
+    """One record, refused before any rendering or tokenizing if its text is longer in bytes than
+    the longest prompt could be (no token stands for more than longest_token_bytes bytes)."""
+    if isinstance(item, dict) and text_bytes(item) > service.max_prompt_bytes:
+        raise InputError(f"the record's text is longer than the {service.max_prompt_tokens}-token prompt "
+                         "limit could hold", source=SOURCE, line=line)
+    return record_from_mapping(item, line=line, source=SOURCE)
+
+
+def _items(service: Service, data: object) -> tuple[list[Record | Grade], bool]:
+    """The body's record(s) -> (records and error rows, whether it was one record)."""
+    if isinstance(data, dict):
         try:
-            items: list[Record | Grade] = [record_from_mapping(data, line=1, source=SOURCE)]
+            return [_record(data, 1, service)], True
         except InputError as err:
             raise bad_request(str(err), param=err.field) from None
-    elif isinstance(data, list):
-        if not data:
-            raise bad_request("Expected at least one record.")
-        items = _parse(data)
-    else:
+    if not isinstance(data, list):
         raise bad_request("Expected a record (a JSON object) or a list of records.")
-    if service.config.log_requests:
-        log.info("grade request: %s", json.dumps(data, ensure_ascii=False)[:4000])
+    if not data:
+        raise bad_request("Expected at least one record.")
+    if len(data) > service.max_records:   # before any record is looked at
+        raise bad_request(f"At most {service.max_records} records per request (--parallel plus "
+                          "--max-queue).", param="records", code="too_many_records")
+    return _parse(data, service), False
 
-    samples = _samples(request, service)
-    if samples is not None:
-        sampling = {**sampling, "n": samples}
-    elif sampling.get("n", 1) > judge.engine.n_parallel:   # a --server client's --samples
-        raise bad_request(f"sampling.n must be at most {judge.engine.n_parallel} (the server's --parallel: "
-                          "each sample decodes in its own sequence).", param="sampling.n")
+
+async def grade(service: Service, request: Request) -> JSONResponse:
+    caller = service.authenticate(request)
+    body = await parse_json(await service.read_body(request))
+    data, sampling, both_orders = parse_grade(body)
+    judge = service.require_judge()
+    items, single = _items(service, data)
+    if service.config.log_requests:
+        log.info("grade request from %s: %s", caller, json.dumps(data, ensure_ascii=False)[:4000])
+    sampling = _sampling(request, service, sampling)
     pairs = [item for item in items if getattr(item, "is_relative", False)]
     if pairs:
         try:
@@ -89,27 +101,43 @@ async def grade(service: Service, request: Request) -> JSONResponse:
         judge = judge.with_sampling(dataclasses.replace(judge.sampling, **sampling))
     service.admit(n_records)
     cancel = threading.Event()
-
-    def run() -> list[dict]:
-        try:
-            rows = []
-            for row_grade in judge.grade_stream(items, cancel=cancel, both_orders=both_orders):
-                if row_grade.finish_reason != "error":  # not a bad record, nor one too long to run
-                    service.metrics.output(row_grade.prompt_tokens,
-                                           int(row_grade.extra.get("reused_prompt_tokens", 0)),
-                                           row_grade.completion_tokens, row_grade.finish_reason == "cancelled")
-                rows.append(row_grade.to_row())
-            return rows
-        finally:  # only once the engine has let go of every sequence
-            service.release(n_records)
-
-    work = _in_thread(run)
+    work = _in_thread(lambda: _run(service, judge, items, cancel, both_orders, n_records))
     if not await finish_unless_gone(request, work, _Cancel(cancel)):
         return JSONResponse({}, status_code=499)
     rows = work.result()
     if len(rows) != len(items):  # pragma: no cover - grade_stream gives one row per item
         raise ApiError(500, "a record ended without a result", type="server_error")
     return JSONResponse(rows[0] if single else rows)
+
+
+def _run(service: Service, judge, items, cancel: threading.Event, both_orders: bool, n_records: int) -> list[dict]:
+    try:
+        rows = []
+        for row_grade in judge.grade_stream(items, cancel=cancel, both_orders=both_orders):
+            if row_grade.finish_reason != "error":  # not a bad record, nor one too long to run
+                service.metrics.output(row_grade.prompt_tokens,
+                                       int(row_grade.extra.get("reused_prompt_tokens", 0)),
+                                       row_grade.completion_tokens, row_grade.finish_reason == "cancelled")
+            rows.append(row_grade.to_row())
+        return rows
+    finally:  # only once the engine has let go of every sequence
+        service.release(n_records)
+
+
+def _sampling(request: Request, service: Service, sampling: dict) -> dict:
+    """The request's sampling fields, checked against what this server can do."""
+    judge = service.judge
+    samples = _samples(request, service)
+    if samples is not None:
+        sampling = {**sampling, "n": samples}
+    elif sampling.get("n", 1) > judge.engine.n_parallel:   # a --server client's --samples
+        raise bad_request(f"sampling.n must be at most {judge.engine.n_parallel} (the server's --parallel: "
+                          "each sample decodes in its own sequence).", param="sampling.n")
+    cap = service.config.max_tokens_cap
+    if cap and sampling.get("max_tokens", 0) > cap:
+        raise bad_request(f"sampling.max_tokens must be at most {cap} (the server's --max-tokens-cap).",
+                          param="sampling.max_tokens")
+    return sampling
 
 
 class _Cancel:
@@ -152,7 +180,8 @@ def _samples(request: Request, service: Service) -> int | None:
     if raw is None:
         return None
     most = service.judge.engine.n_parallel if service.judge is not None else 1
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    # isdecimal() alone is not enough: "²" is a digit to Python but not to int().
+    if not (raw.isascii() and raw.isdecimal() and len(raw) <= 4 and 1 <= int(raw) <= most):
         raise bad_request(f"samples must be a whole number from 1 to {most} (the server's --parallel: "
                           "each sample decodes in its own sequence).", param="samples")
     return int(raw)

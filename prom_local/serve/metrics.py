@@ -25,6 +25,7 @@ class ServeMetrics:
         self._lock = threading.Lock()
         self.requests: collections.Counter = collections.Counter()   # (endpoint, status)
         self.errors: collections.Counter = collections.Counter()     # code
+        self.callers: collections.Counter = collections.Counter()    # key name ("" = refused key)
         self.prompt_tokens = 0
         self.reused_tokens = 0
         self.generated_tokens = 0
@@ -40,6 +41,12 @@ class ServeMetrics:
             self.requests[(endpoint, str(status))] += 1
             if status >= 400:
                 self.errors[code or str(status)] += 1
+
+    def caller(self, name: str | None) -> None:
+        """An authenticated call by the key `name` (None: a missing or wrong key). Names only:
+        a key never reaches the metrics."""
+        with self._lock:
+            self.callers[name or ""] += 1
 
     def output(self, prompt: int, reused: int, generated: int, cancelled: bool) -> None:
         now = time.monotonic()
@@ -77,8 +84,13 @@ class ServeMetrics:
                                          labels=["code"])
             for code, n in sorted(self.errors.items()):
                 errors.add_metric([code], n)
+            callers = CounterMetricFamily("prom_local_caller_requests", "Requests by API key name "
+                                          "(--api-key-file; \"\" = missing or wrong key)", labels=["key_name"])
+            for name, n in sorted(self.callers.items()):
+                callers.add_metric([name], n)
             yield requests
             yield errors
+            yield callers
             yield CounterMetricFamily("prom_local_prompt_tokens", "Prompt tokens of finished sequences",
                                       value=self.prompt_tokens)
             yield CounterMetricFamily("prom_local_reused_prompt_tokens",

@@ -8,12 +8,16 @@ the field (`param`), which the `openai` SDK raises as BadRequestError.
 
 from __future__ import annotations
 
-import json
 from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from .errors import ApiError, bad_request
+from .limits import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_REPEAT_PENALTY, MAX_SEED, MAX_STOP_CHARS, MAX_TOP_K,
+                     loads)
+
+MAX_TOKENS = 2 ** 31 - 1   # llama.cpp counts in int32; the context left after the prompt cuts it further
+MAX_PARTS = 256
 
 MAX_CHOICES = 8
 MAX_STOP = 4
@@ -29,7 +33,14 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[TextPart]]
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+
+    @field_validator("content")
+    @classmethod
+    def _parts(cls, value):
+        if isinstance(value, list) and len(value) > MAX_PARTS:
+            raise ValueError(f"at most {MAX_PARTS} content parts")
+        return value
 
     @property
     def text(self) -> str:
@@ -45,13 +56,13 @@ class StreamOptions(BaseModel):
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: StrictInt | None = None
+    model: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: Union[str, list[str], None] = None
     n: StrictInt = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: StrictBool = False
@@ -67,6 +78,8 @@ class ChatRequest(BaseModel):
             raise ValueError(f"at most {MAX_STOP} stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop sequences are at most {MAX_STOP_CHARS} characters")
         return stops
 
     @property
@@ -78,15 +91,11 @@ class ChatRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
 
-def parse_json(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-
-
-def parse_chat(raw: bytes) -> ChatRequest:
-    data = parse_json(raw)
+def parse_chat(data: object) -> ChatRequest:
+    """A parsed body (limits.parse_json; raw bytes are parsed here) as a ChatRequest, or a 400
+    naming the field."""
+    if isinstance(data, (bytes, bytearray)):
+        data = loads(bytes(data))
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.")
     try:
@@ -117,12 +126,12 @@ class GradeSampling(BaseModel):
     client sends its own); fields left out keep the server's."""
 
     model_config = ConfigDict(extra="forbid")
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: StrictInt | None = Field(default=None, ge=0)
-    repeat_penalty: float | None = Field(default=None, gt=0)
-    seed: StrictInt | None = None
-    max_tokens: StrictInt | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    top_k: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_K)
+    repeat_penalty: float | None = Field(default=None, gt=0, le=MAX_REPEAT_PENALTY, allow_inf_nan=False)
+    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED)
+    max_tokens: StrictInt | None = Field(default=None, ge=0, le=MAX_TOKENS)
     n: StrictInt | None = Field(default=None, ge=1)   # samples per record (score --samples)
 
 

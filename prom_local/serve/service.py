@@ -3,17 +3,18 @@ bounded queue, the metrics, and the checks every endpoint makes (key, body size,
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import anyio
 from starlette.requests import Request
 
 from ..engine import CONTINUATION_RESERVE, Engine, EngineConfig, GenOutput, SamplingParams
 from ..judging.judge import Judge
+from .auth import DEFAULT_NAME, KeyRing, bearer_token
 from .bridge import Admission, Flight
 from .errors import ApiError, not_ready, overloaded, unauthorized
 from .metrics import ServeMetrics
@@ -29,11 +30,19 @@ class ServeConfig:
     profile: str = DEFAULT_PROFILE
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    api_key: str | None = None
+    api_keys: dict[str, str] = field(default_factory=dict)   # name -> key; empty = no authentication
     max_body_bytes: int = 4 << 20
     max_prompt_tokens: int | None = None   # None = what the context holds
+    max_tokens_cap: int | None = None      # most new tokens one sequence may ask for (None: the context left)
+    allowed_hosts: frozenset[str] = frozenset()   # Host header values answered (empty: any; tests' in-process apps)
     max_queue: int = 64                    # sequences waiting beyond the parallel slots
     log_requests: bool = False
+    request_read_timeout: float = 30.0     # seconds to receive a request's body (408 after)
+    api_key: str | None = None             # one key: the same as api_keys={"default": key}
+
+    def __post_init__(self):
+        if self.api_key is not None:
+            self.api_keys = {DEFAULT_NAME: self.api_key, **self.api_keys}
 
 
 class Service:
@@ -50,8 +59,9 @@ class Service:
         self.metrics = ServeMetrics(self._snapshot)
         self._loaded = threading.Event()
         self._closed = False
-        self._key = config.api_key.encode() if config.api_key else None
+        self._keys = KeyRing(config.api_keys)
         self._facts: dict | None = None
+        self.longest_token_bytes = 1 << 20
 
     # -- life -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -69,6 +79,7 @@ class Service:
             judge.close()
             return
         self.admission = Admission(engine.n_parallel + self.config.max_queue)
+        self.longest_token_bytes = _longest_token(engine.model)
         self.judge = judge
         self._loaded.set()
         if self._on_ready is not None:
@@ -91,8 +102,11 @@ class Service:
     def _snapshot(self) -> dict | None:
         return self.judge.engine.scheduler.snapshot() if self.ready else None
 
-    def describe(self) -> dict:
-        info = {"model": self.config.model_name, "path": str(self.config.model_path)}
+    def describe(self, public: bool = False) -> dict:
+        """What /v1/models says about the model and engine. `public` (GET /health, which needs no
+        key): the file's name only, not where it lies on the server's disk."""
+        path = self.config.model_path.name if public else str(self.config.model_path)
+        info = {"model": self.config.model_name, "path": path}
         if self.ready:
             info.update(backend=self.engine.describe()["backend"], parallel=self.engine.n_parallel,
                         n_ctx=self.engine.n_ctx, max_prompt_tokens=self.max_prompt_tokens,
@@ -113,21 +127,45 @@ class Service:
         return self._facts
 
     @property
+    def max_prompt_bytes(self) -> int:
+        """Text longer than this (UTF-8 bytes) cannot fit in max_prompt_tokens whatever its
+        tokens are: the check made before any rendering or tokenizing."""
+        return self.max_prompt_tokens * self.longest_token_bytes
+
+    @property
     def max_prompt_tokens(self) -> int:
         fits = self.engine.n_ctx - CONTINUATION_RESERVE - 1
         limit = self.config.max_prompt_tokens
         return min(fits, limit) if limit else fits
 
     # -- checks -----------------------------------------------------------------------------------
-    def check_key(self, request: Request) -> None:
-        if self._key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        # Constant time: how much of a guess is right must not show in the response time.
-        if not hmac.compare_digest(given, self._key):
+    def authenticate(self, request: Request) -> str:
+        """The caller's key name (its identity in logs, metrics and as an owner), or a 401 for a
+        missing or wrong key. Without keys configured every caller is "default"."""
+        if not self._keys:
+            return DEFAULT_NAME
+        name = self._keys.name_of(bearer_token(request.headers.get("authorization", "")))
+        if name is None:
+            self.metrics.caller(None)
             raise unauthorized()
+        self.metrics.caller(name)
+        request.state.caller = name
+        return name
+
+    def check_key(self, request: Request) -> None:
+        self.authenticate(request)
+
+    def max_new_tokens(self, n_prompt: int) -> int:
+        """The most new tokens a request with this prompt may ask for: what the context holds
+        after it (and --max-tokens-cap)."""
+        left = max(1, self.engine.n_ctx - n_prompt - CONTINUATION_RESERVE)
+        cap = self.config.max_tokens_cap
+        return min(left, cap) if cap else left
+
+    @property
+    def max_records(self) -> int:
+        """Records (valid or not) in one /v1/grade request: the bounded queue's size."""
+        return self.admission.limit
 
     def require_judge(self) -> Judge:
         if not self.ready:
@@ -139,13 +177,19 @@ class Service:
         declared = request.headers.get("content-length")
         too_big = ApiError(413, f"The request body is larger than {limit} bytes (--max-body-bytes).",
                            code="request_too_large")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() and (
+                len(declared) > 19 or int(declared) > limit):
             raise too_big
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_big
+        # A client that sends its body slowly holds a connection and a task: it gets this long.
+        with anyio.move_on_after(self.config.request_read_timeout) as deadline:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_big
+        if deadline.cancelled_caught:
+            raise ApiError(408, f"The request body did not arrive within {self.config.request_read_timeout:g} s.",
+                           code="request_timeout")
         return bytes(body)
 
     def admit(self, n: int) -> None:
@@ -171,3 +215,11 @@ class Service:
                                     out.finish_reason == "cancelled")
 
         return Flight(self.engine, requests, on_end=on_end)
+
+
+def _longest_token(model) -> int:
+    """The most bytes one token of the vocabulary stands for (read once, at load)."""
+    try:
+        return max(1, max(len(model.token_bytes(t)) for t in range(model.n_vocab)))
+    except Exception:   # a model object without a vocabulary to read: no byte bound tighter than the body's
+        return 1 << 20

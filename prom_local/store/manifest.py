@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Callable
 
 from ..engine.llama import llama_build_version
 from .models import manifest_path, read_manifest
+from ..safe_files import create_unique, replace_durably, write_all
 
 MANIFEST_FORMAT = 1
 _ORDER = ("format", "name", "profile", "source", "created", "updated", "tools", "gguf", "files")
@@ -74,23 +74,22 @@ def write(store: Path, name: str, manifest: dict) -> Path:
     # Fixed key order, so the file reads top-down: what it is, where from, then the files.
     ordered = {k: manifest[k] for k in _ORDER if k in manifest}
     ordered.update((k, v) for k, v in manifest.items() if k not in ordered)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
+    # A fresh name (never a planted symlink), mode 0666 less the umask as for any file: a
+    # manifest is not secret. fsync before the rename, so a power cut leaves one manifest whole.
+    data = (json.dumps(ordered, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    fd, tmp = create_unique(path.parent, ".manifest.")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a manifest is not secret
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(ordered, handle, indent=1, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
+        write_all(fd, data)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        replace_durably(fd, tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def file_entry(path: Path, sha256: str, **fields) -> dict:
