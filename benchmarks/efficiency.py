@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """prom-local's speed against llama.cpp's own, for exactly the work prom-local did, in one invocation.
 
-1. `prom-local score` on an empty file: the start-up (imports, work sizing, model load, context).
-2. `prom-local score` on N Korean judge records (distinct instructions, benchmarks/throughput.py's
+1. `prom-local score` on N Korean judge records (distinct instructions, benchmarks/throughput.py's
    records) at --parallel P: wall time, prompt tokens computed (reused ones not counted), generated.
+2. `prom-local score` on an empty file with the context step 1 sized (--ctx): the start-up (imports,
+   work sizing, model load, context, the summary at the end).
 3. llama.cpp's own `llama-batched-bench` (built from the llama.cpp vendored in the llama-cpp-python
    sdist, or --batched-bench PATH) at the same shape: P sequences of (computed prompt tokens / N)
    prompt tokens + --max-tokens generated, same threads, batch 512, same KV cache types, flash
@@ -94,13 +95,16 @@ def batched_bench(exe: Path, model: str, *, pp: int, tg: int, npl: int, threads:
 # ----------------------------------------------------------------------------------------------
 # prom-local's side: `score`, as a user runs it.
 
-def score(model: str, input_path: Path, out_dir: Path, args, cache: str) -> tuple[float, list[dict]]:
+def score(model: str, input_path: Path, out_dir: Path, args, cache: str,
+          ctx: int | None = None) -> tuple[float, list[dict]]:
     out = out_dir / f"{input_path.stem}-{cache}-{time.monotonic_ns()}.jsonl"
     cmd = [sys.executable, "-m", "prom_local", "score", str(input_path), "-o", str(out), "--model", model,
            "--parallel", str(args.parallel), "--max-tokens", str(args.max_tokens), "--threads",
-           str(args.threads), "--cache-type-k", cache, "--cache-type-v", cache, "--quiet"]
+           str(args.threads), "--quiet", *(["--ctx", str(ctx)] if ctx else [])]
+    if cache != "f16":   # (f16 is what `auto` takes on the CPU, and what checkouts without the flags use)
+        cmd += ["--cache-type-k", cache, "--cache-type-v", cache]
     start = time.perf_counter()
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(cmd, cwd=args.prom_local, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if run.returncode not in (0, 1):   # 1: some rows without a score, still timed work
         sys.exit(f"prom-local score failed ({run.returncode}):\n{run.stderr[-2000:]}")
@@ -109,8 +113,12 @@ def score(model: str, input_path: Path, out_dir: Path, args, cache: str) -> tupl
 
 
 def measure_type(exe: Path, model: str, records: Path, empty: Path, tmp: Path, args, cache: str) -> dict:
-    startup, _ = score(model, empty, tmp, args, cache)
     wall, rows = score(model, records, tmp, args, cache)
+    # Start-up: the same command on an empty file, with the context the real run sized to its records
+    # (left to itself, an empty input gets the unsized default, 8,192 tokens a sequence, whose larger
+    # KV cache takes longer to allocate than the real run's did).
+    ctx = -(-(max(r["prompt_tokens"] for r in rows) + args.max_tokens + 16) // 256) * 256
+    startup, _ = score(model, empty, tmp, args, cache, ctx)
     computed = sum(r["prompt_tokens"] - r.get("reused_prompt_tokens", 0) for r in rows)
     reused = sum(r.get("reused_prompt_tokens", 0) for r in rows)
     generated = sum(r["completion_tokens"] for r in rows)
@@ -155,6 +163,9 @@ def main() -> None:
     ap.add_argument("--cache-types", default="f16", help="KV cache types to measure, e.g. f16,q8_0")
     ap.add_argument("--batched-bench", help="llama.cpp's llama-batched-bench (default: build it)")
     ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "llama-build"))
+    ap.add_argument("--prom-local", default=str(ROOT), help="the checkout whose `python -m prom_local` runs "
+                    "(default: this one; another one, e.g. `git worktree add /tmp/before HEAD~3`, measures "
+                    "before a change in the same invocation's conditions)")
     args = ap.parse_args()
     if not args.model:
         sys.path.insert(0, str(ROOT / "tests"))
