@@ -136,4 +136,8 @@ BENCH=(-m "$MODEL" --records 16 --max-tokens 64)
 run bench-all "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 1,4,16
 run bench-partial "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers 1 --parallel 1,16
 run bench-cpu "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers 0 --parallel 1,16
+step "KV cache types on the GPU: q8_0 and q4_0 (flash attention on), and auto's plan on an 8 GiB GPU"
+run bench-kv-q8 "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 1,16 --cache-type-k q8_0 --cache-type-v q8_0
+run bench-kv-q4 "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 16 --cache-type-k q4_0 --cache-type-v q4_0
+run doctor-kv-auto "$PY" -m prom_local doctor -m "$MODEL" --gpu-memory 8GiB --ctx 8192 --parallel 16
 finish

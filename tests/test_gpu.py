@@ -86,14 +86,14 @@ def _records(n: int = 4):
     return [record_from_mapping(short_record(i), line=i) for i in range(1, n + 1)]
 
 
-def _forced(model: Path, gpu_layers: int, parallel: int = 4) -> list:
+def _forced(model: Path, gpu_layers: int, parallel: int = 4, **engine) -> list:
     """Grades with max_tokens 0: every score is read from the model's own distribution after the
     forced "[RESULT]" on the same tokens, so CPU and GPU are compared on identical inputs (greedy
     text could part ways on a near-tie and then compare different things)."""
     from prom_local.engine import EngineConfig, SamplingParams
     from prom_local.judging.judge import Judge
 
-    config = EngineConfig(n_ctx=1024, gpu_layers=gpu_layers, n_parallel=parallel)
+    config = EngineConfig(n_ctx=1024, gpu_layers=gpu_layers, n_parallel=parallel, **engine)
     with Judge(model, engine=config, sampling=SamplingParams(max_tokens=0)) as judge:
         assert judge.engine.plan.n_gpu_layers == gpu_layers
         return list(judge.grade_stream(_records()))
@@ -208,3 +208,42 @@ def _host_store_check(model: Path, gpu_layers: int) -> None:
 @needs_gpu
 def test_the_host_prompt_store_round_trips_gpu_kv(gpu_model):
     _host_store_check(gpu_model, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantized KV cache types on the GPU (--cache-type-k/-v): CUDA's flash-attention kernels for q8_0
+# and q4_0 K/V, the state save/load of quantized cells, and auto's choice with the real free memory.
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
+def test_a_quantized_kv_cache_on_the_gpu_scores_as_on_the_cpu(gpu_model, kv):
+    cpu = _forced(gpu_model, 0, cache_type_k=kv, cache_type_v=kv)
+    on_gpu = _forced(gpu_model, -1, cache_type_k=kv, cache_type_v=kv)
+    for c, g in zip(cpu, on_gpu):
+        assert g.error is None and g.forced
+        assert g.probabilities == pytest.approx(c.probabilities, abs=PROB_TOL), (kv, c.id)
+
+
+@gpu
+@needs_gpu
+def test_a_quantized_gpu_kv_state_round_trips(gpu_model):
+    import numpy as np
+
+    from test_host_cache import state_round_trip
+
+    original, loaded = state_round_trip(gpu_model, -1, cache_type_k="q8_0", cache_type_v="q8_0")
+    assert np.allclose(original, loaded, atol=1e-3)
+
+
+@gpu
+@needs_gpu
+def test_auto_cache_type_is_planned_with_the_real_free_memory(gpu_model):
+    from prom_local.engine import Engine, EngineConfig
+
+    said = []
+    with Engine(gpu_model, EngineConfig(gpu_layers=None, n_parallel=2, need_tokens=600),
+                on_status=said.append) as engine:
+        # A tiny model on a real GPU: f16 fits everything, so auto keeps it, and says so.
+        assert (engine.kv.k, engine.kv.v) == ("f16", "f16")
+    assert any(line.startswith("KV cache f16 (auto") for line in said), said

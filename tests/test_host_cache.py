@@ -138,10 +138,11 @@ def test_the_store_keeps_within_its_limit_least_recently_used_first():
 slow = pytest.mark.slow
 
 
-def state_round_trip(model, gpu_layers: int) -> tuple[np.ndarray, np.ndarray]:
+def state_round_trip(model, gpu_layers: int, **engine) -> tuple[np.ndarray, np.ndarray]:
     """Decode a prompt in sequence 0, save its state, load it into sequence 1, then decode the same
-    next token in both: the two logits rows (tests/test_gpu.py runs this with the KV on a GPU)."""
-    config = EngineConfig(n_ctx=256, gpu_layers=gpu_layers, n_threads=1, n_parallel=2)
+    next token in both: the two logits rows (tests/test_gpu.py runs this with the KV on a GPU;
+    test_kv_cache.py with quantized KV types, given as `engine` settings)."""
+    config = EngineConfig(n_ctx=256, gpu_layers=gpu_layers, n_threads=1, n_parallel=2, **engine)
     with Engine(model, config) as engine:
         ctx = engine.ctx
         tokens = engine.model.tokenize("서울은 대한민국의 수도이다. 서울의 인구는 약 천만 명이다.", add_bos=True)

@@ -6,13 +6,14 @@ import json
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..diagnostics.bench import BenchRow, bench_records, run_bench
 from ..store.models import resolve_model
 from ..units import format_bytes
-from .options import (CtxOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
+from .options import (CacheTypeKOpt, CacheTypeVOpt, CtxOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
                       ThreadsOpt, VerboseOpt, err_console)
 
 
@@ -58,6 +59,8 @@ def register(app: typer.Typer) -> None:
             "--records", "-n", min=1, help="Built-in Korean judge records per setting (8 distinct; more "
             "are copies with a numbered instruction).")] = 8,
         max_tokens: MaxTokensOpt = 256,
+        cache_type_k: CacheTypeKOpt = "auto",
+        cache_type_v: CacheTypeVOpt = "auto",
         verbose: VerboseOpt = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
     ) -> None:
@@ -65,13 +68,15 @@ def register(app: typer.Typer) -> None:
         peak RSS at each --parallel setting, grading built-in Korean judge records through the same
         engine code as `score` (greedy). Each setting runs twice on a fresh engine: the full run
         (records/min) and a prompt-only pass (prompt tokens/s); generated tokens/s is the run's
-        generated tokens over its time not spent on prompts.
+        generated tokens over its time not spent on prompts. The table (or --json) goes to stdout,
+        progress and the engine's start-up lines to stderr.
 
         Exit codes: 0 measured; 3 model missing or unloadable.
         """
         settings = parse_parallels(parallel)
         opts = EngineOptions(model=model, models_dir=models_dir, profile=profile, ctx=ctx, gpu_layers=gpu_layers,
-                             threads=threads, max_tokens=max_tokens, verbose=verbose)
+                             threads=threads, max_tokens=max_tokens, verbose=verbose, cache_type_k=cache_type_k,
+                             cache_type_v=cache_type_v)
         resolved = resolve_model(opts.model, opts.models_dir)
         work = bench_records(records)
         say = lambda m: err_console.print(f"[dim]{m}[/dim]")  # noqa: E731
@@ -86,6 +91,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps({"setup": setup, "rows": [r.as_dict() for r in rows]}, indent=1, ensure_ascii=False))
             return
-        err_console.print(table(rows))
-        err_console.print(f"[dim]{setup['records']} records, longest prompt {setup['longest_prompt']:,} tokens, "
-                          f"--max-tokens {setup['max_tokens']}; {setup.get('offload', '')}[/dim]")
+        out = Console(highlight=False, soft_wrap=True)   # stdout: `bench > bench.txt` keeps the table
+        out.print(table(rows))
+        out.print(f"{setup['records']} records, longest prompt {setup['longest_prompt']:,} tokens, "
+                  f"--max-tokens {setup['max_tokens']}; {setup.get('offload', '')}; KV cache "
+                  f"{setup.get('kv_cache', '?')}")

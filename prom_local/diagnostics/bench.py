@@ -105,6 +105,11 @@ class BenchRow:
         return row
 
 
+def _kv_label(info: dict) -> str:
+    k, v = info.get("cache_type_k", "f16"), info.get("cache_type_v", "f16")
+    return k if k == v else f"K {k}, V {v}"
+
+
 def _grade_all(judge: Judge, records: list[Record], tick: Callable[[], None]) -> tuple[float, list]:
     start = time.perf_counter()
     grades = []
@@ -134,6 +139,7 @@ def run_bench(model_path: str | Path, *, parallels: list[int], engine: EngineCon
             load = time.perf_counter() - start
             info = judge.engine.describe()
             setup.setdefault("offload", info["offload"])
+            setup.setdefault("kv_cache", _kv_label(info))
             run_seconds, grades = _grade_all(judge, records, tick)
         prompt_only = dataclasses.replace(sampling, max_tokens=0)
         with Judge(model_path, profile=profile, engine=config, sampling=prompt_only) as judge:

@@ -2,7 +2,7 @@
 
 Everything here is read, not loaded: the llama.cpp build (backend, version, GPU offload), the devices
 it sees, free RAM, the GGUF's header and metadata (vocabulary-only load), and the plan the engine's
-own arithmetic (offload.auto_plan) would choose. Memory figures can be overridden (`memory_budget`,
+own planner (offload.auto_plan, which the engine calls too) would choose. Memory figures can be overridden (`memory_budget`,
 `gpu_memory`) to ask "what if" — how the plan looks on a smaller machine or a laptop GPU.
 """
 
@@ -120,9 +120,10 @@ def _environment(memory_budget: int | None) -> Diagnosis:
 def diagnose(model_path: Path | None, *, model_error: str | None = None, memory_budget: int | None = None,
              gpu_memory: int | None = None, gpu_layers: int | None = None, parallel: int | None = None,
              ctx: int | None = None, max_tokens: int = 512, records: list[AnyRecord] | None = None,
-             profile: str = DEFAULT_PROFILE) -> Diagnosis:
+             profile: str = DEFAULT_PROFILE, cache_k: str | None = None, cache_v: str | None = None) -> Diagnosis:
     """The whole report. `records` sizes the context (default: the built-in judge records);
-    `memory_budget` / `gpu_memory` replace free RAM / free GPU memory (what-if, and for tests)."""
+    `memory_budget` / `gpu_memory` replace free RAM / free GPU memory (what-if, and for tests);
+    `cache_k` / `cache_v`: KV cache types, None = auto."""
     diag = _environment(memory_budget)
     if model_path is None:
         diag.verdict, diag.exit_code = f"cannot run: {model_error or 'no model given'}", EXIT_MODEL
@@ -137,7 +138,7 @@ def diagnose(model_path: Path | None, *, model_error: str | None = None, memory_
 
     work = measure(records if records is not None else builtin_records(), model_path, profile, max_tokens)
     _plan(diag, model_path, work, records is None, gpu_memory=gpu_memory, gpu_layers=gpu_layers,
-          parallel=parallel, ctx=ctx)
+          parallel=parallel, ctx=ctx, cache_k=cache_k, cache_v=cache_v)
     return diag
 
 
@@ -167,7 +168,8 @@ def _read_model(diag: Diagnosis, path: Path) -> None:
 
 
 def _plan(diag: Diagnosis, path: Path, work: WorkSize | None, builtin: bool, *, gpu_memory: int | None,
-          gpu_layers: int | None, parallel: int | None, ctx: int | None) -> None:
+          gpu_layers: int | None, parallel: int | None, ctx: int | None, cache_k: str | None = None,
+          cache_v: str | None = None) -> None:
     probe = read_model_info(path)
     try:
         shape, trained = probe.shape(), probe.n_ctx_train
@@ -193,12 +195,15 @@ def _plan(diag: Diagnosis, path: Path, work: WorkSize | None, builtin: bool, *, 
     if supported and gpu_free is None and diag.gpus:
         gpu_free = diag.gpus[0]["free_bytes"]  # no nvidia-smi (Metal, Vulkan): the backend's own figure
     plan = auto_plan(shape, n_ctx=n_ctx, gpu_supported=supported, gpu_free=gpu_free,
-                     ram_free=diag.ram_available_bytes, gpu_layers=gpu_layers, parallel=parallel)
+                     ram_free=diag.ram_available_bytes, gpu_layers=gpu_layers, parallel=parallel,
+                     cache_k=cache_k, cache_v=cache_v)
     off = plan.offload
     diag.plan = {"n_parallel": plan.n_parallel, "parallel_reason": plan.parallel_reason,
                  "n_gpu_layers": off.n_gpu_layers, "layers_on_gpu": off.layers_on_gpu, "n_layer": off.n_layer,
                  "offload_reason": off.reason, "kv_cache_bytes": plan.kv_bytes, "gpu_bytes": plan.gpu_bytes,
-                 "ram_bytes": plan.host_bytes, "gpu_free_bytes": gpu_free,
+                 "ram_bytes": plan.host_bytes, "gpu_free_bytes": gpu_free, "cache_type_k": plan.kv.k,
+                 "cache_type_v": plan.kv.v, "kv_reason": plan.kv_reason,
+                 "kv_bytes_per_token": shape.kv_bytes_per_token(plan.kv),
                  "retry_layers": retry_layers(off.n_gpu_layers, off.n_layer) if off.n_gpu_layers else []}
     ram = diag.ram_available_bytes
     if ram is not None and plan.host_bytes > ram:
@@ -211,4 +216,4 @@ def _plan(diag: Diagnosis, path: Path, work: WorkSize | None, builtin: bool, *, 
     where = (f"{off.layers_on_gpu} of {off.n_layer} layers on the GPU" if off.layers_on_gpu
              else "on the CPU")
     diag.verdict = (f"can run: {where}, --parallel {plan.n_parallel}, {n_ctx:,} tokens per sequence "
-                    f"(KV cache {_gib(plan.kv_bytes)})")
+                    f"(KV cache {plan.kv.label}, {_gib(plan.kv_bytes)})")

@@ -52,3 +52,8 @@ class EngineConfig:
     # Host memory (MiB) for earlier prompts' KV that the sequences no longer hold (host_cache.py);
     # 0 = off. Used as prompts are replaced, up to this; llama-server's --cache-ram is the same idea.
     host_cache_mib: int = 1024
+    # The types llama.cpp keeps K and V in: "f16", "q8_0", "q4_0" (llama-server's -ctk/-ctv), or
+    # "auto": f16 unless a type measured to change scores little fits more layers or more sequences
+    # on the GPU (offload.auto_plan). A quantized V turns flash attention on.
+    cache_type_k: str = "auto"
+    cache_type_v: str = "auto"

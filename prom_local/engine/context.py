@@ -13,12 +13,19 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelLoadError
+from .offload import F16, KVTypes
 from .config import SamplingParams
 from .llama import LOG, LlamaModel, require_llama
 
 
-def flash_attn_default(flash_attn: bool | None, n_gpu_layers: int) -> bool | None:
+def flash_attn_default(flash_attn: bool | None, n_gpu_layers: int, kv: KVTypes = F16) -> bool | None:
     """The flash attention setting to ask llama.cpp for; None leaves it llama.cpp's choice."""
+    if kv.needs_flash_attn:
+        # llama.cpp refuses a context with a quantized V cache and flash attention off.
+        if flash_attn is False:
+            raise ModelLoadError(f"a {kv.v} V cache needs flash attention, which was turned off: use "
+                                 "--cache-type-v f16 or leave flash attention on")
+        return True
     if flash_attn is None and n_gpu_layers == 0:
         # On CPU, flash attention makes a token's result depend on how its prompt was cut into
         # batches (logits moved by up to ~0.5 on SmolLM2 when a reused prefix ends elsewhere),
@@ -33,7 +40,7 @@ class LlamaContext:
     """A llama.cpp context of `n_seq` sequences with one KV stream each."""
 
     def __init__(self, model: LlamaModel, *, n_ctx: int, n_seq: int, n_batch: int, n_threads: int,
-                 flash_attn: bool | None):
+                 flash_attn: bool | None, kv: KVTypes = F16):
         ll = require_llama()
         self.model = model
         params = ll.llama_context_default_params()
@@ -52,13 +59,14 @@ class LlamaContext:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
+        params.type_k, params.type_v = _ggml_type(ll, kv.k), _ggml_type(ll, kv.v)
         if flash_attn is not None:
             params.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                       else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._ctx = ll.llama_init_from_model(model.handle, params)
         if not self._ctx:
             raise ModelLoadError(f"{model.path}: could not create a llama.cpp context of "
-                                 f"{params.n_ctx} tokens{LOG.why()}")
+                                 f"{params.n_ctx} tokens (KV cache {kv.label}){LOG.why()}")
         self._ll = ll
         self._mem = ll.llama_get_memory(self._ctx)
         self._n_vocab = model.n_vocab
@@ -110,6 +118,10 @@ class LlamaContext:
         if getattr(self, "_ctx", None):
             self._ll.llama_free(self._ctx)
             self._ctx = None
+
+
+def _ggml_type(ll, name: str) -> int:
+    return {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}[name]
 
 
 def _u8(buf: np.ndarray):

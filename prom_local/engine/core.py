@@ -52,13 +52,13 @@ class Engine:
         self.config = config or EngineConfig()
         loaded = load(Path(model_path), self.config, on_status or (lambda message: None))
         self.model, self.plan = loaded.model, loaded.plan
-        self.n_ctx, self.n_parallel = loaded.n_ctx, loaded.n_parallel
+        self.n_ctx, self.n_parallel, self.kv = loaded.n_ctx, loaded.n_parallel, loaded.kv
         self.n_batch = max(self.config.n_batch, self.n_parallel)
         try:
             self.ctx: LlamaContext | None = LlamaContext(
                 self.model, n_ctx=self.n_ctx * self.n_parallel, n_seq=self.n_parallel, n_batch=self.n_batch,
                 n_threads=self.config.n_threads or len(os.sched_getaffinity(0)),
-                flash_attn=flash_attn_default(self.config.flash_attn, self.plan.n_gpu_layers))
+                flash_attn=flash_attn_default(self.config.flash_attn, self.plan.n_gpu_layers, self.kv), kv=self.kv)
         except Exception:
             self.model.close()
             raise
@@ -80,7 +80,8 @@ class Engine:
         return {"model": str(self.model.path), "n_ctx": self.n_ctx, "n_parallel": self.n_parallel,
                 "gpu_layers": self.plan.layers_on_gpu, "n_layer": self.plan.n_layer,
                 "backend": self.plan.backend, "offload": self.plan.reason,
-                "host_cache_mib": self.host_cache_bytes >> 20}
+                "host_cache_mib": self.host_cache_bytes >> 20, "cache_type_k": self.kv.k,
+                "cache_type_v": self.kv.v}
 
     def check_fits(self, n_prompt: int, max_tokens: int) -> None:
         self.scheduler.check_fits(n_prompt, max_tokens)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from ..judging.grading import expected_score, normalise, row_probabilities
 from ..judging.rubrics import SCORES
@@ -33,6 +32,17 @@ class Agreement:
 
 def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _correlations(x: np.ndarray, y: np.ndarray, constant: bool) -> dict:
+    """Pearson, Spearman and Kendall of x and y (None where one side is constant)."""
+    if constant:
+        return dict(pearson=None, spearman=None, kendall=None)
+    # Imported on first use: scipy.stats takes 0.8-1.8 s to import, which every `score` run paid at
+    # its end although only inputs with gold scores (and `compare`) need it.
+    from scipy import stats as sps
+    return dict(pearson=_finite(sps.pearsonr(x, y).statistic), spearman=_finite(sps.spearmanr(x, y).statistic),
+                kendall=_finite(sps.kendalltau(x, y).statistic))
 
 
 def confusion_matrix(a: Sequence[int], b: Sequence[int]) -> np.ndarray:
@@ -67,9 +77,7 @@ def agreement(a: Sequence[int | None], b: Sequence[int | None]) -> Agreement:
         n=len(pairs),
         exact=float(np.mean(x == y)),
         within1=float(np.mean(np.abs(x - y) <= 1)),
-        pearson=None if constant else _finite(sps.pearsonr(x, y).statistic),
-        spearman=None if constant else _finite(sps.spearmanr(x, y).statistic),
-        kendall=None if constant else _finite(sps.kendalltau(x, y).statistic),
+        **_correlations(x, y, constant),
         qwk=quadratic_weighted_kappa(x.tolist(), y.tolist()),
         confusion=confusion_matrix(x.tolist(), y.tolist()).tolist(),
     )
@@ -126,9 +134,7 @@ def correlation(rows: Iterable[dict]) -> Correlation | None:
     constant = len(set(x.tolist())) < 2 or len(set(y.tolist())) < 2   # undefined then
     return Correlation(
         n=len(pairs),
-        pearson=None if constant else _finite(sps.pearsonr(x, y).statistic),
-        spearman=None if constant else _finite(sps.spearmanr(x, y).statistic),
-        kendall=None if constant else _finite(sps.kendalltau(x, y).statistic),
+        **_correlations(x, y, constant),
         predicted=used_pred.pop() if len(used_pred) == 1 else "both",
         gold=used_gold.pop() if len(used_gold) == 1 else "both",
     )
