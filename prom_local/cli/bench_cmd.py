@@ -11,8 +11,8 @@ from rich.table import Table
 
 from ..bench import BenchRow, bench_records, run_bench
 from ..models import resolve_model
-from .options import (CtxOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
-                      ThreadsOpt, VerboseOpt, err_console)
+from .options import (CtxOpt, DraftOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt,
+                      ProfileOpt, ThreadsOpt, VerboseOpt, err_console)
 
 
 def parse_parallels(text: str) -> list[int]:
@@ -29,7 +29,7 @@ def parse_parallels(text: str) -> list[int]:
 def table(rows: list[BenchRow]) -> Table:
     out = Table(title="prom-local bench", title_justify="left")
     for name in ("parallel", "where", "ctx", "load s", "prompt tok/s", "gen tok/s", "records/min",
-                 "peak RSS", "errors"):
+                 "peak RSS", "errors", "drafts acc./drafted"):
         out.add_column(name, justify="left" if name == "where" else "right")
     for r in rows:
         where = "CPU" if r.gpu_layers == 0 else f"GPU {r.gpu_layers}/{r.n_layer}"
@@ -37,7 +37,8 @@ def table(rows: list[BenchRow]) -> Table:
         out.add_row(str(r.parallel), where, f"{r.n_ctx:,}", f"{r.load_seconds:.2f}",
                     f"{r.prompt_tokens_per_second:,.0f}", "-" if gen is None else f"{gen:,.1f}",
                     f"{r.records_per_minute:,.1f}",
-                    "?" if r.peak_rss_bytes is None else f"{r.peak_rss_bytes / 2**20:,.0f} MiB", str(r.errors))
+                    "?" if r.peak_rss_bytes is None else f"{r.peak_rss_bytes / 2**20:,.0f} MiB", str(r.errors),
+                    f"{r.accepted_tokens:,}/{r.drafted_tokens:,}" if r.draft else "off")
     return out
 
 
@@ -57,6 +58,7 @@ def register(app: typer.Typer) -> None:
             "--records", "-n", min=1, help="Built-in Korean judge records per setting (8 distinct; more "
             "are copies with a numbered instruction).")] = 8,
         max_tokens: MaxTokensOpt = 256,
+        draft: DraftOpt = None,
         verbose: VerboseOpt = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
     ) -> None:
@@ -70,7 +72,7 @@ def register(app: typer.Typer) -> None:
         """
         settings = parse_parallels(parallel)
         opts = EngineOptions(model=model, models_dir=models_dir, profile=profile, ctx=ctx, gpu_layers=gpu_layers,
-                             threads=threads, max_tokens=max_tokens, verbose=verbose)
+                             threads=threads, max_tokens=max_tokens, draft=draft, verbose=verbose)
         resolved = resolve_model(opts.model, opts.models_dir)
         work = bench_records(records)
         say = lambda m: err_console.print(f"[dim]{m}[/dim]")  # noqa: E731

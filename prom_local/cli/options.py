@@ -111,6 +111,11 @@ ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
          "sequences no longer hold, loaded back when a prompt shares more with one of them than with any "
          "sequence (a client that grades several instructions in turn); 0 = off. Used only as prompts "
          "are replaced.", int, into=(EngineConfig, "host_cache_mib"), option=dict(min=0)),
+    Flag("draft", ("--draft",), "Drafts from the prompt (speculative decoding by prompt lookup): at most N "
+         "tokens per step copied from where the sequence's last words occurred in its prompt or output, "
+         "verified in the same batch; the output is the model's own. 0 = off. Default: 8 with GPU layers, "
+         "off on CPU (benchmarks/drafts.py measures both).", Optional[int], into=(EngineConfig, "draft"),
+         option=dict(min=0, show_default="8 on GPU, 0 on CPU")),
     Flag("verbose", ("--verbose",), "Show llama.cpp's own log.", bool, into=(EngineConfig, "verbose")),
 )
 FLAGS = {flag.name: flag for flag in ENGINE_FLAGS}
@@ -127,6 +132,7 @@ GpuLayersOpt = FLAGS["gpu_layers"].annotated()
 ThreadsOpt = FLAGS["threads"].annotated()
 ParallelOpt = FLAGS["parallel"].annotated()
 MaxTokensOpt = FLAGS["max_tokens"].annotated()
+DraftOpt = FLAGS["draft"].annotated()
 VerboseOpt = FLAGS["verbose"].annotated()
 
 

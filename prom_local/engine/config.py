@@ -52,3 +52,7 @@ class EngineConfig:
     # Host memory (MiB) for earlier prompts' KV that the sequences no longer hold (host_cache.py);
     # 0 = off. Used as prompts are replaced, up to this; llama-server's --cache-ram is the same idea.
     host_cache_mib: int = 1024
+    # Drafts from the prompt (engine/drafts.py): at most this many tokens drafted per sequence and
+    # step by n-gram lookup in its own prompt and output, verified in the same batch; 0 = off.
+    # None = the measured default (drafts.draft_default: on with GPU layers, off on CPU).
+    draft: int | None = None
