@@ -9,7 +9,8 @@ For each --parallel N, one engine (model load not timed) with the host prompt st
 The engine's drafts setting is switched between warm passes (Engine.draft), nothing else changes.
 Prints wall time, generated tokens, decode steps, drafts accepted per verification step (a
 sequence's step that carried drafts) and the share accepted, generated tokens/s, the ratio on/off,
-and whether the rows (text, score, P(1..5)) were the same as drafts off (they must be: greedy).
+and how many rows (text, score) were those of drafts off (greedy: all, but where the CPU's
+lone-token rounding flips a near-tie; see README).
 
     python benchmarks/drafts.py                                  # SmolLM2-135M, 8 records, ~6-10 min on 2 cores
     python benchmarks/drafts.py --records 4 --parallel 1        # quicker
@@ -50,7 +51,9 @@ def one_pass(judge: Judge, records, draft: int) -> dict:
 def line(n: int, kind: str, draft: int, r: dict, base: dict) -> str:
     per_row = f"{r['accepted'] / r['rows']:.2f}" if r["rows"] else "-"
     share = f"{r['accepted'] / r['drafted']:.0%}" if r["drafted"] else "-"
-    same = "yes" if r["rows_out"] == base["rows_out"] else "NO"
+    # Rows whose text and score are those of drafts off: greedy with drafts is the model's own, up to
+    # the CPU's lone-token rounding (README, "Drafts from the prompt"), which can flip a near-tie.
+    same = f"{sum(a[:3] == b[:3] for a, b in zip(r['rows_out'], base['rows_out']))}/{len(r['rows_out'])}"
     return (f"| {n} | {kind} | {draft or 'off'} | {r['wall']:.1f} | {r['generated']} | {r['steps']} | {per_row} | "
             f"{share} | {r['generated'] / r['wall']:.1f} | {base['wall'] / r['wall']:.2f}x | {same} |")
 
@@ -73,7 +76,7 @@ def main() -> None:
     print(f"{args.records} built-in Korean records, max_tokens {args.max_tokens}, model {Path(model).name}, "
           f"{args.threads} threads, gpu layers {args.gpu_layers}, load average {os.getloadavg()[0]:.1f}")
     print("| N | pass | drafts | wall s | generated | decode steps | accepted/verification | accepted | "
-          "gen tok/s | speed vs off | same rows |")
+          "gen tok/s | speed vs off | rows as off |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.parallel:
         config = EngineConfig(n_ctx=2560, gpu_layers=args.gpu_layers, n_threads=args.threads, n_parallel=n,

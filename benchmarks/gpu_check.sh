@@ -8,7 +8,8 @@
 # 2. makes the test models there: a tiny random Llama 3 checkpoint -> llama.cpp's converter (the one inside
 #    the sdist) -> Q8_0 and Q4_K_M through `prom-local convert` (nothing is downloaded);
 # 3. runs `pytest -m gpu` (tests/test_gpu.py), `prom-local doctor`, and `prom-local bench` with
-#    --gpu-layers all, with a forced partial offload (1 of 2 layers) and on the CPU for reference;
+#    --gpu-layers all, with a forced partial offload (1 of 2 layers) and on the CPU for reference,
+#    then benchmarks/drafts.py (drafts from the prompt off vs on) with every layer on the GPU;
 # all into one log. Planned to finish within 9 minutes on 16 cores (the build is most of it).
 #
 # Bring along (made by benchmarks/make_gpu_bundle.sh where PyPI is reachable; all git-ignored):
@@ -136,4 +137,6 @@ BENCH=(-m "$MODEL" --records 16 --max-tokens 64)
 run bench-all "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 1,4,16
 run bench-partial "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers 1 --parallel 1,16
 run bench-cpu "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers 0 --parallel 1,16
+# Drafts from the prompt off vs on, every layer on the GPU (pytest -m gpu above checks their output).
+run drafts "$PY" benchmarks/drafts.py --model "$MODEL" --gpu-layers -1 --records 8 --max-tokens 64 --parallel 1 4
 finish

@@ -109,33 +109,94 @@ def test_accept_drafts_counts_rows_to_keep():
 
 # -- the engine, on SmolLM2 ----------------------------------------------------------------------
 
-def _judge(parallel: int, draft: int, max_tokens: int = 48) -> Judge:
+def _config(parallel: int, draft: int | None) -> EngineConfig:
     # One thread: these tests share the machine (see test_parallel.py).
-    return Judge(smollm2_gguf(), engine=EngineConfig(n_ctx=2560, gpu_layers=0, n_threads=1, n_parallel=parallel,
-                                                     draft=draft, host_cache_mib=0),
-                 sampling=SamplingParams(max_tokens=max_tokens))
+    return EngineConfig(n_ctx=2560, gpu_layers=0, n_threads=1, n_parallel=parallel, draft=draft, host_cache_mib=0)
 
 
-def _grades(parallel: int, draft: int):
-    with _judge(parallel, draft) as judge:
-        grades = list(judge.grade_stream(bench_records(3)))
-        return grades, judge.engine.stats
+def _margin(logits: np.ndarray) -> float:
+    top2 = np.partition(logits.astype(np.float64), -2)[-2:]
+    return float(top2[1] - top2[0])
+
+
+def greedy_runs(model, config: EngineConfig, records, max_tokens: int = 48):
+    """The judge's greedy requests for `records`, all submitted at once (so they share batches);
+    returns (grades, outputs, per output the margin between the best two logits of every token
+    drawn, engine stats, prompt tokens, the engine's drafts per step). tests/test_gpu.py uses it."""
+    with Judge(model, engine=config, sampling=SamplingParams(max_tokens=max_tokens)) as judge:
+        margins: list[list[float]] = [[] for _ in records]
+        prompts = [judge.tokenize_prompt(record) for record in records]
+        handles = [judge.engine.submit(replace(
+            judge.grading_request(prompt),
+            on_sample=lambda token, logits, seen=seen: seen.append(_margin(logits))))
+            for prompt, seen in zip(prompts, margins)]
+        outs = [handle.results()[0] for handle in handles]
+        grades = [judge.to_grade(record, out) for record, out in zip(records, outs)]
+        return grades, outs, margins, judge.engine.stats, prompts, judge.engine.draft
+
+
+def same_but_near_ties(on_outs, off_outs, off_margins, near_tie: float) -> int:
+    """Outputs with drafts the same as without, but where greedy flipped between two logits closer
+    than `near_tie` (the first difference of each output); returns how many are wholly the same."""
+    same = 0
+    for a, b, margins in zip(on_outs, off_outs, off_margins):
+        common = min(len(a.tokens), len(b.tokens))
+        first = next((i for i in range(common) if a.tokens[i] != b.tokens[i]),
+                     None if len(a.tokens) == len(b.tokens) else common)
+        if first is None:
+            same += 1
+        else:
+            assert margins[first] < near_tie, (first, margins[first], a.text, b.text)
+    return same
+
+
+# llama.cpp's CPU backend computes a lone token with another matmul kernel than a row of several
+# (README, "Throughput and scale-out"); without drafts each generated token is a lone row, with
+# drafts it shares a row with its drafts. Measured on these records: logits differ by up to ~1 (the
+# largest over the vocabulary; 0.5 typical), so greedy can only flip where the best two logits were
+# closer than that. 0.1 is tighter than anything seen to flip and far below a typical margin (>1).
+NEAR_TIE = 0.1
 
 
 @slow
 @pytest.mark.parametrize("parallel", [1, 2])
 def test_drafts_leave_greedy_output_unchanged(parallel):
-    off, off_stats = _grades(parallel, 0)
-    on, on_stats = _grades(parallel, 8)
+    records = bench_records(3)
+    off, off_outs, off_margins, off_stats, _, _ = greedy_runs(smollm2_gguf(), _config(parallel, 0), records)
+    on, on_outs, _, on_stats, _, _ = greedy_runs(smollm2_gguf(), _config(parallel, 8), records)
     assert off_stats.drafted_tokens == 0 and on_stats.accepted_tokens > 0   # drafts were really used
     assert on_stats.steps < off_stats.steps                                  # and saved decode steps
-    assert [g.output for g in on] == [g.output for g in off]
-    assert [(g.score, g.forced, g.completion_tokens) for g in on] == [(g.score, g.forced, g.completion_tokens)
-                                                                      for g in off]
-    for a, b in zip(on, off):   # the verdict probabilities: read from the same row's logits
-        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+    # The only difference allowed: a flip between two near-equal logits (one record of three, seen).
+    same = same_but_near_ties(on_outs, off_outs, off_margins, NEAR_TIE)
+    assert same >= 2, "drafts changed the greedy text of more than one record in three"
+    for a, b in zip(on, off):
+        if a.output == b.output:   # same text: same verdict, read from the same row's logits
+            assert (a.score, a.forced, a.completion_tokens) == (b.score, b.forced, b.completion_tokens)
+            assert a.probabilities == pytest.approx(b.probabilities, abs=0.02)
     assert sum(g.extra["accepted_tokens"] for g in on) == on_stats.accepted_tokens
     assert all("drafted_tokens" not in g.extra for g in off)   # rows without drafts as before
+
+
+@slow
+def test_drafted_output_is_the_models_own_argmax():
+    """Every token generated with drafts is the argmax of the logits llama.cpp computes for the
+    prompt and that output in one batch: a drafted step computes its rows in a batch of several
+    tokens, the kernel of the reference (measured: the same logits to the bit on these records)."""
+    from llama_cpp import Llama
+
+    records = bench_records(2)
+    _, outs, _, stats, prompts, _ = greedy_runs(smollm2_gguf(), _config(1, 8), records)
+    assert stats.accepted_tokens > 0
+    llm = Llama(str(smollm2_gguf()), n_ctx=2560, n_batch=2560, n_ubatch=2560, n_threads=1,
+                logits_all=True, verbose=False)
+    try:
+        for prompt, out in zip(prompts, outs):
+            llm.reset()
+            llm.eval(prompt + out.tokens)
+            expected = np.argmax(np.asarray(llm.scores[len(prompt) - 1:len(prompt) + len(out.tokens) - 1]), axis=1)
+            assert out.tokens == expected.tolist()
+    finally:
+        llm.close()
 
 
 CHAT = ("<|im_start|>user\nRepeat this list twice: apples, pears, plums, cherries, grapes, lemons."
