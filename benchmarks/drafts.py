@@ -7,8 +7,10 @@ For each --parallel N, one engine (model load not timed) with the host prompt st
           drifting machine load favours neither): prompts are loaded back from the host store, so
           a warm pass is nearly all generation, the part drafts change.
 The engine's drafts setting is switched between warm passes (Engine.draft), nothing else changes.
-Prints wall time, generated tokens, decode steps, drafts accepted per verification step (a
-sequence's step that carried drafts) and the share accepted, generated tokens/s, the ratio on/off,
+Prints wall time and the process's CPU time (on a shared machine the steadier measure of the work;
+with --threads 1 it is the engine's compute), generated tokens, decode steps, drafts accepted per
+verification step (a sequence's step that carried drafts) and the share accepted, generated tokens/s,
+the ratios off/on of wall and CPU time,
 and how many rows (text, score) were those of drafts off (greedy: all, but where the CPU's
 lone-token rounding flips a near-tie; see README).
 
@@ -38,12 +40,12 @@ def one_pass(judge: Judge, records, draft: int) -> dict:
     engine.draft = min(draft, engine.n_batch // engine.n_parallel - 1)
     s = engine.stats
     before = (s.steps, s.drafted_tokens, s.accepted_tokens, s.draft_rows)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     grades = list(judge.grade_stream(records))
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     steps, drafted, accepted, rows = (a - b for a, b in zip(
         (s.steps, s.drafted_tokens, s.accepted_tokens, s.draft_rows), before))
-    return {"wall": wall, "steps": steps, "drafted": drafted, "accepted": accepted, "rows": rows,
+    return {"wall": wall, "cpu": cpu, "steps": steps, "drafted": drafted, "accepted": accepted, "rows": rows,
             "generated": sum(g.completion_tokens for g in grades),
             "rows_out": [(g.id, g.output, g.score, g.probabilities) for g in grades]}
 
@@ -54,8 +56,9 @@ def line(n: int, kind: str, draft: int, r: dict, base: dict) -> str:
     # Rows whose text and score are those of drafts off: greedy with drafts is the model's own, up to
     # the CPU's lone-token rounding (README, "Drafts from the prompt"), which can flip a near-tie.
     same = f"{sum(a[:3] == b[:3] for a, b in zip(r['rows_out'], base['rows_out']))}/{len(r['rows_out'])}"
-    return (f"| {n} | {kind} | {draft or 'off'} | {r['wall']:.1f} | {r['generated']} | {r['steps']} | {per_row} | "
-            f"{share} | {r['generated'] / r['wall']:.1f} | {base['wall'] / r['wall']:.2f}x | {same} |")
+    return (f"| {n} | {kind} | {draft or 'off'} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['generated']} | {r['steps']} | "
+            f"{per_row} | {share} | {r['generated'] / r['wall']:.1f} | {base['wall'] / r['wall']:.2f}x | "
+            f"{base['cpu'] / r['cpu']:.2f}x | {same} |")
 
 
 def main() -> None:
@@ -75,9 +78,9 @@ def main() -> None:
     records = bench_records(args.records)
     print(f"{args.records} built-in Korean records, max_tokens {args.max_tokens}, model {Path(model).name}, "
           f"{args.threads} threads, gpu layers {args.gpu_layers}, load average {os.getloadavg()[0]:.1f}")
-    print("| N | pass | drafts | wall s | generated | decode steps | accepted/verification | accepted | "
-          "gen tok/s | speed vs off | rows as off |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| N | pass | drafts | wall s | CPU s | generated | decode steps | accepted/verification | accepted | "
+          "gen tok/s | speed vs off | CPU off/on | rows as off |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.parallel:
         config = EngineConfig(n_ctx=2560, gpu_layers=args.gpu_layers, n_threads=args.threads, n_parallel=n,
                               draft=0, host_cache_mib=2048)

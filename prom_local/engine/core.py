@@ -194,6 +194,8 @@ class Engine:
             drafts, lambda i: p.generated[-1] if self._after_logits(active, first + i) else None)
         # KV kept: the pending token and the accepted drafts (a request that ended keeps the same,
         # so a forced continuation is fed right after them and the prefix cache holds no guess).
+        # A continuation decided mid-step was checked (scheduler.fits) before this trim; it fits
+        # anyway: _propose drafts within the budget, which leaves the continuation's reserve.
         if self.cache.n[active.seq] > start + rows:
             self.cache.trim(active.seq, start + rows)
         p.drafted += len(drafts)

@@ -87,8 +87,11 @@ def accept_drafts(drafts: Sequence[int], sample_at: Callable[[int], int | None])
     removed and renormalised. Drawing s ~ p and accepting iff s == t does exactly that: P(accept) =
     p(t), and given s != t, s is distributed as p without t, renormalised. So every emitted token
     is distributed as p, and (unlike a separate accept/reject coin) it takes one draw per emitted
-    token, the same stream of draws as decoding without drafts: with a seed, sampled output is the
-    same with drafts on and off, and greedy (p a point mass on the argmax) is the argmax.
+    token, the same stream of draws as decoding without drafts; greedy (p a point mass on the
+    argmax) is the argmax. With a seed, the tokens are those the same draws pick from the logits
+    of the same text computed in one batch (tests/test_drafts.py replays them); drafts off picks
+    them from a lone token's logits, which llama.cpp's CPU kernels round differently, so a draw
+    or a greedy near-tie may go the other way there.
     """
     for i in range(len(drafts) + 1):
         token = sample_at(i)
