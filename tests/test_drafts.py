@@ -269,3 +269,21 @@ def test_forced_verdicts_and_samples_through_the_judge_with_drafts():
     assert len(grades) == 2
     for grade in grades:
         assert grade.error is None and grade.score is not None and len(grade.extra["scores"]) == 2
+
+
+def test_rows_sum_both_orders_drafts():
+    """A pair graded in both orders (--both-orders) reports both requests' drafts, like its tokens."""
+    from prom_local.grading import RelativeGrade
+    from prom_local.records import record_from_mapping
+    from prom_local.relative import both_orders_grade
+
+    def graded(winner, drafted):
+        grade = RelativeGrade(id="p1", score=None, feedback="f", output="o", winner=winner,
+                              probabilities=(0.6, 0.4), completion_tokens=10)
+        grade.extra.update(drafted_tokens=drafted, accepted_tokens=drafted // 2)
+        return grade
+
+    record = record_from_mapping({"id": "p1", "instruction": "q", "response_A": "a", "response_B": "b",
+                                  "rubric": "r"}, line=1)
+    row = both_orders_grade(record, graded("A", 10), graded("B", 6)).to_row()
+    assert row["drafted_tokens"] == 16 and row["accepted_tokens"] == 8
