@@ -247,3 +247,27 @@ def test_auto_cache_type_is_planned_with_the_real_free_memory(gpu_model):
         # A tiny model on a real GPU: f16 fits everything, so auto keeps it, and says so.
         assert (engine.kv.k, engine.kv.v) == ("f16", "f16")
     assert any(line.startswith("KV cache f16 (auto") for line in said), said
+
+
+@gpu
+@needs_gpu
+def test_drafts_on_the_gpu_verify_and_keep_greedy_output(gpu_model):
+    """Drafts from the prompt with every layer on the GPU: on by default there (the measured
+    default, drafts.draft_default), drafted rows verified and their rejected KV removed from the GPU's
+    cache, greedy text the same as without drafts but at near-ties (CUDA's kernels also round by
+    batch shape, and a random tiny model's logits lie close together), verdicts as without drafts."""
+    from dataclasses import replace
+
+    from prom_local.engine import EngineConfig
+    from test_drafts import greedy_runs, same_but_near_ties
+
+    records = _records()
+    config = EngineConfig(n_ctx=1024, gpu_layers=-1, n_parallel=4)
+    off_grades, off_outs, off_margins, _, _, _ = greedy_runs(gpu_model, replace(config, draft=0), records, 64)
+    grades, outs, _, stats, _, draft = greedy_runs(gpu_model, config, records, 64)
+    assert draft > 0 and stats.drafted_tokens > 0, (draft, stats)
+    same_but_near_ties(outs, off_outs, off_margins, near_tie=0.25)
+    for a, b in zip(grades, off_grades):
+        assert a.error is None and a.score is not None
+        if a.output == b.output:
+            assert a.probabilities == pytest.approx(b.probabilities, abs=PROB_TOL), a.id

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..diagnostics.bench import BenchRow, bench_records, run_bench
 from ..store.models import resolve_model
 from ..units import format_bytes
-from .options import (CacheTypeKOpt, CacheTypeVOpt, CtxOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
+from .options import (CacheTypeKOpt, CacheTypeVOpt, CtxOpt, DraftOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
                       ThreadsOpt, VerboseOpt, err_console)
 
 
@@ -31,7 +31,7 @@ def parse_parallels(text: str) -> list[int]:
 def table(rows: list[BenchRow]) -> Table:
     out = Table(title="prom-local bench", title_justify="left")
     for name in ("parallel", "where", "ctx", "load s", "prompt tok/s", "gen tok/s", "records/min",
-                 "peak RSS", "errors"):
+                 "peak RSS", "errors", "drafts acc./drafted"):
         out.add_column(name, justify="left" if name == "where" else "right")
     for r in rows:
         where = "CPU" if r.gpu_layers == 0 else f"GPU {r.gpu_layers}/{r.n_layer}"
@@ -39,7 +39,8 @@ def table(rows: list[BenchRow]) -> Table:
         out.add_row(str(r.parallel), where, f"{r.n_ctx:,}", f"{r.load_seconds:.2f}",
                     f"{r.prompt_tokens_per_second:,.0f}", "-" if gen is None else f"{gen:,.1f}",
                     f"{r.records_per_minute:,.1f}",
-                    "?" if r.peak_rss_bytes is None else format_bytes(r.peak_rss_bytes), str(r.errors))
+                    "?" if r.peak_rss_bytes is None else format_bytes(r.peak_rss_bytes), str(r.errors),
+                    f"{r.accepted_tokens:,}/{r.drafted_tokens:,}" if r.draft else "off")
     return out
 
 
@@ -61,6 +62,7 @@ def register(app: typer.Typer) -> None:
         max_tokens: MaxTokensOpt = 256,
         cache_type_k: CacheTypeKOpt = "auto",
         cache_type_v: CacheTypeVOpt = "auto",
+        draft: DraftOpt = None,
         verbose: VerboseOpt = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
     ) -> None:
@@ -76,7 +78,7 @@ def register(app: typer.Typer) -> None:
         settings = parse_parallels(parallel)
         opts = EngineOptions(model=model, models_dir=models_dir, profile=profile, ctx=ctx, gpu_layers=gpu_layers,
                              threads=threads, max_tokens=max_tokens, verbose=verbose, cache_type_k=cache_type_k,
-                             cache_type_v=cache_type_v)
+                             cache_type_v=cache_type_v, draft=draft)
         resolved = resolve_model(opts.model, opts.models_dir)
         work = bench_records(records)
         say = lambda m: err_console.print(f"[dim]{m}[/dim]")  # noqa: E731

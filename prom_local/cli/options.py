@@ -124,6 +124,11 @@ ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
     Flag("cache_type_v", ("--cache-type-v", "-ctv"), "Type of the KV cache's values (as --cache-type-k); "
          "a quantized V turns flash attention on.", str, into=(EngineConfig, "cache_type_v"), parse=_cache_type,
          option=dict(metavar="|".join(CACHE_TYPE_CHOICES))),
+    Flag("draft", ("--draft",), "Drafts from the prompt (speculative decoding by prompt lookup): at most N "
+         "tokens per step copied from where the sequence's last words occurred in its prompt or output, "
+         "verified in the same batch; the output is the model's own. 0 = off. Default: 8 with GPU layers, "
+         "off on CPU (benchmarks/drafts.py measures both).", Optional[int], into=(EngineConfig, "draft"),
+         option=dict(min=0, show_default="8 on GPU, 0 on CPU")),
     Flag("verbose", ("--verbose",), "Show llama.cpp's own log.", bool, into=(EngineConfig, "verbose")),
 )
 FLAGS = {flag.name: flag for flag in ENGINE_FLAGS}
@@ -140,6 +145,7 @@ GpuLayersOpt = FLAGS["gpu_layers"].annotated()
 ThreadsOpt = FLAGS["threads"].annotated()
 ParallelOpt = FLAGS["parallel"].annotated()
 MaxTokensOpt = FLAGS["max_tokens"].annotated()
+DraftOpt = FLAGS["draft"].annotated()
 VerboseOpt = FLAGS["verbose"].annotated()
 CacheTypeKOpt = FLAGS["cache_type_k"].annotated()
 CacheTypeVOpt = FLAGS["cache_type_v"].annotated()

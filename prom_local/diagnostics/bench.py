@@ -82,6 +82,10 @@ class BenchRow:
     prompt_tokens: int             # computed in the prompt-only pass (cached prefixes not counted)
     generated_tokens: int          # in the run
     peak_rss_bytes: int | None
+    draft: int = 0                 # drafts per step (--draft; 0 = off)
+    drafted_tokens: int = 0        # in the run: drafts decoded for verification
+    accepted_tokens: int = 0       # of which accepted
+    draft_rows: int = 0            # verification steps (a sequence's step that carried drafts)
 
     @property
     def records_per_minute(self) -> float:
@@ -141,6 +145,7 @@ def run_bench(model_path: str | Path, *, parallels: list[int], engine: EngineCon
             setup.setdefault("offload", info["offload"])
             setup.setdefault("kv_cache", _kv_label(info))
             run_seconds, grades = _grade_all(judge, records, tick)
+            stats = judge.engine.stats
         prompt_only = dataclasses.replace(sampling, max_tokens=0)
         with Judge(model_path, profile=profile, engine=config, sampling=prompt_only) as judge:
             prompt_seconds, prompt_grades = _grade_all(judge, records, tick)
@@ -149,5 +154,7 @@ def run_bench(model_path: str | Path, *, parallels: list[int], engine: EngineCon
             n_ctx=info["n_ctx"], records=len(records), errors=sum(g.error is not None for g in grades),
             load_seconds=load, run_seconds=run_seconds, prompt_seconds=prompt_seconds,
             prompt_tokens=sum(g.prompt_tokens - g.extra.get("reused_prompt_tokens", 0) for g in prompt_grades),
-            generated_tokens=sum(g.completion_tokens for g in grades), peak_rss_bytes=peak_rss()))
+            generated_tokens=sum(g.completion_tokens for g in grades), peak_rss_bytes=peak_rss(),
+            draft=info.get("draft", 0), drafted_tokens=stats.drafted_tokens, accepted_tokens=stats.accepted_tokens,
+            draft_rows=stats.draft_rows))
     return rows, setup

@@ -160,6 +160,12 @@ class PrefixCache:
             self.memory.seq_rm(seq, keep)
         self.n[seq] = keep
 
+    def trim(self, seq: int, keep: int) -> None:
+        """Drop the sequence's tokens from `keep` on (rejected drafts): nothing saved, nothing copied."""
+        if self.memory is not None:
+            self.memory.seq_rm(seq, keep)
+        self.n[seq] = min(self.n[seq], keep)
+
     def append(self, seq: int, tokens: Sequence[int]) -> None:
         """Tokens just decoded at the end of `seq`."""
         n, k = self.n[seq], len(tokens)

@@ -57,3 +57,7 @@ class EngineConfig:
     # on the GPU (offload.auto_plan). A quantized V turns flash attention on.
     cache_type_k: str = "auto"
     cache_type_v: str = "auto"
+    # Drafts from the prompt (engine/drafts.py): at most this many tokens drafted per sequence and
+    # step by n-gram lookup in its own prompt and output, verified in the same batch; 0 = off.
+    # None = the measured default (drafts.draft_default: on with GPU layers, off on CPU).
+    draft: int | None = None

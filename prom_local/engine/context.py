@@ -144,8 +144,9 @@ class LlamaBatch:
     def clear(self) -> None:
         self.n_tokens = self._batch.n_tokens = 0
 
-    def add(self, tokens: list[int], pos0: int, seq_id: int, logits_last: bool) -> int:
-        """Append tokens at positions pos0.. of seq_id; returns the batch index of the last one."""
+    def add(self, tokens: list[int], pos0: int, seq_id: int, logits_last: bool, n_logits: int = 1) -> int:
+        """Append tokens at positions pos0.. of seq_id; returns the batch index of the last one.
+        With logits_last, the last n_logits tokens get logits (more than one: drafts to verify)."""
         b, n = self._batch, self.n_tokens
         for j, token in enumerate(tokens):
             b.token[n] = token
@@ -155,7 +156,8 @@ class LlamaBatch:
             b.logits[n] = 0
             n += 1
         if logits_last:
-            b.logits[n - 1] = 1
+            for i in range(n - min(n_logits, len(tokens)), n):
+                b.logits[i] = 1
         self.n_tokens = b.n_tokens = n
         return n - 1
 

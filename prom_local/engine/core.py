@@ -23,6 +23,7 @@ from .offload import available_memory
 from .cache import PrefixCache
 from .config import EngineConfig
 from .context import LlamaBatch, LlamaContext, SamplerChain, flash_attn_default
+from .drafts import NgramIndex, accept_drafts, draft_default
 from .host_cache import HostPromptCache
 from .loading import load
 from .requests import (DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent)
@@ -44,6 +45,10 @@ class _Progress:
     appended: str = ""
     finish_reason: str = ""
     first_token: float | None = None
+    lookup: NgramIndex | None = None   # the prompt and output so far, for drafts (built on first use)
+    drafts: list[int] = field(default_factory=list)   # drafted tokens in the batch being decoded
+    drafted: int = 0
+    accepted: int = 0
 
 
 class Engine:
@@ -69,6 +74,10 @@ class Engine:
         mix = self.config.mix_prompts
         self.mix_prompts = self.plan.n_gpu_layers != 0 if mix is None else bool(mix)
         self.host_cache_bytes = _host_cache_limit(self.config.host_cache_mib)
+        # Drafts per sequence and step: what was asked (or the measured default), within the batch:
+        # every sequence's pending token and its drafts must fit in one batch of n_batch.
+        self.draft = max(0, min(draft_default(self.config.draft, self.plan.n_gpu_layers),
+                                self.n_batch // self.n_parallel - 1))
         store = HostPromptCache(self.host_cache_bytes) if self.host_cache_bytes else None
         self.cache = PrefixCache(self.n_parallel, self.n_ctx, memory=self.ctx, store=store)
         self.scheduler = Scheduler(self.cache, n_ctx=self.n_ctx, lookahead=self.lookahead,
@@ -81,7 +90,7 @@ class Engine:
                 "gpu_layers": self.plan.layers_on_gpu, "n_layer": self.plan.n_layer,
                 "backend": self.plan.backend, "offload": self.plan.reason,
                 "host_cache_mib": self.host_cache_bytes >> 20, "cache_type_k": self.kv.k,
-                "cache_type_v": self.kv.v}
+                "cache_type_v": self.kv.v, "draft": self.draft}
 
     def check_fits(self, n_prompt: int, max_tokens: int) -> None:
         self.scheduler.check_fits(n_prompt, max_tokens)
@@ -138,6 +147,8 @@ class Engine:
         """One round of decoding: a token for every generating sequence, and prompt chunks (oldest
         request first, so a prefix others wait for is ready soonest)."""
         sched = self.scheduler
+        if self.draft:
+            self._propose(runnable)
         if self.mix_prompts:
             # One batch for all. llama.cpp still splits it into micro-batches of equal tokens per
             # sequence, but a prompt's first token then fills its gap in the generating range,
@@ -157,8 +168,54 @@ class Engine:
         if chunk is not None:
             self._decode_and_sample([chunk])
 
+    def _propose(self, runnable: list[Active]) -> None:
+        """Drafts for every generating sequence that has a lookup match: they ride after its
+        pending token in this round's batch (drafts.py)."""
+        for active in runnable:
+            p = active.progress
+            if active.prefilling or p.forcing or len(active.pending) != 1:
+                continue
+            # The last draft's own next token is drawn too, so k drafts can emit k + 1 tokens.
+            k = min(self.draft, active.budget - len(p.generated) - 1)
+            if k <= 0:
+                continue
+            if p.lookup is None:
+                p.lookup = NgramIndex(active.job.req.tokens)
+            p.lookup.extend(p.generated[len(p.lookup.tokens) - len(active.job.req.tokens):])
+            p.drafts = p.lookup.draft(k)
+            active.pending.extend(p.drafts)
+
+    def _verify(self, active: Active, last: int) -> None:
+        """The rows of a drafted sequence: draw a token from each, in order, while it equals the
+        draft (drafts.accept_drafts: the model's own output); then drop the rejected drafts' KV."""
+        p = active.progress
+        drafts, p.drafts = p.drafts, []
+        first = last - len(drafts)
+        start = self.cache.n[active.seq] - len(drafts) - 1   # position of the pending token
+        accepted, rows = accept_drafts(
+            drafts, lambda i: p.generated[-1] if self._after_logits(active, first + i) else None)
+        # KV kept: the pending token and the accepted drafts (a request that ended keeps the same,
+        # so a forced continuation is fed right after them and the prefix cache holds no guess).
+        # A continuation decided mid-step was checked (scheduler.fits) before this trim; it fits
+        # anyway: _propose drafts within the budget, which leaves the continuation's reserve.
+        if self.cache.n[active.seq] > start + rows:
+            self.cache.trim(active.seq, start + rows)
+        p.drafted += len(drafts)
+        p.accepted += accepted
+        self.stats.drafted_tokens += len(drafts)
+        self.stats.accepted_tokens += accepted
+        self.stats.draft_rows += 1
+
     def _decode_and_sample(self, items: list[tuple[Active, int]]) -> None:
         for active, index in self._decode(items):
+            if active.progress.drafts:
+                try:
+                    self._verify(active, index)
+                except Exception as exc:  # as below
+                    self._discard(active)
+                    active.job.cancel()
+                    self._final(active.job, Raised(exc))
+                continue
             # A prompt's first logits also start its sibling samples (SamplingParams.n), which
             # have just taken a copy of its KV: each samples its first token from these logits.
             for sample in [active] + self.scheduler.fork(active):
@@ -179,7 +236,8 @@ class Engine:
         items = sorted(items, key=lambda item: item[0].seq)
         for active, take in items:
             last = take == len(active.pending)
-            index = batch.add(active.pending[:take], self.cache.n[active.seq], active.seq, last)
+            rows = 1 + len(active.progress.drafts) if last else 1   # logits for every drafted position
+            index = batch.add(active.pending[:take], self.cache.n[active.seq], active.seq, last, rows)
             if last:
                 wants.append((active, index))
         self.ctx.decode(batch)
@@ -194,18 +252,20 @@ class Engine:
         log_z = top + np.log(np.exp(logits - top).sum())
         return np.exp(logits[np.asarray(active.job.req.probe_ids, dtype=np.int64)] - log_z)
 
-    def _after_logits(self, active: Active, index: int) -> None:
+    def _after_logits(self, active: Active, index: int) -> bool:
+        """Act on the logits at batch `index`: probe, draw a token, emit it. True when the request
+        goes on generating (its drawn token pending), False when it ended or is being forced."""
         req, p = active.job.req, active.progress
         active.prefilling = False
         if p.forcing:
             final = self._probe(active, index) if req.probe_ids else None
             self._final(active.job, DoneEvent(self._release(active, final)))
-            return
+            return False
         if req.probe_ids and req.probe_when is not None and req.probe_when(p.text):
             p.probes.append((len(p.text), self._probe(active, index), time.perf_counter()))
         if active.budget <= 0:
             self._finish(active, "length", unfed=None)
-            return
+            return False
         token = p.sampler.sample(self.ctx, index)
         if req.on_sample is not None:
             req.on_sample(token, self.ctx.logits(index))
@@ -213,7 +273,7 @@ class Engine:
             p.first_token = time.perf_counter() - p.started
         if self.model.is_eog(token):
             self._finish(active, "stop", unfed=None)
-            return
+            return False
         p.generated.append(token)
         p.text_bytes += self.model.token_bytes(token)
         # Incomplete UTF-8 at the end (a Korean syllable split over tokens) waits for the next piece.
@@ -223,8 +283,9 @@ class Engine:
             active.job.sink.put(TokenEvent(req.tag, delta, active.sample))
         if len(p.generated) >= active.budget:
             self._finish(active, "length", unfed=token)
-            return
+            return False
         active.pending = [token]
+        return True
 
     def _finish(self, active: Active, reason: str, unfed: int | None) -> None:
         p, req = active.progress, active.job.req
@@ -260,7 +321,8 @@ class Engine:
             finish_reason=p.finish_reason or "stop", prompt_tokens=len(req.tokens),
             reused_prompt_tokens=active.reused, probes=p.probes, appended=p.appended,
             final_probe=final, seconds=time.perf_counter() - p.started,
-            first_token_seconds=p.first_token, index=active.sample)
+            first_token_seconds=p.first_token, index=active.sample,
+            drafted_tokens=p.drafted, accepted_tokens=p.accepted)
         self.stats.prompt_tokens += len(req.tokens)
         self.stats.reused_tokens += active.reused
         self._discard(active)

@@ -50,6 +50,8 @@ class GenOutput:
     seconds: float = 0.0
     first_token_seconds: float | None = None
     index: int = 0                        # which sample of the request (SamplingParams.n)
+    drafted_tokens: int = 0               # tokens drafted from the prompt (--draft), verified
+    accepted_tokens: int = 0              # of which the model's own choice (kept, one step each saved)
 
 
 @dataclass
@@ -82,3 +84,6 @@ class EngineStats:
     waits: int = 0               # requests that waited for another sequence's prefix
     forked_tokens: int = 0       # of reused_tokens, those copied from a sibling sample's prompt
     recalled_tokens: int = 0     # of reused_tokens, those loaded from the host prompt store
+    drafted_tokens: int = 0      # drafts decoded for verification (--draft)
+    accepted_tokens: int = 0     # of which accepted
+    draft_rows: int = 0          # sequence-steps that carried drafts (verification steps)

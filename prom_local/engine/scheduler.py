@@ -283,12 +283,13 @@ class Scheduler:
         return [a for a in self.slots if a is not None and a.state == RUNNING and a.pending]
 
     def generating(self, runnable: list[Active]) -> list[tuple[Active, int]]:
-        return [(a, 1) for a in runnable if not a.prefilling]
+        # A generating sequence's pending token, and the drafts that follow it (core._propose).
+        return [(a, len(a.pending)) for a in runnable if not a.prefilling]
 
     def mixed_batch(self, runnable: list[Active]) -> list[tuple[Active, int]]:
         """A token of every generating sequence, and prompt chunks, oldest first, in the room left."""
         items = self.generating(runnable)
-        room = self.n_batch - len(items)
+        room = self.n_batch - sum(take for _, take in items)
         for active in sorted((a for a in runnable if a.prefilling), key=lambda a: a.admitted):
             take = min(len(active.pending), room)
             if take <= 0:

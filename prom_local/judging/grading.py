@@ -146,6 +146,9 @@ def note_run(grade: Grade, out) -> bool:
     """Put what the engine measured of a finished output (`out`, an engine GenOutput) into its row;
     False when the output was cancelled, which makes the row an error row with no verdict."""
     grade.extra["reused_prompt_tokens"] = out.reused_prompt_tokens
+    if out.drafted_tokens:   # only with drafts on (--draft): rows without them stay as they were
+        grade.extra["drafted_tokens"] = out.drafted_tokens
+        grade.extra["accepted_tokens"] = out.accepted_tokens
     if out.first_token_seconds is not None:
         grade.extra["first_token_seconds"] = round(out.first_token_seconds, 4)
     if out.finish_reason == "cancelled":

@@ -146,6 +146,9 @@ def both_orders_grade(record: RelativeRecord, ab: RelativeGrade, ba: RelativeGra
     grade.seconds = max(ab.seconds, ba.seconds)
     grade.extra["reused_prompt_tokens"] = (ab.extra.get("reused_prompt_tokens", 0)
                                            + ba.extra.get("reused_prompt_tokens", 0))
+    for key in ("drafted_tokens", "accepted_tokens"):   # with --draft: both orders' drafts
+        if key in ab.extra or key in ba.extra:
+            grade.extra[key] = ab.extra.get(key, 0) + ba.extra.get(key, 0)
     return grade
 
 

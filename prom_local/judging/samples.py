@@ -71,6 +71,9 @@ def combine(grades: Sequence[Grade]) -> Grade:
         "score_spread": round(statistics.pstdev(valid), 4) if valid else None,
         "forced_samples": sum(g.forced for g in grades),
     })
+    for key in ("drafted_tokens", "accepted_tokens"):   # with --draft: all samples' drafts, like tokens
+        if key in first.extra:
+            grade.extra[key] = sum(g.extra.get(key, 0) for g in grades)
     return grade
 
 
