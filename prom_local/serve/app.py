@@ -75,14 +75,23 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
         service.check_key(request)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
+    batch_api = None
+    if service.config.batches is not None:   # the Batch API (serve/batches/), with its data dir
+        from .batches import BatchApi
+        batch_api = BatchApi(service, service.config.batches)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         loader = threading.Thread(target=service.load, name="prom-local-load", daemon=True)
         if load:
             loader.start()
+        if batch_api is not None:
+            batch_api.start()
         try:
             yield
         finally:
+            if batch_api is not None:   # lines in flight are cut off: they run again on restart
+                await batch_api.stop()
             # Graceful shutdown has already let in-flight responses finish (or cancelled them
             # after the timeout); anything still in the engine ends as cancelled here.
             service.close()
@@ -101,6 +110,8 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", endpoint("metrics", metrics), methods=["GET"]),
     ]
+    if batch_api is not None:
+        routes += batch_api.routes(endpoint)
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
 
 

@@ -19,6 +19,9 @@ from .errors import ApiError, not_ready, overloaded, unauthorized
 from .metrics import ServeMetrics
 
 log = logging.getLogger("prom_local.serve")
+# A request built inside the server for a batch line carries its owner here (an ASGI scope key no
+# network client can set): its key was checked when the batch was created.
+OWNER_SCOPE = "prom_local.owner"
 
 
 @dataclass
@@ -29,10 +32,14 @@ class ServeConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     api_key: str | None = None
+    # Named keys (name -> key), from `--api-key-file` lines `name=key`: the name owns files and
+    # batches. A minimal stand-in for the serve-hardening branch's named keys.
+    api_keys: dict[str, str] | None = None
     max_body_bytes: int = 4 << 20
     max_prompt_tokens: int | None = None   # None = what the context holds
     max_queue: int = 64                    # sequences waiting beyond the parallel slots
     log_requests: bool = False
+    batches: object | None = None          # batches.BatchConfig: the Batch API and its data dir
 
 
 class Service:
@@ -50,6 +57,7 @@ class Service:
         self._loaded = threading.Event()
         self._closed = False
         self._key = config.api_key.encode() if config.api_key else None
+        self._keys = {name: key.encode() for name, key in (config.api_keys or {}).items()}
         self._facts: dict | None = None
 
     # -- life -------------------------------------------------------------------------------------
@@ -119,11 +127,27 @@ class Service:
 
     # -- checks -----------------------------------------------------------------------------------
     def check_key(self, request: Request) -> None:
+        self.authenticate(request)
+
+    def authenticate(self, request: Request) -> str:
+        """The caller's API-key name ("default" when the server has no named keys), or 401."""
+        internal = request.scope.get(OWNER_SCOPE)
+        if internal is not None:
+            return internal
+        if self._keys:
+            given = _bearer(request)
+            # Every key is compared (constant time each), so which one matched does not show.
+            matched = [name for name, key in self._keys.items() if hmac.compare_digest(given, key)]
+            if not matched:
+                raise unauthorized()
+            return matched[0]
+        self._check_single_key(request)
+        return "default"
+
+    def _check_single_key(self, request: Request) -> None:
         if self._key is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        given = _bearer(request)
         # Constant time: how much of a guess is right must not show in the response time.
         if not hmac.compare_digest(given, self._key):
             raise unauthorized()
@@ -170,3 +194,9 @@ class Service:
                                     out.finish_reason == "cancelled")
 
         return Flight(self.engine, requests, on_end=on_end)
+
+
+def _bearer(request: Request) -> bytes:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" else b""
