@@ -32,7 +32,7 @@ def lines_for_records(path: str | Path) -> Iterator[dict]:
     first: dict[str, int] = {}
     for item in read_records(path):
         if isinstance(item, InputError):
-            custom_id = item.record_id or f"line{item.line}"
+            custom_id = item.record_id or str(item.line)
             yield {"custom_id": custom_id, "method": "POST", "url": "/v1/grade",
                    "body": {"id": custom_id, "prom_local_unreadable": str(item)}}
             continue

@@ -112,7 +112,9 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
     ]
     if batch_api is not None:
         routes += batch_api.routes(endpoint)
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
+    app.state.batch_api = batch_api
+    return app
 
 
 def _model_card(service: Service) -> dict:
