@@ -92,8 +92,8 @@ def test_a_grade_batch_with_bad_lines_runs_end_to_end_through_the_openai_sdk(smo
     assert out[0]["response"]["body"]["id"] == "r1" and out[0]["response"]["body"]["score"] == 4
     codes = {(e["custom_id"], (e["error"] or {}).get("code"), (e["response"] or {}).get("status_code"))
              for e in err}
-    assert codes == {(None, "invalid_json", None), (None, "missing_custom_id", None), ("r1", "duplicate_custom_id", None),
-                     ("r3", "invalid_url", None), ("r4", None, 400)}
+    assert codes == {(None, "invalid_json", None), (None, "missing_custom_id", None),
+                     ("r1", "duplicate_custom_id", None), ("r3", "invalid_url", None), ("r4", None, 400)}
     rows = rows_from_results(jsonl(out), jsonl(err))   # input order, as `score` writes
     assert [r["id"] for r in rows] == ["r1", "?", "?", "r1", "r3", "r4", "r5"]
     assert rows[5]["finish_reason"] == "error" and rows[5]["error"]
@@ -161,9 +161,9 @@ def test_a_line_is_stored_once_and_an_interrupted_batch_resumes_without_redoing_
     # As a server killed mid-batch leaves it: in progress, lines 1 and 2 stored.
     store.set_status(batch["id"], "in_progress", total=5)
     for line in (1, 2):
-        store.save_result(batch["id"], line, f"r{line}", True, {"id": f"batch_req_{line:08d}_x", "custom_id": f"r{line}",
-                                                                  "response": {"status_code": 200, "body": {"id": f"r{line}"}},
-                                                                  "error": None})
+        entry = {"id": f"batch_req_{line:08d}_x", "custom_id": f"r{line}",
+                 "response": {"status_code": 200, "body": {"id": f"r{line}"}}, "error": None}
+        store.save_result(batch["id"], line, f"r{line}", True, entry)
     with pytest.raises(sqlite3.IntegrityError):   # the exactly-once point: a line has one result
         store.save_result(batch["id"], 1, "r1", True, {})
     store.close()
