@@ -56,6 +56,13 @@ def config_dir() -> Path:
     return user_config_path("prom-local")
 
 
+def serve_data_dir() -> Path:
+    """Where `serve` keeps the Batch API's files, batches and results without --data-dir."""
+    from platformdirs import user_data_path
+
+    return user_data_path("prom-local") / "serve"
+
+
 def ray_placement_timeout_s() -> float:
     """$PROM_LOCAL_RAY_PLACEMENT_TIMEOUT seconds, else RAY_PLACEMENT_TIMEOUT_S."""
     return float(os.environ.get(ENV_RAY_PLACEMENT_TIMEOUT) or RAY_PLACEMENT_TIMEOUT_S)

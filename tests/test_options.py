@@ -59,8 +59,15 @@ def test_a_bad_value_names_its_flag():
 
 
 def _commands() -> dict:
+    """Every command that runs, by its words: a group's (`batch`) as "batch submit" etc."""
     group = typer.main.get_command(app)
-    return dict(group.commands)  # type: ignore[attr-defined]
+    commands = {}
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        for sub, leaf in getattr(command, "commands", {}).items():
+            commands[f"{name} {sub}"] = leaf
+        if not hasattr(command, "commands"):
+            commands[name] = command
+    return commands
 
 
 def test_the_engine_commands_take_every_engine_option():
@@ -73,7 +80,7 @@ def test_the_engine_commands_take_every_engine_option():
 @pytest.mark.parametrize("name", sorted(_commands()))
 def test_help_lists_every_option(name):
     command = _commands()[name]
-    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "220"}, terminal_width=220)
+    result = CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "220"}, terminal_width=220)
     assert result.exit_code == 0, result.output
     # (typer vendors its own click: tell options from arguments by what they say they are)
     options = [p for p in command.params if p.param_type_name == "option"]

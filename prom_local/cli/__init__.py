@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import ExitCode, PromLocalError
-from . import (bench_cmd, compare_cmd, convert_cmd, doctor_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd,
+from . import (batch_cmd, bench_cmd, compare_cmd, convert_cmd, doctor_cmd, grade_cmd, info_cmd, models_cmd, pull_cmd,
                render_cmd, report_cmd, score_cmd, serve_cmd, tui_cmd)
 
 EXIT_IO_ERROR, EXIT_INTERRUPTED = ExitCode.FAILURE, ExitCode.INTERRUPTED
@@ -50,7 +50,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # joins wrapped docstring lines into paragraphs
 )
 # Order = order in --help: the main job first, then model management, then review tools.
-for module in (score_cmd, grade_cmd, serve_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd,
+for module in (score_cmd, grade_cmd, serve_cmd, batch_cmd, tui_cmd, render_cmd, report_cmd, compare_cmd, convert_cmd,
                pull_cmd, models_cmd, info_cmd, doctor_cmd, bench_cmd):
     module.register(app)
 

@@ -15,7 +15,7 @@ import typer
 from ..errors import ExitCode, PromLocalError
 from ..store.models import resolve_model
 from .options import EngineOptions, err_console, with_engine_options
-from ..settings import ENV_API_KEY
+from ..settings import ENV_API_KEY, serve_data_dir
 
 EXIT_BAD_OPTION = ExitCode.USAGE
 
@@ -74,7 +74,8 @@ def _serve(config, host: str, port: int, warning: str | None, server_options: di
         info = service.describe()
         err_console.print(f"ready: {url}/v1  model {config.model_name} ({config.model_path})  backend "
                           f"{info['backend']}  parallel {info['parallel']}  ctx {info['n_ctx']}"
-                          + (f"  ({len(config.api_keys)} API key(s) required)" if config.api_keys else ""))
+                          + (f"  ({len(config.api_keys)} API key(s) required)" if config.api_keys else "")
+                          + (f"  data {config.batches.data_dir}" if config.batches else ""))
 
     service = Service(config, on_status=say, on_ready=ready)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -96,6 +97,19 @@ def _serve(config, host: str, port: int, warning: str | None, server_options: di
     if service.load_error is not None:
         raise service.load_error
     err_console.print("stopped")
+
+
+def _batch_config(data_dir: Path | None, upload_mib: int, max_lines: int, free_mib: int, retention_days: float,
+                  slots: int | None):
+    from ..serve.batches import BatchConfig
+
+    data_dir = data_dir or serve_data_dir()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"{data_dir}: {exc.strerror}", param_hint="--data-dir") from None
+    return BatchConfig(data_dir=data_dir, max_upload_bytes=upload_mib << 20, max_lines=max_lines,
+                       min_free_bytes=free_mib << 20, retention_days=retention_days, batch_slots=slots)
 
 
 def register(app: typer.Typer) -> None:
@@ -147,10 +161,27 @@ def register(app: typer.Typer) -> None:
         shutdown_timeout: Annotated[float, typer.Option(
             "--shutdown-timeout", min=0, help="On SIGTERM/Ctrl-C, seconds to let requests in flight "
             "finish before they are cancelled.")] = 30.0,
+        data_dir: Annotated[Optional[Path], typer.Option(
+            "--data-dir", help="Where the Batch API keeps uploaded files, batches and results (an SQLite "
+            "index and the files). Default: prom-local/serve under the user data dir.")] = None,
+        batch_max_upload_mib: Annotated[int, typer.Option(
+            "--batch-max-upload-mib", min=1, help="Largest batch input file (413 above).")] = 200,
+        batch_max_lines: Annotated[int, typer.Option(
+            "--batch-max-lines", min=1, help="Most lines in a batch input file (400 above).")] = 50_000,
+        batch_min_free_mib: Annotated[int, typer.Option(
+            "--batch-min-free-mib", min=0, help="Disk space kept free under --data-dir: uploads that "
+            "would go below are refused (507), running batches pause until space is freed.")] = 64,
+        batch_retention_days: Annotated[float, typer.Option(
+            "--batch-retention-days", min=0, help="Files (inputs and results) are deleted this long after "
+            "they were written (inputs of running batches are kept until they end; 0 keeps them).")] = 30.0,
+        batch_slots: Annotated[Optional[int], typer.Option(
+            "--batch-slots", min=1, help="Most engine sequences batch work holds at once. Default: "
+            "--parallel minus one (at least one), leaving a slot to interactive requests.")] = None,
         *, opts: EngineOptions,
     ) -> None:
         """Serve the judge over HTTP: OpenAI's /v1/chat/completions and /v1/models, /v1/grade
-        (records in, `score` rows out), /health and /metrics. Every request is decoded in the one
+        (records in, `score` rows out), OpenAI's Batch API (/v1/files, /v1/batches; kept under
+        --data-dir across restarts), /health and /metrics. Every request is decoded in the one
         shared engine, together with the others.
 
         Exit codes: 0 stopped by SIGTERM or Ctrl-C; 2 bad option or port in use; 3 model missing
@@ -170,12 +201,14 @@ def register(app: typer.Typer) -> None:
         keys = server_keys(api_key, api_key_file)
         warning = check_exposure(host, keys, insecure_no_auth)
         check_tls(ssl_certfile, ssl_keyfile)
+        batches = _batch_config(data_dir, batch_max_upload_mib, batch_max_lines, batch_min_free_mib,
+                                batch_retention_days, batch_slots)
         _cap_malloc_arenas()
         resolved = resolve_model(opts.model, opts.models_dir)
         name = served_name or Path(resolved.path).name.removesuffix(".gguf")
         config = ServeConfig(model_path=Path(resolved.path), model_name=name,
                              profile=opts.profile or resolved.profile, engine=opts.engine_config(),
-                             sampling=opts.sampling_params(), api_keys=keys, max_body_bytes=max_body_bytes,
+                             sampling=opts.sampling_params(), api_keys=keys, batches=batches, max_body_bytes=max_body_bytes,
                              max_prompt_tokens=max_prompt_tokens, max_queue=max_queue,
                              log_requests=log_requests, max_tokens_cap=max_tokens_cap,
                              allowed_hosts=allowed_hosts(host, allowed_host or ()),

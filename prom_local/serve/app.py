@@ -31,13 +31,22 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
     """The app around a Service. With `load`, the model loads in a background thread when the
     server starts (GET /health says 503 until then) and is freed when it stops."""
 
+    batch_api = None
+    if service.config.batches is not None:   # the Batch API (serve/batches/), with its data dir
+        from .batches import BatchApi
+        batch_api = BatchApi(service, service.config.batches)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         if load:
             threading.Thread(target=service.load, name="prom-local-load", daemon=True).start()
+        if batch_api is not None:
+            batch_api.start()
         try:
             yield
         finally:
+            if batch_api is not None:   # lines in flight are cut off: they run again on restart
+                await batch_api.stop()
             # Graceful shutdown has already let in-flight responses finish (or cancelled them
             # after the timeout); anything still in the engine ends as cancelled here.
             service.close()
@@ -56,9 +65,20 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
         Route("/health", functools.partial(_health, service), methods=["GET"]),
         route("/metrics", "metrics", _metrics),
     ]
+    if batch_api is not None:
+        routes += batch_api.routes(lambda name, handler: _endpoint(service, name, _unbound(handler)))
     middleware = [Middleware(Guard, hosts=service.config.allowed_hosts, on_refused=refused)]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                     exception_handlers={HTTPException: _not_found})
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={HTTPException: _not_found})
+    app.state.batch_api = batch_api
+    return app
+
+
+def _unbound(handler: Callable[[Request], Awaitable[Response]]) -> Handler:
+    """A handler bound to its own object (the Batch API's) in the shape _endpoint calls."""
+    async def call(service: Service, request: Request) -> Response:
+        return await handler(request)
+    return call
 
 
 def _endpoint(service: Service, name: str, handler: Handler):

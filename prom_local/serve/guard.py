@@ -8,6 +8,9 @@ So a request is refused unless
 - it carries no `Origin`, or one whose host is such a name -> 403 (a page on another site);
 - a POST says `Content-Type: application/json`: a page can POST `text/plain` without the browser
   asking first (a CORS "simple" request), but never `application/json` to another origin -> 415.
+  The one exception is the Batch API's upload (`POST /v1/files`), multipart as OpenAI's SDK sends
+  it: a page could send that without asking too, so there the Host and Origin checks above are
+  what keeps pages out.
 Errors are in OpenAI's shape, like every other one.
 """
 
@@ -19,6 +22,7 @@ from .auth import split_host
 from .errors import ApiError
 
 JSON_TYPES = ("application/json",)
+UPLOAD_PATHS = {"/v1/files": ("multipart/form-data",)}
 
 
 def _is_ip(host: str) -> bool:
@@ -66,7 +70,7 @@ class Guard:
                                 code="origin_not_allowed")
         if scope["method"] == "POST":
             kind = headers.get("content-type", "").split(";")[0].strip().lower()
-            if kind not in JSON_TYPES:
+            if kind not in JSON_TYPES + UPLOAD_PATHS.get(scope.get("path", ""), ()):
                 return ApiError(415, "Send the body as JSON with `Content-Type: application/json`.",
                                 param="Content-Type", code="unsupported_media_type")
         return None

@@ -21,6 +21,9 @@ from .metrics import ServeMetrics
 from ..settings import DEFAULT_PROFILE
 
 log = logging.getLogger("prom_local.serve")
+# A request built inside the server for a batch line carries its owner here (an ASGI scope key no
+# network client can set): its key was checked when the batch was created.
+OWNER_SCOPE = "prom_local.owner"
 
 
 @dataclass
@@ -39,6 +42,7 @@ class ServeConfig:
     log_requests: bool = False
     request_read_timeout: float = 30.0     # seconds to receive a request's body (408 after)
     api_key: str | None = None             # one key: the same as api_keys={"default": key}
+    batches: object | None = None          # batches.BatchConfig: the Batch API and its data dir
 
     def __post_init__(self):
         if self.api_key is not None:
@@ -142,6 +146,9 @@ class Service:
     def authenticate(self, request: Request) -> str:
         """The caller's key name (its identity in logs, metrics and as an owner), or a 401 for a
         missing or wrong key. Without keys configured every caller is "default"."""
+        internal = request.scope.get(OWNER_SCOPE)   # a batch line run in-process (batches/calls.py)
+        if internal is not None:
+            return internal
         if not self._keys:
             return DEFAULT_NAME
         name = self._keys.name_of(bearer_token(request.headers.get("authorization", "")))
