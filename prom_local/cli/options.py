@@ -127,7 +127,7 @@ ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
     Flag("draft", ("--draft",), "Drafts from the prompt (speculative decoding by prompt lookup): at most N "
          "tokens per step copied from where the sequence's last words occurred in its prompt or output, "
          "verified in the same batch; the output is the model's own. 0 = off. Default: 8 with GPU layers, "
-         "off on CPU (benchmarks/drafts.py measures both).", Optional[int], into=(EngineConfig, "draft"),
+         "off on CPU, where it was measured to cost more than it saves (benchmarks/drafts.py).", Optional[int], into=(EngineConfig, "draft"),
          option=dict(min=0, show_default="8 on GPU, 0 on CPU")),
     Flag("verbose", ("--verbose",), "Show llama.cpp's own log.", bool, into=(EngineConfig, "verbose")),
 )
