@@ -79,3 +79,10 @@ def test_kill_9_with_the_first_record_in_flight_then_resume_loses_none_and_repea
     assert (stats.skipped, stats.graded) == (4, 1)
     ids = [row["id"] for row in read_jsonl(out)]
     assert sorted(ids) == ["r0", "r1", "r2", "r3", "r4"] and len(ids) == len(set(ids))
+
+
+def test_the_local_and_the_remote_judge_are_both_a_backend():
+    from prom_local.runs.backend import Backend
+    from prom_local.runs.remote import RemoteJudge
+
+    assert issubclass(Judge, Backend) and issubclass(RemoteJudge, Backend)

@@ -16,6 +16,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import UsageError
+from ..runs.backend import Backend
 from ..runs.remote import RemoteJudge, ServerInfo, check_url, plain_http_warning
 from .options import FLAGS, EngineOptions, err_console
 from ..settings import ENV_SERVER_API_KEY
@@ -72,6 +73,17 @@ def model_matches(spec: str, info: ServerInfo) -> bool:
     if info.path:
         names.add(Path(info.path).name.removesuffix(".gguf").lower())
     return any(wanted == name or name.startswith(wanted + ".") for name in names)
+
+
+def open_backend(opts: EngineOptions, server: str | None, api_key: str | None = None,
+                 api_key_file: Path | None = None, *, source: str = "<input>", quiet: bool = False,
+                 need_tokens: int | None = None) -> Backend:
+    """The one choice of where records are graded: the server at --server, else a local Judge
+    (the model loaded here, its KV cache sized to `need_tokens` when known). `score --ray` is
+    chosen before this (score_cmd): the Ray driver runs a whole file, not records."""
+    if server is not None:
+        return connect(server, api_key, api_key_file, opts, source=source, quiet=quiet)
+    return opts.judge(quiet=quiet, need_tokens=need_tokens)
 
 
 def connect(server: str, api_key: str | None, api_key_file: Path | None, opts: EngineOptions, *,

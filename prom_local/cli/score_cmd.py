@@ -19,7 +19,7 @@ from ..store.models import resolve_model
 from ..runs.workload import pending_work
 from ..runs.remote import RemoteError
 from .options import EngineOptions, err_console, with_engine_options
-from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect
+from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, open_backend
 
 EXIT_RECORD_ERRORS = ExitCode.USAGE   # the run finished, but some records were bad input
 
@@ -105,20 +105,9 @@ def register(app: typer.Typer) -> None:
             # The lock before anything slow: a second writer of OUT is refused at once.
             with ResultsSink(out, retry_errors=retry_errors) as sink:
                 check_input(input)
-                if server is not None:
-                    stats = _score_on_server(input, sink, server, api_key, api_key_file, opts, quiet,
-                                             progress, task, on_result)
-                elif ray is None:
-                    # KV memory sized to the records this run will grade (prompts tokenized with the
-                    # vocabulary only), so --parallel auto and --gpu-layers auto choose from the real need.
-                    resolved = resolve_model(opts.model, opts.models_dir)
-                    work = pending_work(input, out, resolved.path, opts.profile or resolved.profile,
-                                        opts.max_tokens)
-                    judge = opts.judge(quiet=quiet, need_tokens=work.need_tokens if work else None)
-                    with judge, progress:
-                        progress.start_task(task)
-                        stats = score_file(judge, input, sink, on_result=on_result, both_orders=both_orders)
-                        progress.update(task, completed=stats.skipped + stats.graded)
+                if ray is None:
+                    stats = _score_records(input, sink, server, api_key, api_key_file, opts, quiet,
+                                           progress, task, on_result, both_orders=both_orders)
                 else:
                     stats = _score_on_ray(input, sink, ray, actors, opts, progress, task, on_result, say,
                                           both_orders=both_orders)
@@ -176,14 +165,23 @@ def _finish(out: str, stats: BatchStats, quiet: bool, summary_json: Path | None)
         raise typer.Exit(EXIT_RECORD_ERRORS)
 
 
-def _score_on_server(input, sink: ResultsSink, server, api_key, api_key_file, opts: EngineOptions, quiet,
-                     progress, task, on_result) -> BatchStats:
-    judge = connect(server, api_key, api_key_file, opts, quiet=quiet,
-                    source="<stdin>" if input == "-" else str(input))
+def _score_records(input, sink: ResultsSink, server, api_key, api_key_file, opts: EngineOptions, quiet,
+                   progress, task, on_result, *, both_orders: bool = False) -> BatchStats:
+    """Score on a backend that grades records: the server at --server, else the model loaded here."""
+    need_tokens = None
+    if server is None:
+        # KV memory sized to the records this run will grade (prompts tokenized with the
+        # vocabulary only), so --parallel auto and --gpu-layers auto choose from the real need.
+        resolved = resolve_model(opts.model, opts.models_dir)
+        work = pending_work(input, str(sink.path or "-"), resolved.path, opts.profile or resolved.profile,
+                            opts.max_tokens)
+        need_tokens = work.need_tokens if work else None
+    judge = open_backend(opts, server, api_key, api_key_file, quiet=quiet, need_tokens=need_tokens,
+                         source="<stdin>" if input == "-" else str(input))
     with judge, progress:
         progress.start_task(task)
         try:
-            stats = score_file(judge, input, sink, on_result=on_result)
+            stats = score_file(judge, input, sink, on_result=on_result, both_orders=both_orders)
         except RemoteError as exc:
             raise RemoteError(f"{exc}; {sink.name} keeps the {sink.stats.graded} rows written in this run: "
                               "re-run the same command to resume") from None

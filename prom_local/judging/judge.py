@@ -17,6 +17,7 @@ from ..engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, Ge
                      TokenEvent)
 from ..errors import InputError
 from .ordering import in_input_order, rows_only
+from .grader import Grader
 from .grading import MARKER_AT_END, Grade, attach_gold, find_score, note_run, split_feedback
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prometheus_eval_calls import PrometheusEvalCalls
@@ -107,15 +108,17 @@ class Judge(PrometheusEvalCalls):
         return tokenize_prompt(record, self.profile, self.model)
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
+    def grader_for(self, record: AnyRecord) -> Grader:
+        """The one place a record's kind is asked: its Grader (grader.py). A UsageError for a pair
+        when the profile has no relative prompt."""
+        return self.pairs if record.is_relative else AbsoluteGrader(self)
+
     def record_request(self, record: AnyRecord, cancel: threading.Event | None = None, *,
                        samples: int | None = None) -> GenRequest:
         """The engine request for a record: the Judge's sampling, `samples` outputs of it if given
         (else SamplingParams.n); samples_grade makes its outputs into the record's row. A pair
         (relative record) is graded once per order: samples apply to absolute records."""
-        if record.is_relative:
-            return self.pairs.request(record, cancel=cancel)  # type: ignore[arg-type]
-        params = self.sampling if samples is None else replace(self.sampling, n=samples)
-        return self.grading_request(self.tokenize_prompt(record), params=params, tag=record, cancel=cancel)
+        return self.grader_for(record).request(record, cancel=cancel, samples=samples)
 
     def grading_request(self, tokens: list[int], *, params: SamplingParams | None = None,
                         tag: object = None, cancel: threading.Event | None = None) -> GenRequest:
@@ -146,9 +149,7 @@ class Judge(PrometheusEvalCalls):
     def record_requests(self, record: AnyRecord, cancel: threading.Event | None = None, *,
                         both_orders: bool = False) -> list[GenRequest]:
         """The requests one record needs: one, or two for a pair graded in both orders."""
-        if record.is_relative:
-            return self.pairs.requests(record, both_orders=both_orders, cancel=cancel)  # type: ignore[arg-type]
-        return [self.record_request(record, cancel)]
+        return self.grader_for(record).requests(record, both_orders=both_orders, cancel=cancel)
 
     def record_grade(self, record: AnyRecord, results: Sequence[Sequence[GenOutput] | Exception]) -> Grade:
         """The row of a record from what each of its requests (record_requests) ended with: its
@@ -160,31 +161,14 @@ class Judge(PrometheusEvalCalls):
         return grade
 
     def _record_grade(self, record: AnyRecord, results: Sequence[Sequence[GenOutput] | Exception]) -> Grade:
+        grader = self.grader_for(record)
         for result in results:
             if isinstance(result, Exception):
-                return self.failed_grade(record, result)
-        if record.is_relative:
-            outs = [result[0] for result in results]  # type: ignore[index]
-            if len(outs) == 2:
-                return self.pairs.combine(record, outs)  # type: ignore[arg-type]
-            return self.to_grade(record, outs[0])
-        return self.samples_grade(record, results[0])  # type: ignore[arg-type]
+                return grader.failed(record, result)
+        return grader.row(record, results)  # type: ignore[arg-type]
 
     def to_grade(self, record: AnyRecord, out: GenOutput) -> Grade:
-        if record.is_relative:
-            return self.pairs.to_grade(record, out)  # type: ignore[arg-type]
-        grade = Grade(id=record.id, score=None, feedback=split_feedback(out.text), output=out.text,
-                      finish_reason=out.finish_reason, prompt_tokens=out.prompt_tokens,
-                      completion_tokens=len(out.tokens), seconds=out.seconds,
-                      gold_score=record.gold_score)
-        attach_gold(grade, record.gold_scores)
-        grade.extra.update(record.row_fields or {})
-        if not note_run(grade, out):
-            return grade
-        verdict = self.verdict(out)
-        grade.score, grade.forced = verdict.score, verdict.forced
-        grade.probabilities, grade.score_mass = verdict.probabilities, verdict.score_mass
-        return grade
+        return self.grader_for(record).to_grade(record, out)
 
     def samples_grade(self, record: Record, outputs: Sequence[GenOutput]) -> Grade:
         """The row of a record graded from several samples (SamplingParams.n): see samples.combine."""
@@ -192,17 +176,6 @@ class Judge(PrometheusEvalCalls):
         if len(outputs) == 1:
             return self.to_grade(record, outputs[0])
         return combine([self.to_grade(record, out) for out in outputs])
-
-    @staticmethod
-    def failed_grade(record: AnyRecord, error: Exception) -> Grade:
-        """The error row of a record the engine could not run (a prompt too long for the context)."""
-        if record.is_relative:
-            from .pairwise import failed_pair
-            return failed_pair(record, error)  # type: ignore[arg-type]
-        grade = Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
-                      error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
-        grade.extra.update(getattr(record, "row_fields", None) or {})   # a failure still counts in KUDGE's figures
-        return grade
 
     def grade_stream(self, records: Iterable[AnyRecord | Grade], *,
                      on_token: Callable[[AnyRecord, str], None] | None = None,
@@ -275,6 +248,47 @@ class Judge(PrometheusEvalCalls):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class AbsoluteGrader:
+    """The Grader of absolute records (one response, a 1-5 score), on a Judge's profile, sampling
+    and engine. Made per use: a Judge view with other sampling (with_sampling) grades with it."""
+
+    def __init__(self, judge: Judge):
+        self.judge = judge
+
+    def request(self, record: Record, *, cancel: threading.Event | None = None,
+                samples: int | None = None) -> GenRequest:
+        judge = self.judge
+        params = judge.sampling if samples is None else replace(judge.sampling, n=samples)
+        return judge.grading_request(judge.tokenize_prompt(record), params=params, tag=record, cancel=cancel)
+
+    def requests(self, record: Record, *, both_orders: bool = False,
+                 cancel: threading.Event | None = None) -> list[GenRequest]:
+        return [self.request(record, cancel=cancel)]
+
+    def to_grade(self, record: Record, out: GenOutput) -> Grade:
+        grade = Grade(id=record.id, score=None, feedback=split_feedback(out.text), output=out.text,
+                      finish_reason=out.finish_reason, prompt_tokens=out.prompt_tokens,
+                      completion_tokens=len(out.tokens), seconds=out.seconds,
+                      gold_score=record.gold_score)
+        attach_gold(grade, record.gold_scores)
+        grade.extra.update(record.row_fields or {})
+        if not note_run(grade, out):
+            return grade
+        verdict = self.judge.verdict(out)
+        grade.score, grade.forced = verdict.score, verdict.forced
+        grade.probabilities, grade.score_mass = verdict.probabilities, verdict.score_mass
+        return grade
+
+    def row(self, record: Record, results: Sequence[Sequence[GenOutput]]) -> Grade:
+        return self.judge.samples_grade(record, results[0])
+
+    def failed(self, record: Record, error: Exception) -> Grade:
+        grade = Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
+                      error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
+        grade.extra.update(record.row_fields or {})   # a failure still counts in KUDGE's figures
+        return grade
 
 
 def _request_over(event, outputs: dict[tuple[int, int], list[GenOutput]],

@@ -59,7 +59,8 @@ class PairVerdict:
 
 
 class PairJudge:
-    """The relative half of a Judge: requests for pairs, and their outputs -> RelativeGrade."""
+    """The relative half of a Judge, its Grader for pairs (grader.py): requests for pairs, and
+    their outputs -> RelativeGrade."""
 
     def __init__(self, judge: JudgeParts):
         judge.profile.require_relative()
@@ -69,7 +70,8 @@ class PairJudge:
         self.tokens = VerdictTokens.for_model(judge.model, self.continuation, LABELS)
 
     def request(self, record: RelativeRecord, *, params: SamplingParams | None = None,
-                cancel: threading.Event | None = None) -> GenRequest:
+                cancel: threading.Event | None = None, samples: int | None = None) -> GenRequest:
+        """One order's request; `samples` does not apply (a pair is graded once per order)."""
         tokens = self.tokens
 
         def on_finish(text: str) -> list[int] | None:
@@ -108,6 +110,14 @@ class PairJudge:
         grade.winner, grade.forced = verdict.winner, verdict.forced
         grade.probabilities, grade.label_mass = verdict.probabilities, verdict.label_mass
         return grade
+
+    def row(self, record: RelativeRecord, results: Sequence[Sequence[GenOutput]]) -> RelativeGrade:
+        """The pair's row from its requests' outputs: one order, or both (combine)."""
+        outs = [result[0] for result in results]
+        return self.combine(record, outs) if len(outs) == 2 else self.to_grade(record, outs[0])
+
+    def failed(self, record: RelativeRecord, error: Exception) -> RelativeGrade:
+        return failed_pair(record, error)
 
     def combine(self, record: RelativeRecord, outputs: Sequence[GenOutput]) -> RelativeGrade:
         """One row from the A/B and B/A outputs of a pair (see the module doc)."""

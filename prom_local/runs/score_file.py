@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 
 from ..errors import InputError
 from ..judging.grading import Grade
-from ..judging.judge import Judge
 from ..judging.records import AnyRecord
 from ..inputs import read_records
+from .backend import Backend
 from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
 
 
@@ -77,7 +77,7 @@ def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
         yield item
 
 
-def score_file(judge: Judge, input_path: str | Path, output: str | Path | ResultsSink, *,
+def score_file(judge: Backend, input_path: str | Path, output: str | Path | ResultsSink, *,
                on_result: Callable[[Grade, BatchStats], None] | None = None,
                on_token: Callable[[AnyRecord, str], None] | None = None,
                retry_errors: bool = False,
