@@ -97,11 +97,15 @@ def main() -> None:
                 for phase in order:
                     offset = 100 * (round_no * 2 + (phase == "batch"))
                     if phase == "idle":
-                        phases["idle"] += interactive(url, args.requests, offset)
+                        times = interactive(url, args.requests, offset)
+                        phases["idle"] += times
+                        print(f"round {round_no + 1} idle  s: " + " ".join(f"{t:.2f}" for t in times), flush=True)
                         continue
                     batch_id = start_batch(url, args.batch_lines, 10_000 + offset * 100)
                     before = httpx.get(f"{url}/v1/batches/{batch_id}").json()["request_counts"]["completed"]
-                    phases["batch"] += interactive(url, args.requests, offset)
+                    times = interactive(url, args.requests, offset)
+                    phases["batch"] += times
+                    print(f"round {round_no + 1} batch s: " + " ".join(f"{t:.2f}" for t in times), flush=True)
                     state = httpx.get(f"{url}/v1/batches/{batch_id}").json()
                     if state["status"] != "in_progress":
                         print(f"warning: the batch ended ({state['status']}) before the interactive requests "
