@@ -23,7 +23,13 @@ IdArg = Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch's id (
 
 def _client(server: str, api_key: str | None, api_key_file: Path | None):
     from ..runs.batch_client import BatchClient
-    return BatchClient(server, read_key(api_key, api_key_file))
+    from ..runs.remote import plain_http_warning
+
+    key = read_key(api_key, api_key_file)
+    warning = plain_http_warning(server) if key else None
+    if warning:   # as score/grade --server warn: the key would cross the network in clear
+        err_console.print(f"[yellow]{warning}[/yellow]")
+    return BatchClient(server, key)
 
 
 def _summary(batch: dict) -> str:
