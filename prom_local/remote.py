@@ -193,6 +193,9 @@ class RemoteJudge:
         models = self._get("/v1/models")
         if models.status_code == 401:
             raise self._refused_key()
+        if models.status_code in (403, 421):   # serve's guard: a host name it does not answer to
+            raise RemoteError(f"the server at {self.url} refused this client ({models.status_code}): "
+                              f"{_message(models)}")
         card = None
         if models.status_code == 200:
             data = _json(models).get("data")

@@ -265,3 +265,11 @@ def test_tls_serves_https_with_the_given_certificate(smollm2, tmp_path):
             httpx.get(srv.url.replace("https", "http") + "/health", timeout=10)
     finally:
         assert srv.stop() == 0, srv.log
+
+
+def test_the_host_names_answered_to():
+    import socket
+
+    assert allowed_hosts("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
+    assert "gpu-box" in allowed_hosts("10.0.0.5", ["GPU-Box:8000"]) and "10.0.0.5" in allowed_hosts("10.0.0.5")
+    assert socket.gethostname().lower() in allowed_hosts("0.0.0.0")   # every interface: its own name too
