@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import queue
 import threading
 import time
@@ -210,8 +211,10 @@ class RemoteJudge:
 
     def _refused_key(self) -> RemoteError:
         what = "refused the API key" if self._has_key else "requires an API key"
+        hint = ("; PROM_LOCAL_API_KEY is set, but that is the server's variable: a client reads "
+                "PROM_LOCAL_SERVER_API_KEY" if not self._has_key and os.environ.get("PROM_LOCAL_API_KEY") else "")
         return RemoteError(f"the server at {self.url} {what} (401): give the key it was started with "
-                           "(--api-key, --api-key-file or PROM_LOCAL_SERVER_API_KEY)")
+                           f"(--api-key, --api-key-file or PROM_LOCAL_SERVER_API_KEY){hint}")
 
     # -- grading ---------------------------------------------------------------------------------
     def grade_one(self, record: Record, cancel: threading.Event | None = None, *,
