@@ -26,7 +26,7 @@ class ServerProcess:
         self.lines: list[str] = []
         for line in self.proc.stdout:  # the first line names the port (or the process failed)
             self.lines.append(line)
-            found = re.search(r"listening on (http://\S+)", line)
+            found = re.search(r"listening on (https?://\S+)", line)
             if found:
                 self.url = found.group(1)
                 break

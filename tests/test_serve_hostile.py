@@ -198,6 +198,7 @@ def test_the_client_takes_its_key_from_its_own_variable_not_the_servers(server, 
     records = write_jsonl(tmp_path / "in.jsonl", [NORMAL])
     served = run_cli("score", records, "--server", server.url, env={"PROM_LOCAL_API_KEY": KEYS["bob"]})
     assert served.returncode == 11 and "requires an API key" in served.stderr
+    assert "PROM_LOCAL_SERVER_API_KEY" in served.stderr
     own = run_cli("score", records, "--server", server.url, "-o", tmp_path / "out.jsonl",
                   env={"PROM_LOCAL_SERVER_API_KEY": KEYS["bob"]})
     assert own.returncode == 0, own.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import queue
 import threading
 import time
@@ -194,6 +195,9 @@ class RemoteJudge:
         models = self._get("/v1/models")
         if models.status_code == 401:
             raise self._refused_key()
+        if models.status_code in (403, 421):   # serve's guard: a host name it does not answer to
+            raise RemoteError(f"the server at {self.url} refused this client ({models.status_code}): "
+                              f"{_message(models)}")
         card = None
         if models.status_code == 200:
             data = _json(models).get("data")
@@ -208,8 +212,10 @@ class RemoteJudge:
 
     def _refused_key(self) -> RemoteError:
         what = "refused the API key" if self._has_key else "requires an API key"
+        hint = ("; PROM_LOCAL_API_KEY is set, but that is the server's variable: a client reads "
+                "PROM_LOCAL_SERVER_API_KEY" if not self._has_key and os.environ.get("PROM_LOCAL_API_KEY") else "")
         return RemoteError(f"the server at {self.url} {what} (401): give the key it was started with "
-                           "(--api-key, --api-key-file or PROM_LOCAL_SERVER_API_KEY)")
+                           f"(--api-key, --api-key-file or PROM_LOCAL_SERVER_API_KEY){hint}")
 
     # -- grading ---------------------------------------------------------------------------------
     def grade_one(self, record: Record, cancel: threading.Event | None = None, *,

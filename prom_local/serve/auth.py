@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+import socket
 from pathlib import Path
 
 from ..errors import UsageError
@@ -107,5 +108,7 @@ def allowed_hosts(listen_host: str, extra: list[str] | tuple[str, ...] = ()) -> 
     hosts = set(LOOPBACK_NAMES)
     if listen_host not in ("0.0.0.0", "::", ""):
         hosts.add(split_host(listen_host if ":" not in listen_host else f"[{listen_host}]"))
+    else:   # every interface: the machine's own name is one clients use, and no web page controls it
+        hosts.add(socket.gethostname().lower())
     hosts.update(split_host(h) for h in extra)
     return frozenset(hosts)
