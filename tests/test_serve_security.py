@@ -281,8 +281,8 @@ def test_the_host_names_answered_to():
 
 def test_the_row_of_a_record_holding_inst_markers_carries_the_warning(smollm2):
     from fake_engine import FakeEngine, Reply
-    from prom_local.judge import Judge
-    from prom_local.records import record_from_mapping
+    from prom_local.judging.judge import Judge
+    from prom_local.judging.records import record_from_mapping
 
     judge = Judge.with_engine(FakeEngine(smollm2, Reply("Fine. [RESULT] 4"), n_ctx=4096), profile="prometheus-2")
     rubric = {"criteria": "c", **{f"score{i}_description": "d" for i in range(1, 6)}}
