@@ -113,12 +113,13 @@ def score(model: str, input_path: Path, out_dir: Path, args, cache: str,
 
 
 def measure_type(exe: Path, model: str, records: Path, empty: Path, tmp: Path, args, cache: str) -> dict:
-    wall, rows = score(model, records, tmp, args, cache)
+    # Best of --rounds for each side: other processes only ever make a run slower.
+    wall, rows = min((score(model, records, tmp, args, cache) for _ in range(args.rounds)), key=lambda r: r[0])
     # Start-up: the same command on an empty file, with the context the real run sized to its records
     # (left to itself, an empty input gets the unsized default, 8,192 tokens a sequence, whose larger
     # KV cache takes longer to allocate than the real run's did).
     ctx = -(-(max(r["prompt_tokens"] for r in rows) + args.max_tokens + 16) // 256) * 256
-    startup, _ = score(model, empty, tmp, args, cache, ctx)
+    startup = min(score(model, empty, tmp, args, cache, ctx)[0] for _ in range(args.rounds))
     computed = sum(r["prompt_tokens"] - r.get("reused_prompt_tokens", 0) for r in rows)
     reused = sum(r.get("reused_prompt_tokens", 0) for r in rows)
     generated = sum(r["completion_tokens"] for r in rows)
@@ -126,10 +127,15 @@ def measure_type(exe: Path, model: str, records: Path, empty: Path, tmp: Path, a
     shape = dict(pp=pp, tg=args.max_tokens, npl=args.parallel, threads=args.threads, cache=cache)
     # Flash attention: prom-local's CPU choice is off (engine/context.py) unless a quantized V needs it.
     flashes = ["on"] if cache != "f16" else ["off", "on"]
-    llama = {fa: batched_bench(exe, model, flash=fa, **shape) for fa in flashes}
+    llama = {fa: _best(batched_bench(exe, model, flash=fa, **shape) for _ in range(args.rounds)) for fa in flashes}
     work = {fa: computed / b["speed_pp"] + generated / b["speed_tg"] for fa, b in llama.items()}
     return dict(cache=cache, startup=startup, wall=wall, rows=len(rows), computed=computed, reused=reused,
                 generated=generated, pp=pp, llama=llama, llama_seconds=work)
+
+
+def _best(runs) -> dict:
+    runs = list(runs)
+    return {**runs[0], "speed_pp": max(r["speed_pp"] for r in runs), "speed_tg": max(r["speed_tg"] for r in runs)}
 
 
 def report(result: dict) -> None:
@@ -160,6 +166,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each measurement; the best counts (on a "
+                    "shared machine, other processes only make runs slower)")
     ap.add_argument("--cache-types", default="f16", help="KV cache types to measure, e.g. f16,q8_0")
     ap.add_argument("--batched-bench", help="llama.cpp's llama-batched-bench (default: build it)")
     ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "llama-build"))

@@ -92,3 +92,14 @@ def test_bench_refuses_bad_settings_and_non_models(tmp_path):
     # The command group turns the ModelLoadError into one line and its exit code.
     assert result.exit_code == ModelLoadError.exit_code == 3
     assert "not a GGUF file" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_bench_table_goes_to_stdout_and_progress_to_stderr(smollm2):
+    # `prom-local bench > bench.txt` must keep the table (it used to print it on stderr).
+    proc = run_cli("bench", "-m", str(smollm2), "--parallel", "1", "--records", "1", *FAST,
+                   "--cache-type-k", "q8_0", "--cache-type-v", "q8_0")
+    assert proc.returncode == 0, proc.stderr
+    assert "records/min" in proc.stdout and "prompt tok/s" in proc.stdout and "KV cache q8_0" in proc.stdout
+    assert "records/min" not in proc.stderr
+    assert "KV cache q8_0 (given)" in proc.stderr   # the engine's start-up lines stay on stderr

@@ -92,6 +92,26 @@ def test_every_model_command_takes_the_cache_types():
         assert "--cache-type-k" in result.output and "--cache-type-v" in result.output, command
 
 
+def test_doctor_plans_with_the_cache_types(smollm2):
+    import json
+
+    from test_doctor import doctor
+
+    def plan(*args):
+        proc = doctor("-m", str(smollm2), "--json", "--parallel", "4", *args)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        return {**report["plan"], "n_ctx": report["context"]["n_ctx"]}
+
+    f16, q8 = plan(), plan("--cache-type-k", "q8_0", "--cache-type-v", "q8_0")
+    assert (f16["cache_type_k"], f16["cache_type_v"]) == ("f16", "f16") and "CPU" in f16["kv_reason"]
+    # SmolLM2: 30 layers x K and V rows of 192 values.
+    assert f16["kv_bytes_per_token"] == 30 * 2 * 192 * 2 and q8["kv_bytes_per_token"] == 30 * 2 * 6 * 34
+    assert q8["kv_cache_bytes"] == 4 * q8["n_ctx"] * q8["kv_bytes_per_token"] and q8["kv_reason"].endswith("(given)")
+    bad = doctor("-m", str(smollm2), "--cache-type-v", "q5_1")
+    assert bad.returncode == 2 and "q5_1" in bad.stdout + bad.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # On SmolLM2 (CPU): a q8_0 K and V cache, flash attention on.
 

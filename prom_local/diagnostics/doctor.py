@@ -1,9 +1,9 @@
 """`prom-local doctor`: what this install can do with a model, and whether it can run it at all.
 
 Everything here is read, not loaded: the llama.cpp build (backend, version, GPU offload), the devices
-it sees, free RAM, the GGUF's header and metadata (vocabulary-only load), and the plan the engine's
-own planner (offload.auto_plan, which the engine calls too) would choose. Memory figures can be overridden (`memory_budget`,
-`gpu_memory`) to ask "what if" — how the plan looks on a smaller machine or a laptop GPU.
+it sees, free RAM, the GGUF's header and metadata (vocabulary-only load), and the plan the engine
+would choose, from the engine's own planner (offload.auto_plan). Memory figures can be overridden
+(`memory_budget`, `gpu_memory`) to ask "what if" — how the plan looks on a smaller machine or a laptop GPU.
 """
 
 from __future__ import annotations
