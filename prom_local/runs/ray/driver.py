@@ -276,8 +276,7 @@ class RayScorer:
                 if isinstance(item, Grade):  # a bad input line: its error row, at once
                     write(item)
                     continue
-                if item.is_relative:
-                    profile.require_relative()
+                item.require_prompt(profile)
                 batch.append(item)
             size = self.chunk_size
             if exhausted:
