@@ -92,6 +92,10 @@ class Engine:
                 "host_cache_mib": self.host_cache_bytes >> 20, "cache_type_k": self.kv.k,
                 "cache_type_v": self.kv.v, "draft": self.draft}
 
+    def snapshot(self) -> dict:
+        """The scheduler's counts (busy, window, free, host cache) for monitoring; any thread."""
+        return self.scheduler.snapshot()
+
     def check_fits(self, n_prompt: int, max_tokens: int) -> None:
         self.scheduler.check_fits(n_prompt, max_tokens)
 
