@@ -169,23 +169,45 @@ def default_profile_literals() -> list[str]:
 
 
 def record_kind_branches() -> list[str]:
-    """Places that ask a record (or row) which kind it is: `is_relative` used as a name, attribute
-    or call, and isinstance() against a record class."""
+    """Places that ask a record (or row) which kind it is: `is_relative` used as a name, attribute,
+    call or getattr() string, isinstance() against a record class, and a row's "mode" compared
+    with "relative" (rows are dicts: reports/rows.kind_of is their one test)."""
+    return [f"{path.relative_to(ROOT)}:{line}" for path, tree in _trees() for line in kind_tests(tree)]
+
+
+def kind_tests(tree: ast.AST) -> list[int]:
+    """Line numbers of the record-kind tests in one parsed module (see record_kind_branches)."""
     out = []
-    for path, tree in _trees():
-        for node in ast.walk(tree):
-            hit = False
-            if isinstance(node, ast.Name) and node.id == "is_relative" and isinstance(node.ctx, ast.Load):
-                hit = True
-            elif isinstance(node, ast.Attribute) and node.attr == "is_relative":
-                hit = True
-            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" \
-                    and len(node.args) == 2:
-                classes = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
-                hit = any(getattr(c, "id", getattr(c, "attr", None)) in RECORD_CLASSES for c in classes)
-            if hit:
-                out.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    for node in ast.walk(tree):
+        hit = False
+        if isinstance(node, ast.Name) and node.id == "is_relative" and isinstance(node.ctx, ast.Load):
+            hit = True
+        elif isinstance(node, ast.Attribute) and node.attr == "is_relative":
+            hit = True
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" \
+                and len(node.args) == 2:
+            classes = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+            hit = any(getattr(c, "id", getattr(c, "attr", None)) in RECORD_CLASSES for c in classes)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" \
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+            hit = node.args[1].value == "is_relative"
+        elif isinstance(node, ast.Compare):
+            hit = any(isinstance(c, ast.Constant) and c.value == "relative" for c in node.comparators) \
+                and _is_mode_lookup(node.left)
+        if hit:
+            out.append(node.lineno)
     return out
+
+
+def _is_mode_lookup(node: ast.AST) -> bool:
+    """row.get("mode") or row["mode"]."""
+    if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get" and node.args:
+        key = node.args[0]
+    elif isinstance(node, ast.Subscript):
+        key = node.slice
+    else:
+        return False
+    return isinstance(key, ast.Constant) and key.value == "mode"
 
 
 def _own_body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:

@@ -115,3 +115,20 @@ def test_llama_cpp_is_imported_only_under_engine():
 def test_the_top_level_stays_small():
     assert len(shape_figures.top_level_modules()) <= 8
     assert shape_figures.long_modules() == []
+
+
+@pytest.mark.parametrize("source", [
+    "if record.is_relative:\n    pass",
+    "x = getattr(item, 'is_relative', False)",
+    "ok = isinstance(r, (Record, RelativeRecord))",
+    "pair = row.get('mode') == 'relative'",
+    "pair = row['mode'] != 'relative'",
+])
+def test_the_kind_scanner_sees_every_way_of_asking(source):
+    assert shape_figures.kind_tests(ast.parse(source)) == [1]
+
+
+def test_a_records_kind_is_asked_in_few_places():
+    """Judge.grader_for for records, reports/rows.kind_of for rows: the rest asks the grader, a
+    record's method or the row's kind."""
+    assert len(shape_figures.record_kind_branches()) <= 6

@@ -22,7 +22,7 @@ import pytest
 
 from helpers import ROOT, run_cli, short_record, write_jsonl
 
-from prom_local.runs.ray.driver import group_chunks
+from prom_local.runs.ray.cluster import group_chunks
 from prom_local.runs.ray.cluster import plan_actors
 from prom_local.judging.records import Record
 from prom_local.judging.rubrics import Rubric

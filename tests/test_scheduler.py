@@ -16,7 +16,7 @@ import pytest
 from prom_local.engine.cache import PrefixCache, common_prefix
 from prom_local.engine.config import SamplingParams
 from prom_local.engine.requests import GenRequest
-from prom_local.engine.scheduler import (CONTINUATION_RESERVE, FORKED, MIN_WAIT_GAIN, RUNNING, WAITING, Job,
+from prom_local.engine.scheduler import (CONTINUATION_RESERVE, FORKED, MIN_WAIT_GAIN, RUNNING, WAITING, RequestState,
                                          Scheduler)
 from prom_local.errors import ContextOverflow
 
@@ -41,8 +41,8 @@ def make(n_parallel=2, n_ctx=512, lookahead=None, n_batch=512):
     return Scheduler(cache, n_ctx=n_ctx, lookahead=ahead, n_batch=n_batch), memory
 
 
-def job(tokens, max_tokens=8, tag=None) -> Job:
-    return Job(GenRequest(tokens=list(tokens), params=SamplingParams(max_tokens=max_tokens), tag=tag))
+def job(tokens, max_tokens=8, tag=None) -> RequestState:
+    return RequestState(GenRequest(tokens=list(tokens), params=SamplingParams(max_tokens=max_tokens), tag=tag))
 
 
 def prompt(prefix: int, body: int, n: int = 40) -> list[int]:
@@ -318,8 +318,8 @@ def test_common_prefix_respects_the_limit():
 # ----------------------------------------------------------------------------------------------
 # Samples of one prompt (SamplingParams.n): admitted together, the prompt computed once, forked.
 
-def sampled(tokens, n, max_tokens=8) -> Job:
-    return Job(GenRequest(tokens=list(tokens), params=SamplingParams(max_tokens=max_tokens, n=n)))
+def sampled(tokens, n, max_tokens=8) -> RequestState:
+    return RequestState(GenRequest(tokens=list(tokens), params=SamplingParams(max_tokens=max_tokens, n=n)))
 
 
 def test_samples_are_admitted_together_and_only_the_first_computes_the_prompt():

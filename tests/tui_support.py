@@ -26,7 +26,6 @@ from prom_local.cli.options import EngineOptions
 from prom_local.cli.tui_cmd import make_loader
 from prom_local.engine import SamplingParams
 from prom_local.judging.judge import Judge
-from prom_local.engine.model_info import describe_judge
 from prom_local.store.models import resolve_model
 from prom_local.judging.rubrics import Rubric
 from prom_local.tui import PromLocalApp
@@ -61,7 +60,7 @@ def make_fake_app(reply: Reply | None = None, *, max_tokens: int = 12, **kwargs)
         resolved = resolve_model(spec or smollm2_gguf(), kwargs.get("models_dir"))
         on_status(f"model: {resolved.path}")
         judge = Judge.with_engine(FakeEngine(resolved.path, reply), sampling=SamplingParams(max_tokens=max_tokens))
-        return judge, describe_judge(judge, resolved)
+        return judge, judge.model_info(resolved)
 
     kwargs.setdefault("model", str(smollm2_gguf()))
     return PromLocalApp(load, **kwargs)

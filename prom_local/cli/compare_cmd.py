@@ -32,15 +32,16 @@ def register(app: typer.Typer) -> None:
         counted once, by its first row, with a warning.
         """
         # Imported here: scipy costs ~0.8 s that `--help` and the other commands should not pay.
-        from ..reports.absolute import compare_rows, is_relative
+        from ..reports.absolute import compare_rows
+        from ..reports.rows import RELATIVE, kind_of
         from ..reports.views import comparison_view
 
         runs = [read_results(a), read_results(b)]
         for run in runs:   # each id counted once; say so, since the figures differ from a plain count
             if run.repeated:
                 err_console.print(f"warning: {run.warning()}", style="yellow", markup=False)
-        kinds = [{"relative" if is_relative(r) else "absolute" for r in run.rows} for run in runs]
-        if "relative" in kinds[0] or "relative" in kinds[1]:
+        kinds = [{kind_of(r) for r in run.rows} for run in runs]
+        if RELATIVE in kinds[0] or RELATIVE in kinds[1]:
             _compare_relative(a, b, runs, kinds, top, as_json)
             return
         cmp = compare_rows(runs[0].rows, runs[1].rows, top=top)

@@ -6,6 +6,9 @@ the same options; --parallel is how many records are in flight (default: the ser
 options about a local model and its engine (--models-dir, --profile, --ctx, --gpu-layers,
 --threads, --verbose) are refused, since the server's own apply. --model is checked against the
 model the server serves.
+
+`open_backend` is the one place a command chooses where records are graded: local, --server, or
+(score only) --ray.
 """
 
 from __future__ import annotations
@@ -77,13 +80,35 @@ def model_matches(spec: str, info: ServerInfo) -> bool:
 
 def open_backend(opts: EngineOptions, server: str | None, api_key: str | None = None,
                  api_key_file: Path | None = None, *, source: str = "<input>", quiet: bool = False,
-                 need_tokens: int | None = None) -> Backend:
-    """The one choice of where records are graded: the server at --server, else a local Judge
-    (the model loaded here, its KV cache sized to `need_tokens` when known). `score --ray` is
-    chosen before this (score_cmd): the Ray driver runs a whole file, not records."""
+                 need_tokens: Callable[[], int | None] | None = None, ray: str | None = None,
+                 actors: int | None = None, both_orders: bool = False) -> Backend:
+    """The one choice of where records are graded: the server at --server, the engines of a Ray
+    cluster at --ray (`actors` of them; pairs in both orders when `both_orders`, fixed as they
+    load), else a local Judge (the model loaded here, its KV cache sized to what `need_tokens()`
+    says the records need, asked only here: it tokenizes the input)."""
     if server is not None:
         return connect(server, api_key, api_key_file, opts, source=source, quiet=quiet)
-    return opts.judge(quiet=quiet, need_tokens=need_tokens)
+    if ray is not None:
+        return open_ray(opts, ray, actors, both_orders=both_orders, quiet=quiet)
+    return opts.judge(quiet=quiet, need_tokens=need_tokens() if need_tokens is not None else None)
+
+
+def open_ray(opts: EngineOptions, address: str, actors: int | None, *, both_orders: bool,
+             quiet: bool) -> Backend:
+    """A RayScorer with its engines loaded (Ray is imported only here: an optional extra)."""
+    from ..runs.ray.driver import JudgeSpec, RayScorer
+
+    spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
+                     sampling=opts.sampling_params(),
+                     models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None,
+                     both_orders=both_orders)
+    say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
+    scorer = RayScorer(spec, address=address, actors=actors, on_status=say)
+    try:
+        return scorer.start()
+    except BaseException:
+        scorer.close()
+        raise
 
 
 def connect(server: str, api_key: str | None, api_key_file: Path | None, opts: EngineOptions, *,

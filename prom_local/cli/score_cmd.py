@@ -89,7 +89,6 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--ray and --server: give one (where the model runs)")
         check_remote_options(server, api_key_file, opts)
         opts.engine_config()   # a bad --gpu-layers fails here, before any file or model is touched
-        say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
         progress = Progress(
             TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
@@ -105,12 +104,9 @@ def register(app: typer.Typer) -> None:
             # The lock before anything slow: a second writer of OUT is refused at once.
             with ResultsSink(out, retry_errors=retry_errors) as sink:
                 check_input(input)
-                if ray is None:
-                    stats = _score_records(input, sink, server, api_key, api_key_file, opts, quiet,
-                                           progress, task, on_result, both_orders=both_orders)
-                else:
-                    stats = _score_on_ray(input, sink, ray, actors, opts, progress, task, on_result, say,
-                                          both_orders=both_orders)
+                stats = _score_records(input, sink, server, api_key, api_key_file, opts, quiet,
+                                       progress, task, on_result, both_orders=both_orders, ray=ray,
+                                       actors=actors)
         except KeyboardInterrupt:
             # typer would turn this into a silent exit; rows written so far are already durable.
             progress.stop()
@@ -166,18 +162,21 @@ def _finish(out: str, stats: BatchStats, quiet: bool, summary_json: Path | None)
 
 
 def _score_records(input, sink: ResultsSink, server, api_key, api_key_file, opts: EngineOptions, quiet,
-                   progress, task, on_result, *, both_orders: bool = False) -> BatchStats:
-    """Score on a backend that grades records: the server at --server, else the model loaded here."""
-    need_tokens = None
-    if server is None:
+                   progress, task, on_result, *, both_orders: bool = False, ray: str | None = None,
+                   actors: int | None = None) -> BatchStats:
+    """Score on the backend open_backend chooses: --server, --ray, else the model loaded here."""
+
+    def need_tokens() -> int | None:
         # KV memory sized to the records this run will grade (prompts tokenized with the
         # vocabulary only), so --parallel auto and --gpu-layers auto choose from the real need.
         resolved = resolve_model(opts.model, opts.models_dir)
         work = pending_work(input, str(sink.path or "-"), resolved.path, opts.profile or resolved.profile,
                             opts.max_tokens)
-        need_tokens = work.need_tokens if work else None
+        return work.need_tokens if work else None
+
     judge = open_backend(opts, server, api_key, api_key_file, quiet=quiet, need_tokens=need_tokens,
-                         source="<stdin>" if input == "-" else str(input))
+                         source="<stdin>" if input == "-" else str(input), ray=ray, actors=actors,
+                         both_orders=both_orders)
     with judge, progress:
         progress.start_task(task)
         try:
@@ -187,22 +186,3 @@ def _score_records(input, sink: ResultsSink, server, api_key, api_key_file, opts
                               "re-run the same command to resume") from None
         progress.update(task, completed=stats.skipped + stats.graded)
     return stats
-
-
-def _score_on_ray(input, sink: ResultsSink, address, actors, opts: EngineOptions, progress, task, on_result,
-                  say, *, both_orders: bool = False) -> BatchStats:
-    from ..runs.ray.driver import JudgeSpec, RayScorer
-
-    spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
-                     sampling=opts.sampling_params(),
-                     models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None,
-                     both_orders=both_orders)
-    with RayScorer(spec, address=address, actors=actors, on_status=say) as scorer:
-        scorer.start()  # one progress bar for all engines, shown once they are all up
-        with progress:
-            progress.start_task(task)
-            run = scorer.score_file(input, sink, on_result=on_result)
-            progress.update(task, completed=run.stats.skipped + run.stats.graded)
-    say("engines: " + ", ".join(f"{a.where} {a.graded}" + (" (lost)" if a.lost else "") for a in run.actors)
-        + (f"; {run.requeued} record(s) re-queued from lost engines" if run.requeued else ""))
-    return run.stats

@@ -10,7 +10,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import UsageError
-from ..engine.model_info import ModelInfo, describe_judge
+from ..engine.model_info import ModelInfo
 from ..store.models import resolve_model
 from ..runs.remote import RemoteJudge
 from .options import EngineOptions, with_engine_options
@@ -28,7 +28,7 @@ def make_loader(opts: EngineOptions) -> Callable:
         chosen = replace(opts, model=spec if spec is not None else opts.model, threads=threads)
         resolved = resolve_model(chosen.model, chosen.models_dir)
         judge = chosen.judge(on_status=on_status)
-        return judge, describe_judge(judge, resolved)
+        return judge, judge.model_info(resolved)
 
     return load
 

@@ -141,11 +141,11 @@ def run_bench(model_path: str | Path, *, parallels: list[int], engine: EngineCon
         start = time.perf_counter()
         with Judge(model_path, profile=profile, engine=config, sampling=sampling, on_status=say) as judge:
             load = time.perf_counter() - start
-            info = judge.engine.describe()
+            info = judge.describe_engine()
             setup.setdefault("offload", info["offload"])
             setup.setdefault("kv_cache", _kv_label(info))
             run_seconds, grades = _grade_all(judge, records, tick)
-            stats = judge.engine.stats
+            stats = judge.engine_stats()
         prompt_only = dataclasses.replace(sampling, max_tokens=0)
         with Judge(model_path, profile=profile, engine=config, sampling=prompt_only) as judge:
             prompt_seconds, prompt_grades = _grade_all(judge, records, tick)

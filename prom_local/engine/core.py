@@ -27,8 +27,8 @@ from .drafts import NgramIndex, accept_drafts, draft_default
 from .host_cache import HostPromptCache
 from .loading import load
 from .requests import (DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent)
-from .scheduler import Active, Job, Scheduler
-from .submission import Hub, Raised, RequestHandle
+from .scheduler import Active, RequestState, Scheduler
+from .submission import Intake, Raised, RequestHandle
 
 
 @dataclass(eq=False)
@@ -82,7 +82,7 @@ class Engine:
         self.cache = PrefixCache(self.n_parallel, self.n_ctx, memory=self.ctx, store=store)
         self.scheduler = Scheduler(self.cache, n_ctx=self.n_ctx, lookahead=self.lookahead,
                                    n_batch=self.n_batch, stats=self.stats)
-        self._hub = Hub(self._step, on_fault=self._abort_all, on_close=self._cancel_all)
+        self._intake = Intake(self._step, on_fault=self._abort_all, on_close=self._cancel_all)
 
     # -- info -----------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -92,6 +92,10 @@ class Engine:
                 "host_cache_mib": self.host_cache_bytes >> 20, "cache_type_k": self.kv.k,
                 "cache_type_v": self.kv.v, "draft": self.draft}
 
+    def snapshot(self) -> dict:
+        """The scheduler's counts (busy, window, free, host cache) for monitoring; any thread."""
+        return self.scheduler.snapshot()
+
     def check_fits(self, n_prompt: int, max_tokens: int) -> None:
         self.scheduler.check_fits(n_prompt, max_tokens)
 
@@ -100,7 +104,7 @@ class Engine:
         """Queue a request from any thread; it runs in the engine's background loop (a thread
         started on the first submit, stopped by close()). A prompt too long for the context, or
         empty, ends its events with an ErrorEvent."""
-        return self._hub.submit(RequestHandle(self._hub, request))
+        return self._intake.submit(RequestHandle(self._intake, request))
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[Event]:
         """Run requests, up to n_parallel at once; yield token deltas and results as they come.
@@ -109,15 +113,15 @@ class Engine:
         A request that cannot run (prompt too long) yields an ErrorEvent and the rest go on.
         The iterator is read only while a sequence is free.
         """
-        return self._hub.generate(iter(requests))
+        return self._intake.generate(iter(requests))
 
     # -- one step of the loop ---------------------------------------------------------------------
     def _step(self) -> None:
         sched = self.scheduler
-        for job in self._hub.take_cancelled():
+        for job in self._intake.take_cancelled():
             self._unstarted(job)
         while sched.room() > 0:
-            job = self._hub.next_job()
+            job = self._intake.next_job()
             if job is None:
                 break
             try:
@@ -301,14 +305,14 @@ class Engine:
         self._final(active.job, DoneEvent(self._release(active)))
 
     # -- endings ----------------------------------------------------------------------------------
-    def _final(self, job: Job, event, whole: bool = False) -> None:
+    def _final(self, job: RequestState, event, whole: bool = False) -> None:
         """Deliver one sample's last event (`whole`: the request's, as for one never admitted);
         the sink hears finish() once, after the request's last."""
         job.sink.put(event)
         if job.settle(whole):
             job.sink.finish()
 
-    def _unstarted(self, job: Job) -> None:
+    def _unstarted(self, job: RequestState) -> None:
         for i in range(job.n):
             self._final(job, DoneEvent(_unstarted_output(job.req, i)))
 
@@ -346,14 +350,14 @@ class Engine:
         for active in self.scheduler.active():
             active.progress.finish_reason = "cancelled"
             self._final(active.job, DoneEvent(self._release(active)))
-        queued = list(self.scheduler.window) + self._hub.drain()
+        queued = list(self.scheduler.window) + self._intake.drain()
         self.scheduler.window.clear()
         for job in queued:
             self._unstarted(job)
 
     def close(self) -> None:
-        if getattr(self, "_hub", None) is not None:
-            self._hub.close()
+        if getattr(self, "_intake", None) is not None:
+            self._intake.close()
         if getattr(self, "_batch", None) is not None:
             self._batch.close()
             self._batch = None

@@ -17,7 +17,7 @@ from ..units import format_bytes
 
 
 class StoreName(Protocol):
-    """What describe_judge takes from a store entry (store.models.ResolvedModel), as a protocol:
+    """What describe_engine takes from a store entry (store.models.ResolvedModel), as a protocol:
     the engine sits below the store and does not import it."""
     name: str | None
     quant: str | None
@@ -80,9 +80,10 @@ class ModelInfo:
         return human_size(self.size_bytes)
 
 
-def describe_judge(judge, resolved: StoreName | None = None) -> ModelInfo:
-    """ModelInfo of a loaded `Judge`; `resolved` (from the store) supplies the store name and quant."""
-    model = judge.model
+def describe_engine(engine, resolved: StoreName | None = None) -> ModelInfo:
+    """ModelInfo of a loaded Engine (Judge.model_info asks it); `resolved` (from the store)
+    supplies the store name and quant."""
+    model = engine.model
     path = Path(model.path)
     quant = (resolved.quant if resolved and resolved.quant else None) or quant_from_metadata(model.metadata)
     # The file name, not general.name: converters often leave a training-run name there
@@ -90,7 +91,7 @@ def describe_judge(judge, resolved: StoreName | None = None) -> ModelInfo:
     name = resolved.name if resolved and resolved.name else path.stem
     if quant and name.lower().endswith("." + quant.lower()):
         name = name[: -len(quant) - 1]
-    plan = judge.engine.plan
+    plan = engine.plan
     return ModelInfo(name=name, quant=quant, path=path, size_bytes=path.stat().st_size,
-                     layers_on_gpu=plan.layers_on_gpu, n_layer=plan.n_layer, n_ctx=judge.engine.n_ctx,
+                     layers_on_gpu=plan.layers_on_gpu, n_layer=plan.n_layer, n_ctx=engine.n_ctx,
                      backend=build_backend(), offload=plan.reason)

@@ -47,7 +47,7 @@ EXACT_TAIL = 8
 WAITING, RUNNING, FORKED = "waiting", "running", "forked"   # forked: waits for a sibling's prompt
 
 
-class Job:
+class RequestState:
     """A request inside the engine: its tokens as an array (prefix matching runs on every
     admission), its arrival number once in the window, and who hears about it (`sink`)."""
 
@@ -84,7 +84,7 @@ class Job:
 class Active:
     """A request while it holds sequence `seq`: created on admission, dropped on release."""
 
-    job: Job
+    job: RequestState
     seq: int
     admitted: int                 # admission number: older requests get the prefill budget first
     budget: int                   # max tokens this request may generate
@@ -113,7 +113,7 @@ class Scheduler:
         self.n_batch = n_batch
         self.stats = stats or EngineStats()
         self.slots: list[Active | None] = [None] * self.n_parallel
-        self.window: collections.deque[Job] = collections.deque()
+        self.window: collections.deque[RequestState] = collections.deque()
         self._arrivals = 0
         self._admissions = 0
         self._skips = 0  # times the oldest waiting request was passed over
@@ -151,7 +151,7 @@ class Scheduler:
         source that blocks for its next item stalls nobody who could be decoding."""
         return max(0, self.lookahead - len(self.window)) if self.has_free_slot() else 0
 
-    def offer(self, job: Job) -> None:
+    def offer(self, job: RequestState) -> None:
         """Take a request into the window, or raise ContextOverflow if its prompt cannot fit (and
         ValueError for an empty one, which would have no logits to start from)."""
         if not job.req.tokens:
@@ -165,7 +165,7 @@ class Scheduler:
         self.window.append(job)
 
     # -- cancellation (between steps, never mid-decode) -------------------------------------------
-    def drop_cancelled(self) -> tuple[list[Job], list[Active]]:
+    def drop_cancelled(self) -> tuple[list[RequestState], list[Active]]:
         """Cancelled requests: those still in the window (removed here) and those holding a
         sequence (the caller reports and releases them)."""
         waiting = [j for j in self.window if j.cancelled]
@@ -198,7 +198,7 @@ class Scheduler:
                 admitted.append(sibling)
         return admitted
 
-    def _pick(self) -> Job:
+    def _pick(self) -> RequestState:
         """The window's request whose prompt shares the most with what is cached or being
         computed; ties go to the oldest."""
         best, best_n = self.window[0], -1
@@ -216,7 +216,7 @@ class Scheduler:
         active = self.slots[seq]
         return have if active is None else max(have, common_prefix(active.job.arr, arr, limit))
 
-    def _admit(self, seq: int, job: Job, sample: int = 0) -> Active:
+    def _admit(self, seq: int, job: RequestState, sample: int = 0) -> Active:
         self._admissions += 1
         self.cache.touch(seq, self._admissions)
         active = Active(job=job, seq=seq, admitted=self._admissions, sample=sample,

@@ -19,7 +19,7 @@ import threading
 from typing import Callable, Iterator
 
 from .requests import DoneEvent, ErrorEvent, Event, GenOutput, GenRequest
-from .scheduler import Job
+from .scheduler import RequestState
 
 
 class EngineClosed(RuntimeError):
@@ -38,11 +38,11 @@ class Raised:
 class RequestHandle:
     """One submitted request: its events, in order, and its cancel. Safe to use from any thread."""
 
-    def __init__(self, hub: "Hub", request: GenRequest):
+    def __init__(self, intake: "Intake", request: GenRequest):
         self.request = request
-        self._hub = hub
+        self._intake = intake
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.job = Job(request, sink=self)
+        self.job = RequestState(request, sink=self)
 
     @property
     def tag(self) -> object:
@@ -84,14 +84,14 @@ class RequestHandle:
         """Stop the request; its sequence is freed at the next step and its events end with a
         DoneEvent whose finish_reason is "cancelled"."""
         self.job.cancel()
-        self._hub.note_cancel()
+        self._intake.note_cancel()
 
     # -- sink, called by the loop ----------------------------------------------------------------
     def put(self, item) -> None:
         self._queue.put(item)
 
     def finish(self) -> None:
-        self._hub.submitted_done()
+        self._intake.submitted_done()
 
 
 class _Feed:
@@ -108,7 +108,7 @@ class _Feed:
     def complete(self) -> bool:
         return self.exhausted and self.in_flight == 0
 
-    def pull(self) -> Job | None:
+    def pull(self) -> RequestState | None:
         if self.exhausted or self.cancelled:
             return None
         try:
@@ -121,7 +121,7 @@ class _Feed:
             self.exhausted = self.cancelled = True
             return None
         self.in_flight += 1
-        return Job(req, sink=self)
+        return RequestState(req, sink=self)
 
     def put(self, item) -> None:
         self.queue.put(item)
@@ -133,7 +133,7 @@ class _Feed:
         self.cancelled = self.exhausted = True
 
 
-class Hub:
+class Intake:
     """Where requests wait to enter the loop, and the rule that one thread steps at a time."""
 
     def __init__(self, step: Callable[[], None], on_fault: Callable[[BaseException], None],
@@ -144,14 +144,14 @@ class Hub:
         self._cond = threading.Condition()
         self._pumping = False
         self._closed = False
-        self._inbox: collections.deque[Job] = collections.deque()
+        self._inbox: collections.deque[RequestState] = collections.deque()
         self._feeds: list[_Feed] = []
         self._submitted = 0          # submitted requests not yet finished
         self._sweep = False          # a handle was cancelled: look for it in the inbox
         self._thread: threading.Thread | None = None
 
     # -- the loop's side --------------------------------------------------------------------------
-    def next_job(self) -> Job | None:
+    def next_job(self) -> RequestState | None:
         """The next request to read, without blocking on the inbox: submitted ones first, then
         each generate call's iterator (which may block, as a generator source always could)."""
         try:
@@ -164,7 +164,7 @@ class Hub:
                 return job
         return None
 
-    def take_cancelled(self) -> list[Job]:
+    def take_cancelled(self) -> list[RequestState]:
         """Cancelled requests still in the inbox (they never held a sequence)."""
         if not self._sweep:
             return []
@@ -174,7 +174,7 @@ class Hub:
             self._inbox.remove(job)
         return gone
 
-    def drain(self) -> list[Job]:
+    def drain(self) -> list[RequestState]:
         """Everything not yet read (on close): inbox requests, and no more from any feed."""
         jobs = list(self._inbox)
         self._inbox.clear()

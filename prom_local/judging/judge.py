@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from ..engine import (DoneEvent, Engine, EngineConfig, ErrorEvent, GenOutput, GenRequest, SamplingParams,
+from ..engine import (DoneEvent, Engine, EngineConfig, EngineStats, ErrorEvent, GenOutput, GenRequest, SamplingParams,
                      TokenEvent)
+from ..engine.model_info import ModelInfo, StoreName, describe_engine
 from ..errors import InputError
 from .ordering import in_input_order, rows_only
 from .grader import Grader
@@ -239,6 +240,29 @@ class Judge(PrometheusEvalCalls):
               cancel: threading.Event | None = None) -> Grade:
         cb = (lambda _r, text: on_token(text)) if on_token else None
         return next(iter(self.grade_stream([record], on_token=cb, cancel=cancel)))
+
+    # -- what the shells ask of the engine (serve, bench, Ray workers), so none reaches through ----
+    @property
+    def n_parallel(self) -> int:
+        """Sequences decoded side by side: the most samples of one record a request may ask for."""
+        return self.engine.n_parallel
+
+    def describe_engine(self) -> dict:
+        """Engine.describe(): model, n_ctx, --parallel, GPU layers, backend, KV cache, draft."""
+        return self.engine.describe()
+
+    def engine_stats(self) -> EngineStats:
+        """What the engine counted so far (drafted and accepted tokens...)."""
+        return self.engine.stats
+
+    def model_info(self, resolved: StoreName | None = None) -> ModelInfo:
+        """What the model panels show: name, quant, size, GPU layers, context (`resolved`, the
+        store's entry, names it as the store does)."""
+        return describe_engine(self.engine, resolved)
+
+    def snapshot(self) -> dict:
+        """Engine.snapshot(): requests busy, waiting and free slots, for monitoring."""
+        return self.engine.snapshot()
 
     def close(self) -> None:
         self.engine.close()

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, ClassVar, Mapping, Protocol, Union
 
 from ..errors import InputError
 from .rubrics import SCORES, Rubric
+
+
+class _Profile(Protocol):
+    """What a record asks of a prompts.PromptProfile (prompts imports this module, not back)."""
+
+    def require_relative(self) -> None: ...
+
 
 # Feedback-Collection columns first, then the plain names; the first one present wins.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
@@ -53,6 +60,13 @@ class Record:
     def has_reference(self) -> bool:
         return bool(self.reference_answer)
 
+    def orders(self) -> tuple["Record"]:
+        """The record as each prompt that may grade it shows it: one order."""
+        return (self,)
+
+    def require_prompt(self, profile: _Profile) -> None:
+        """Every profile has an absolute prompt: nothing to check."""
+
 
 @dataclass(frozen=True)
 class RelativeRecord:
@@ -75,6 +89,14 @@ class RelativeRecord:
     @property
     def has_reference(self) -> bool:
         return bool(self.reference_answer)
+
+    def orders(self) -> tuple["RelativeRecord", "RelativeRecord"]:
+        """A/B and B/A: --both-orders grades the second too (sizing the work counts the longer)."""
+        return (self, self.swapped())
+
+    def require_prompt(self, profile: _Profile) -> None:
+        """A UsageError when `profile` has no relative prompt for this pair."""
+        profile.require_relative()
 
     def swapped(self) -> "RelativeRecord":
         """The same pair in the other order (B shown as A): the second half of --both-orders."""

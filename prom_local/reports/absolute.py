@@ -11,6 +11,7 @@ import numpy as np
 
 from ..judging.grading import expected_score, normalise, row_probabilities
 from ..judging.rubrics import SCORES
+from .rows import ABSOLUTE, is_disagreement, of_kind
 
 
 @dataclass
@@ -140,11 +141,6 @@ def correlation(rows: Iterable[dict]) -> Correlation | None:
     )
 
 
-def is_relative(row: dict) -> bool:
-    """A pairwise row (contract: "mode": "relative"); rows without "mode" are absolute."""
-    return row.get("mode") == "relative"
-
-
 @dataclass
 class Summary:
     rows: int
@@ -170,7 +166,7 @@ class Summary:
 
 def summarise(rows: Iterable[dict]) -> Summary:
     """Figures for the absolute rows (relative rows are report_relative's, left out here)."""
-    rows = [r for r in rows if not is_relative(r)]
+    rows = of_kind(rows, ABSOLUTE)
     scores = [r.get("score") for r in rows]
     valid = [s for s in scores if s in SCORES]
     gold_pairs = [(r.get("gold_score"), r.get("score")) for r in rows if r.get("gold_score") in SCORES]
@@ -220,14 +216,6 @@ class RowFilter:
         if self.errors:
             parts.append("errors")
         return " + ".join(parts) if parts else "all rows"
-
-
-def is_disagreement(row: dict) -> bool:
-    if is_relative(row):   # a tie (inconsistent orders) with a gold winner is a wrong verdict too
-        gold = row.get("gold_winner")
-        return gold in ("A", "B") and not row.get("error") and row.get("winner") != gold
-    gold, score = row.get("gold_score"), row.get("score")
-    return gold in SCORES and score in SCORES and gold != score
 
 
 def filter_rows(rows: Iterable[dict], row_filter: RowFilter) -> list[dict]:

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import stats as sps
 
 from ..judging.rubrics import SCORES
+from .rows import ABSOLUTE, of_kind
 
 
 @dataclass
@@ -59,7 +60,7 @@ class FalseInfoFigures:
 
 def kudge_rows(rows: Iterable[dict]) -> list[dict]:
     """The absolute rows that came from a KUDGE file (they carry a `kudge` object with a human score)."""
-    return [r for r in rows if isinstance(r.get("kudge"), dict) and r.get("mode") != "relative"
+    return [r for r in of_kind(rows, ABSOLUTE) if isinstance(r.get("kudge"), dict)
             and _number(r["kudge"].get("human_score")) is not None]
 
 

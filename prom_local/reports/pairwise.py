@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .absolute import is_relative
+from .rows import RELATIVE, of_kind
 
 LABELS = ("A", "B")
 # Confidence bins for calibration: max(P(A), P(B)) lies in [0.5, 1].
@@ -161,7 +161,7 @@ class RelativeSummary:
 
 def summarise_relative(rows: Iterable[dict]) -> RelativeSummary | None:
     """Figures for the relative rows among `rows`; None when there are none."""
-    rows = [r for r in rows if is_relative(r)]
+    rows = of_kind(rows, RELATIVE)
     if not rows:
         return None
     verdicts = {"A": 0, "B": 0, "tie": 0, "none": 0}
@@ -212,8 +212,8 @@ class RelativeComparison:
 
 def compare_relative(rows_a: Iterable[dict], rows_b: Iterable[dict], *,
                      top: int | None = 10) -> RelativeComparison:
-    by_a = {str(r.get("id")): r for r in rows_a if is_relative(r)}
-    by_b = {str(r.get("id")): r for r in rows_b if is_relative(r)}
+    by_a = {str(r.get("id")): r for r in of_kind(rows_a, RELATIVE)}
+    by_b = {str(r.get("id")): r for r in of_kind(rows_b, RELATIVE)}
     common = [i for i in by_a if i in by_b]
     decided = [i for i in common if verdict(by_a[i]) in LABELS and verdict(by_b[i]) in LABELS]
     gold_mismatch = sum(1 for i in common if _gold(by_a[i]) and _gold(by_b[i])

@@ -1,7 +1,7 @@
-"""Where records are graded, as one interface: the local `Judge` (engine in this process) and the
-`RemoteJudge` (a `prom-local serve` over HTTP) both are a `Backend`, so `score_file`, `grade` and
-the TUI take either. (`score --ray` is the third way to run, but it owns the whole file: the Ray
-driver reads, schedules and writes rows itself, see runs/ray/driver.py.)
+"""Where records are graded, as one interface: the local `Judge` (engine in this process), the
+`RemoteJudge` (a `prom-local serve` over HTTP) and the `RayScorer` (engines on a Ray cluster,
+runs/ray/driver.py) all are a `Backend`, so `score_file` takes any of them, and `grade` and the
+TUI the first two. The Ray one returns rows whole: it calls no `on_token` and hears no `cancel`.
 
 The CLI chooses between them in one place, cli/remote_opts.open_backend.
 """

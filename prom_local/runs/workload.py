@@ -41,10 +41,7 @@ def prompt_tokens(records: Iterable[AnyRecord], model: LlamaModel,
     prof = get_profile(profile) if isinstance(profile, str) else profile
 
     def count(record: AnyRecord) -> int:
-        n = len(tokenize_prompt(record, prof, model))
-        if record.is_relative:
-            n = max(n, len(tokenize_prompt(record.swapped(), prof, model)))  # type: ignore[union-attr]
-        return n
+        return max(len(tokenize_prompt(shown, prof, model)) for shown in record.orders())
 
     return [count(r) for r in records]
 

@@ -130,8 +130,8 @@ def _sampling(request: Request, service: Service, sampling: dict) -> dict:
     samples = _samples(request, service)
     if samples is not None:
         sampling = {**sampling, "n": samples}
-    elif sampling.get("n", 1) > judge.engine.n_parallel:   # a --server client's --samples
-        raise bad_request(f"sampling.n must be at most {judge.engine.n_parallel} (the server's --parallel: "
+    elif sampling.get("n", 1) > judge.n_parallel:   # a --server client's --samples
+        raise bad_request(f"sampling.n must be at most {judge.n_parallel} (the server's --parallel: "
                           "each sample decodes in its own sequence).", param="sampling.n")
     cap = service.config.max_tokens_cap
     if cap and sampling.get("max_tokens", 0) > cap:
@@ -179,7 +179,7 @@ def _samples(request: Request, service: Service) -> int | None:
     raw = request.query_params.get("samples")
     if raw is None:
         return None
-    most = service.judge.engine.n_parallel if service.judge is not None else 1
+    most = service.judge.n_parallel if service.judge is not None else 1
     # isdecimal() alone is not enough: "²" is a digit to Python but not to int().
     if not (raw.isascii() and raw.isdecimal() and len(raw) <= 4 and 1 <= int(raw) <= most):
         raise bad_request(f"samples must be a whole number from 1 to {most} (the server's --parallel: "

@@ -104,7 +104,7 @@ class Service:
         return self.judge.engine
 
     def _snapshot(self) -> dict | None:
-        return self.judge.engine.scheduler.snapshot() if self.ready else None
+        return self.judge.snapshot() if self.ready else None
 
     def describe(self, public: bool = False) -> dict:
         """What /v1/models says about the model and engine. `public` (GET /health, which needs no
@@ -121,9 +121,7 @@ class Service:
         """What a `--server` client's model panel shows (quant, size, GPU layers), read once."""
         if self._facts is None:
             try:
-                from ..engine.model_info import describe_judge
-
-                model = describe_judge(self.judge)
+                model = self.judge.model_info()
                 self._facts = {"quant": model.quant, "size_bytes": model.size_bytes,
                                "layers_on_gpu": model.layers_on_gpu, "n_layer": model.n_layer}
             except Exception:  # an engine without a GGUF behind it (a test's): the facts are optional

@@ -1,5 +1,5 @@
 """The Textual TUI (`prom-local tui`): a shell over the library, no logic of its own."""
 
-from .app import Job, JudgeLoader, PromLocalApp
+from .app import ModelTask, JudgeLoader, PromLocalApp
 
-__all__ = ["Job", "JudgeLoader", "PromLocalApp"]
+__all__ = ["ModelTask", "JudgeLoader", "PromLocalApp"]

@@ -41,7 +41,7 @@ _job_ids = itertools.count(1)
 
 
 @dataclass
-class Job:
+class ModelTask:
     """One piece of work on the model. `cancel` asks it to stop between decode steps; `done` is set
     by the worker thread when it no longer touches the model (so the model can be closed)."""
 
@@ -84,7 +84,7 @@ class PromLocalApp(App):
         self.batch_output = batch_output
         self.load_on_start = load_on_start
         self.judge = None
-        self.job: Job | None = None
+        self.job: ModelTask | None = None
 
     def on_mount(self) -> None:
         if self.batch_input is not None:
@@ -98,7 +98,7 @@ class PromLocalApp(App):
         return True
 
     # -- jobs: one thing on the model at a time ----------------------------------------------------
-    def start_job(self, kind: str, label: str) -> Job | None:
+    def start_job(self, kind: str, label: str) -> ModelTask | None:
         if self.job is not None:
             self.notify(f"The model is busy ({self.job.label}). Wait, or press Esc on that screen to "
                         "stop it.", title="Busy", severity="warning")
@@ -106,16 +106,16 @@ class PromLocalApp(App):
         if kind != "load" and self.judge is None:
             self.notify("No model is loaded: press F4 to pick one.", title="No model", severity="warning")
             return None
-        self.job = Job(kind, label)
+        self.job = ModelTask(kind, label)
         self.activity = label
         return self.job
 
-    def end_job(self, job: Job | None) -> None:
+    def end_job(self, job: ModelTask | None) -> None:
         if job is not None and self.job is job:
             self.job = None
             self.activity = "idle"
 
-    def set_activity(self, job: Job | None, text: str) -> None:
+    def set_activity(self, job: ModelTask | None, text: str) -> None:
         if job is not None and self.job is job:
             job.label = text
             self.activity = text
@@ -130,7 +130,7 @@ class PromLocalApp(App):
         self.run_worker(partial(self._load_in_thread, spec, job), thread=True, exit_on_error=False,
                         group="model", name="load model")
 
-    def _load_in_thread(self, spec: str | None, job: Job) -> None:
+    def _load_in_thread(self, spec: str | None, job: ModelTask) -> None:
         try:
             judge, info = self.loader(spec, lambda text: self.post_message(ModelStatus(text)))
         except PromLocalError as exc:

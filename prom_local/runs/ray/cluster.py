@@ -1,8 +1,9 @@
-"""Joining a Ray cluster and deciding where `score --ray` puts its engines.
+"""Joining a Ray cluster, deciding where `score --ray` puts its engines, and how records are cut
+into chunks for them.
 
-Split from `distributed.py` (the run itself) because this part never touches records or results:
-it is about the cluster (is Ray there, which address, which node gets how many engines and CPUs),
-and `plan_actors` is pure, so it is tested without a cluster.
+Split from driver.py (the run itself) because this part never reads or writes results: it is about
+the cluster (is Ray there, which address, which node gets how many engines and CPUs, which records
+travel together), and `plan_actors` and `group_chunks` are pure, so they are tested without one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from ...errors import ClusterError
 from ...judging.records import Record
@@ -150,3 +152,28 @@ def plan_actors(nodes: list[dict], n_actors: int | None, *, use_gpus: bool,
             slots.append(ActorSlot(i, nid, name, num_cpus=max(0.01, int(share * 100) / 100), num_gpus=0,
                                    threads=n_threads))
     return slots
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunking: records that share an instruction travel together, so the engine that gets them can
+# reuse the instruction's KV prefix (the engine copies a cached prefix between its sequences).
+
+def group_chunks(records: Iterable[Record], chunk_size: int) -> Iterator[list[Record]]:
+    """Chunks of about `chunk_size` records, each instruction's records kept together and in input
+    order; a group larger than a chunk fills consecutive chunks."""
+    groups: dict[str, list[Record]] = {}
+    for record in records:
+        groups.setdefault(record.instruction, []).append(record)
+    chunk: list[Record] = []
+    for group in groups.values():
+        # A group that would overflow a chunk already half full starts the next one instead.
+        if chunk and len(chunk) + len(group) > chunk_size and len(chunk) >= max(1, chunk_size // 2):
+            yield chunk
+            chunk = []
+        for record in group:
+            chunk.append(record)
+            if len(chunk) >= chunk_size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk

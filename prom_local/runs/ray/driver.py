@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..score_file import pending_items
+from ..score_file import score_file
 from ...engine import EngineConfig, SamplingParams
 from ...errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
                      PromLocalError)
 from ...judging.grading import Grade
+from ...judging.ordering import in_input_order, rows_only
 from ...judging.prompts import get_profile
 from ...judging.records import Record
-from .cluster import ActorSlot, connect, import_ray, plan_actors
+from .cluster import ActorSlot, connect, group_chunks, import_ray, plan_actors
 from .worker import EngineWorker
 from ..results_sink import BatchStats, ResultsSink
 from ...settings import ray_placement_timeout_s
@@ -67,31 +68,6 @@ class RayRun:
     grading_seconds: float
 
 
-# ----------------------------------------------------------------------------------------------
-# Chunking: records that share an instruction travel together, so the engine that gets them can
-# reuse the instruction's KV prefix (the engine copies a cached prefix between its sequences).
-
-def group_chunks(records: Iterable[Record], chunk_size: int) -> Iterator[list[Record]]:
-    """Chunks of about `chunk_size` records, each instruction's records kept together and in input
-    order; a group larger than a chunk fills consecutive chunks."""
-    groups: dict[str, list[Record]] = {}
-    for record in records:
-        groups.setdefault(record.instruction, []).append(record)
-    chunk: list[Record] = []
-    for group in groups.values():
-        # A group that would overflow a chunk already half full starts the next one instead.
-        if chunk and len(chunk) + len(group) > chunk_size and len(chunk) >= max(1, chunk_size // 2):
-            yield chunk
-            chunk = []
-        for record in group:
-            chunk.append(record)
-            if len(chunk) >= chunk_size:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
-
-
 def _raise_user_error(result: dict, where: str) -> None:
     exc = _ERRORS.get(result["error"], ClusterError)(f"{where}: {result['message']}")
     exc.exit_code = result.get("exit_code", exc.exit_code)  # e.g. a failed pull's own code
@@ -102,7 +78,8 @@ def _raise_user_error(result: dict, where: str) -> None:
 # The run.
 
 class RayScorer:
-    """Engines on a Ray cluster behind the same scoring contract as `batch.score_file`.
+    """Engines on a Ray cluster as a runs.backend.Backend: runs.score_file drives it as it drives
+    a local Judge or a RemoteJudge.
 
     >>> with RayScorer(JudgeSpec(model="prometheus-ko:Q4_K_M"), address="auto") as scorer:
     ...     run = scorer.score_file("in.jsonl", "out.jsonl")
@@ -128,6 +105,7 @@ class RayScorer:
         self._ray = None
         self._on_node: dict[str, dict] = {}
         self._owns_connection = False
+        self.requeued = 0           # records put back in the queue from lost engines
 
     # -- start-up -------------------------------------------------------------------------------
     def start(self) -> "RayScorer":
@@ -237,47 +215,61 @@ class RayScorer:
     def score_file(self, input_path: str | Path, output: str | Path | ResultsSink, *,
                    on_result: Callable[[Grade, BatchStats], None] | None = None,
                    retry_errors: bool = False) -> RayRun:
-        """Grade what the results file does not hold yet; `output` is a path or a ResultsSink the
-        caller holds open (the CLI takes the lock before starting the cluster)."""
-        if not isinstance(output, ResultsSink):
-            with ResultsSink(output, retry_errors=retry_errors) as sink:
-                return self.score_file(input_path, sink, on_result=on_result)
-        sink = output
-        ray = self._ray
-        if ray is None:
+        """runs.score_file over these engines (`output`: a path, or a ResultsSink the caller holds
+        open), with the engines' account."""
+        if self._ray is None:
             self.start()
-            ray = self._ray
-        stats = sink.stats
-        source = pending_items(input_path, sink.done_ids, stats)
+        started = time.perf_counter()
+        stats = score_file(self, input_path, output, on_result=on_result, retry_errors=retry_errors,
+                           both_orders=self.spec.both_orders)
+        return RayRun(stats=stats, actors=self.actors, requeued=self.requeued, model=self.model,
+                      address=self.connected_to, setup_seconds=self.setup_seconds,
+                      grading_seconds=time.perf_counter() - started)
+
+    # -- the Backend protocol (runs/backend.py) ---------------------------------------------------
+    # Rows come back whole from the engines: `on_token` is never called, `cancel` is not heard
+    # (Ctrl-C stops the driver; the rows written so far are kept), and both orders are the
+    # JudgeSpec's, fixed when the engines loaded.
+    def grade_stream(self, records: Iterable[Record | Grade], *, on_token=None, cancel=None,
+                     both_orders: bool = False, ordered: bool = True) -> Iterator[Grade]:
+        finished = self.finished_rows(records)
+        return in_input_order(finished) if ordered else rows_only(finished)
+
+    def grade(self, record: Record, *, on_token=None, cancel=None) -> Grade:
+        return next(iter(self.grade_stream([record])))
+
+    def finished_rows(self, records: Iterable[Record | Grade], *, on_token=None, cancel=None,
+                      both_orders: bool = False) -> Iterator[tuple[int, Grade]]:
+        """(input index, row) as the engines finish them; an error row in the input at once."""
+        if self._ray is None:
+            self.start()
+        ray = self._ray
+        source = enumerate(records)
         queue: collections.deque[list[Record]] = collections.deque()
         exhausted = False
-        requeued = 0
+        # Where each record in flight came from; a list per id, as an id may repeat in the input.
+        index_of: dict[str, list[int]] = collections.defaultdict(list)
+        passed: list[tuple[int, Grade]] = []
         # Read ahead far enough to find records that share an instruction, not the whole file.
         window = max(256, 4 * self.chunk_size * len(self.actors))
         # A relative record on a profile without a pairwise prompt stops the run here, as a local
         # run stops (the rows written so far kept), not in every engine it would be sent to.
         profile = get_profile(self.model["profile"])
         calls: dict[object, ActorSlot] = {}
-        started = time.perf_counter()
-
-        def write(grade: Grade) -> None:
-            sink.write(grade)
-            if on_result is not None:
-                on_result(grade, stats)
 
         def read_ahead() -> None:
             nonlocal exhausted
             batch: list[Record] = []
             while len(batch) < window:
-                item = next(source, None)
+                i, item = next(source, (None, None))
                 if item is None:
                     exhausted = True
                     break
                 if isinstance(item, Grade):  # a bad input line: its error row, at once
-                    write(item)
+                    passed.append((i, item))
                     continue
-                if item.is_relative:
-                    profile.require_relative()
+                item.require_prompt(profile)
+                index_of[item.id].append(i)
                 batch.append(item)
             size = self.chunk_size
             if exhausted:
@@ -291,6 +283,8 @@ class RayScorer:
                 read_ahead()
 
         while True:
+            yield from passed
+            passed.clear()
             live = [a for a in self.actors if a.alive]
             if not live:
                 reasons = "; ".join(f"{a.where}: {a.lost}" for a in self.actors)
@@ -299,6 +293,7 @@ class RayScorer:
             self._top_up([a for a in live if a.call is None], queue, refill, calls)
             if not calls:
                 if not queue and exhausted:
+                    yield from passed
                     break
                 continue
             ready, _ = ray.wait(list(calls), num_returns=1, timeout=EXCHANGE_WAIT_S * 5)
@@ -308,16 +303,13 @@ class RayScorer:
                 try:
                     grades, slot.queued = ray.get(ref)
                 except Exception as exc:  # the actor died, or its engine failed
-                    requeued += self._lose(slot, exc, queue)
+                    self.requeued += self._lose(slot, exc, queue)
                     continue
                 for grade in grades:
                     if slot.inflight.pop(grade.id, None) is None:
                         continue  # not ours to write (cannot happen; never write twice)
                     slot.graded += 1
-                    write(grade)
-        return RayRun(stats=stats, actors=self.actors, requeued=requeued, model=self.model,
-                      address=self.connected_to, setup_seconds=self.setup_seconds,
-                      grading_seconds=time.perf_counter() - started)
+                    yield index_of[grade.id].pop(0), grade
 
     def _top_up(self, idle: list[ActorSlot], queue: collections.deque, refill: Callable[[], None],
                 calls: dict[object, ActorSlot]) -> None:
@@ -384,7 +376,15 @@ class RayScorer:
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is None and self.actors:   # the run's account, once it went through
+            self.say(self.account())
         self.close()
+
+    def account(self) -> str:
+        """Rows per engine, and what lost engines handed back."""
+        return ("engines: " + ", ".join(f"{a.where} {a.graded}" + (" (lost)" if a.lost else "")
+                                         for a in self.actors)
+                + (f"; {self.requeued} record(s) re-queued from lost engines" if self.requeued else ""))
 
 
 def _short(exc: BaseException) -> str:

@@ -115,7 +115,7 @@ class EngineWorker:
             return _user_error(exc)
         self._thread = threading.Thread(target=self._run, name="prom-local-engine", daemon=True)
         self._thread.start()
-        return self._judge.engine.describe()
+        return self._judge.describe_engine()
 
     # -- work -----------------------------------------------------------------------------------
     def exchange(self, records: list[Record], wait: float) -> tuple[list[Grade], int]:

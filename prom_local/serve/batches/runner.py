@@ -161,7 +161,7 @@ class BatchRunner:
 
     async def _slot(self, running: set, gone: asyncio.Event) -> bool:
         """Wait for a slot this batch may take (see the module's docstring); False when cut off."""
-        n_parallel = self.service.engine.n_parallel
+        n_parallel = self.service.judge.n_parallel
         most = self.config.batch_slots or max(1, n_parallel - 1)
         while not gone.is_set():
             admission = self.service.admission

@@ -8,7 +8,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from ....judging.grading import row_probabilities
-from ....reports.absolute import is_relative
+from ....reports.rows import ABSOLUTE, RELATIVE, kind_of
 from ....reports.pairwise import pair_probabilities, verdict
 from ..probability_bars import ProbabilityBars
 
@@ -21,8 +21,11 @@ def header(row: dict) -> Text:
     if row.get("pending"):
         text.append("  not graded yet", style="dim")
         return text
-    if is_relative(row):
-        return relative_header(row, text)
+    return _HEADERS[kind_of(row)](row, text)
+
+
+def absolute_header(row: dict, text: Text) -> Text:
+    """Score, gold score, forced and the expected score."""
     score, gold = row.get("score"), row.get("gold_score")
     text.append("  score ", style="dim")
     text.append("-" if score is None else str(score), style="bold")
@@ -58,6 +61,9 @@ def relative_header(row: dict, text: Text) -> Text:
             if isinstance(order, dict):
                 text.append(f"  {order.get('order', '?')}: {order.get('winner') or '-'}", style="dim")
     return text
+
+
+_HEADERS = {ABSOLUTE: absolute_header, RELATIVE: relative_header}
 
 
 def _record_texts(record) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import re
 from rich.text import Text
 from textual.widgets import DataTable
 
-from ....reports.absolute import is_disagreement, is_relative
+from ....reports.rows import ABSOLUTE, RELATIVE, is_disagreement, kind_of
 from ....reports.pairwise import verdict
 
 COLUMNS = (("id", "id"), ("score", "score"), ("gold", "gold"), ("forced", "forced"), ("error", "error"))
@@ -23,8 +23,10 @@ def short_error(error: str) -> str:
 
 
 def cells(row: dict) -> list[Text]:
-    if is_relative(row):
-        return relative_cells(row)
+    return _CELLS[kind_of(row)](row)
+
+
+def absolute_cells(row: dict) -> list[Text]:
     score, gold = row.get("score"), row.get("gold_score")
     if row.get("pending"):
         score_cell = Text("·", style="dim")
@@ -47,6 +49,9 @@ def relative_cells(row: dict) -> list[Text]:
         winner = Text(shown, style="bold red" if is_disagreement(row)
                       else ("bold green" if gold is not None else "bold"))
     return _row_cells(row, winner, gold)
+
+
+_CELLS = {ABSOLUTE: absolute_cells, RELATIVE: relative_cells}
 
 
 def _row_cells(row: dict, verdict_cell: Text, gold) -> list[Text]:
