@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from llama_cpp import Llama
 
-from helpers import RUBRIC, short_record
+from helpers import RUBRIC, judge_on, short_record
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
 from prom_local.engine import EXACT_TAIL
 from prom_local.judging.records import record_from_mapping
@@ -22,18 +22,15 @@ COPY = PromptProfile(name="copy-test", system="You repeat the user's text exactl
                      score_continuation="\n[RESULT] ")
 
 
+# Both on the session's shared SmolLM2 engine (conftest.py): they only read it.
 @pytest.fixture(scope="module")
-def copy_judge(smollm2):
-    with Judge(smollm2, profile=COPY, engine=EngineConfig(n_ctx=512, gpu_layers=0),
-               sampling=SamplingParams(max_tokens=24)) as judge:
-        yield judge
+def copy_judge(smollm2_engine):
+    return judge_on(smollm2_engine, profile=COPY, sampling=SamplingParams(max_tokens=24))
 
 
 @pytest.fixture(scope="module")
-def ko_judge(smollm2):
-    with Judge(smollm2, engine=EngineConfig(n_ctx=1024, gpu_layers=0),
-               sampling=SamplingParams(max_tokens=12)) as judge:
-        yield judge
+def ko_judge(smollm2_engine):
+    return judge_on(smollm2_engine, sampling=SamplingParams(max_tokens=12))
 
 
 def _rec(reference=None, **kw):
