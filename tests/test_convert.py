@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from assets import LLAMA3_INSTRUCT_TEMPLATE
-from helpers import ROOT as REPO_ROOT, invoke, run_cli
+from helpers import ROOT as REPO_ROOT, run_cli
 from tiny_llama import convert_report
 
 SAMPLE = json.loads((REPO_ROOT / "tests" / "data" / "sample-ko.json").read_text("utf-8"))
@@ -98,7 +98,7 @@ def test_models_lists_and_score_resolves_the_converted_files(tiny_llama3_store):
     from prom_local.store.models import resolve_model
 
     store, name = tiny_llama3_store
-    result = invoke("models", "--models-dir", store, "--json")
+    result = run_cli("models", "--models-dir", store, "--json")
     assert result.returncode == 0, result.stderr
     files = {row["quant"]: row for row in json.loads(result.stdout)["files"] if row["name"] == name}
     assert set(files) == {"F16", "Q8_0", "Q4_K_M"}
@@ -216,7 +216,7 @@ def test_render_token_ids_equal_transformers_apply_chat_template(tiny_llama3_sto
     data = {"id": "card-sample", **SAMPLE["record"]}
     records = tmp_path / "in.jsonl"
     records.write_text(json.dumps(data, ensure_ascii=False) + "\n", "utf-8")
-    result = invoke("render", records, "--model", f"{name}:Q8_0", "--models-dir", store)
+    result = run_cli("render", records, "--model", f"{name}:Q8_0", "--models-dir", store)
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout.splitlines()[0])
 
@@ -232,8 +232,8 @@ def test_score_runs_end_to_end_on_the_converted_model(tiny_llama3_store, tmp_pat
     records = tmp_path / "in.jsonl"
     records.write_text(json.dumps({"id": "s1", **SAMPLE["record"]}, ensure_ascii=False) + "\n", "utf-8")
     out = tmp_path / "out.jsonl"
-    result = invoke("score", records, "--model", f"{name}:Q4_K_M", "--models-dir", store,
-                    "--max-tokens", "8", "--ctx", "2048", "--gpu-layers", "0", "-o", out, "--quiet")
+    result = run_cli("score", records, "--model", f"{name}:Q4_K_M", "--models-dir", store,
+                     "--max-tokens", "8", "--ctx", "2048", "--gpu-layers", "0", "-o", out, "--quiet")
     assert result.returncode == 0, result.stderr
     row = json.loads(out.read_text("utf-8").splitlines()[0])
     assert row["id"] == "s1" and row["score"] in (1, 2, 3, 4, 5)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, cli_env, in_order, invoke, read_jsonl, short_record, write_jsonl
+from helpers import ROOT, cli_env, in_order, read_jsonl, run_cli, short_record, write_jsonl
 from serve_support import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -34,8 +34,7 @@ def server(smollm2):
 
 
 def remote(*args, url, key=KEY):
-    """The client CLI in this process (the servers are the processes that matter here)."""
-    return invoke(*args, "--server", url, *(["--api-key", key] if key else []), *CLIENT)
+    return run_cli(*args, "--server", url, *(["--api-key", key] if key else []), *CLIENT)
 
 
 def assert_same_rows(got: list[dict], want: list[dict]) -> None:
@@ -56,8 +55,8 @@ def assert_same_rows(got: list[dict], want: list[dict]) -> None:
 def test_score_server_rows_equal_local_rows(server, smollm2, tmp_path):
     records = [short_record(i) for i in range(3)] + ['{"id": "broken"', {"id": "bad", "instruction": "x"}]
     src = write_jsonl(tmp_path / "in.jsonl", records)
-    local = invoke("score", src, "-o", tmp_path / "local.jsonl", "-m", smollm2, *ENGINE, "--parallel", "2",
-                   *CLIENT, "-q")
+    local = run_cli("score", src, "-o", tmp_path / "local.jsonl", "-m", smollm2, *ENGINE, "--parallel", "2",
+                    *CLIENT, "-q")
     assert local.returncode == 2, local.stderr        # error rows for the two bad lines
     result = remote("score", src, "-o", tmp_path / "remote.jsonl", url=server.url)
     assert result.returncode == 2, result.stderr
@@ -78,7 +77,7 @@ def test_score_server_rows_equal_local_rows(server, smollm2, tmp_path):
 
 def test_grade_server_prints_what_local_grade_prints(server, smollm2):
     args = ["grade", "-i", "3 더하기 3은?", "-r", "6입니다.", "--rubric-preset", "helpfulness", "--json"]
-    local = invoke(*args, "-m", smollm2, *ENGINE, *CLIENT)
+    local = run_cli(*args, "-m", smollm2, *ENGINE, *CLIENT)
     result = remote(*args, url=server.url)
     assert local.returncode == result.returncode == 0, (local.stderr, result.stderr)
     local_text, local_row = local.stdout.rsplit("\n{", 1)
@@ -130,7 +129,7 @@ def test_server_killed_mid_run_then_resumed_on_a_new_server(smollm2, tmp_path):
     second = ServerProcess("-m", str(smollm2), *ENGINE, "--parallel", "2")
     try:
         second.wait_ready()
-        result = invoke("score", src, "-o", out, "--server", second.url, *CLIENT)
+        result = run_cli("score", src, "-o", out, "--server", second.url, *CLIENT)
     finally:
         assert second.stop() == 0, second.log
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from helpers import in_order, invoke, short_record, write_jsonl
+from helpers import in_order, run_cli, short_record, write_jsonl
 from prom_local.judging.prompts import PROMETHEUS_KO_SYSTEM, get_profile
 from prom_local.judging.records import record_from_mapping
 from serve_support import ServerProcess
@@ -170,8 +170,8 @@ def test_grade_rows_equal_score_rows(server, tmp_path, smollm2):
     records = [short_record(i) for i in range(3)] + [{"id": "bad", "instruction": "x"}]
     src = write_jsonl(tmp_path / "in.jsonl", records)
     out = tmp_path / "out.jsonl"
-    result = invoke("score", str(src), "-o", str(out), "-m", str(smollm2), *ENGINE,
-                    "--max-tokens", MAX_TOKENS, "-q")
+    result = run_cli("score", str(src), "-o", str(out), "-m", str(smollm2), *ENGINE,
+                     "--max-tokens", MAX_TOKENS, "-q")
     assert result.returncode == 2, result.stderr  # the bad record is an error row
     want = in_order([json.loads(line) for line in out.read_text("utf-8").splitlines()],
                     ["r0", "r1", "r2", "bad"])   # the file: as records finished; /v1/grade: input order

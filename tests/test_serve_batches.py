@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from helpers import invoke, short_record, write_jsonl
+from helpers import run_cli, short_record, write_jsonl
 from serve_support import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -88,10 +88,9 @@ def test_grade_and_chat_batches_through_the_openai_sdk_and_rows_equal_score(serv
     alice = sdk(server)
     records = [short_record(i) for i in range(3)] + [{"id": "bad", "instruction": "x"}]
     src = write_jsonl(tmp_path / "in.jsonl", records)
-    # prom-local as the client (in this process: the server is the process that matters here):
-    # records in, `score`'s rows out.
+    # prom-local as the client: records in, `score`'s rows out.
     auth = ["--server", server.url, "--api-key", KEYS["alice"]]
-    submitted = invoke("batch", "submit", str(src), *auth)
+    submitted = run_cli("batch", "submit", str(src), *auth)
     assert submitted.returncode == 0, submitted.stderr
     batch_id = submitted.stdout.strip()
     # The chat batch goes in meanwhile, through the SDK.
@@ -99,12 +98,12 @@ def test_grade_and_chat_batches_through_the_openai_sdk_and_rows_equal_score(serv
                                              "body": {"model": NAME, "max_tokens": 8, "messages": [
                                                  {"role": "user", "content": f"Say {i}."}]}}) + "\n"
                                  for i in range(2)).encode(), endpoint="/v1/chat/completions")
-    waited = invoke("batch", "wait", batch_id, *auth, "--interval", "0.2")
+    waited = run_cli("batch", "wait", batch_id, *auth, "--interval", "0.2")
     assert waited.returncode == 0 and waited.stdout.strip() == "completed", waited.stderr
     out = tmp_path / "batch.jsonl"
-    assert invoke("batch", "results", batch_id, *auth, "-o", str(out)).returncode == 0
+    assert run_cli("batch", "results", batch_id, *auth, "-o", str(out)).returncode == 0
     want_path = tmp_path / "score.jsonl"
-    scored = invoke("score", str(src), "-o", str(want_path), "-m", str(smollm2), *ENGINE, "-q")
+    scored = run_cli("score", str(src), "-o", str(want_path), "-m", str(smollm2), *ENGINE, "-q")
     assert scored.returncode == 2, scored.stderr   # the bad record is an error row
     got = [json.loads(x) for x in out.read_text("utf-8").splitlines()]
     want = [json.loads(x) for x in want_path.read_text("utf-8").splitlines()]
@@ -116,7 +115,7 @@ def test_grade_and_chat_batches_through_the_openai_sdk_and_rows_equal_score(serv
         if w["probabilities"] is not None:
             assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-4)
     assert got[3]["error"] and want[3]["error"]
-    report = invoke("report", str(out))
+    report = run_cli("report", str(out))
     assert report.returncode in (0, 2), report.stderr
 
     done = wait_for(alice, chat.id, finished)
