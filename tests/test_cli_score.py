@@ -17,9 +17,7 @@ from helpers import cli_env, in_order, invoke, short_record, write_jsonl
 
 pytestmark = pytest.mark.slow  # each test decodes with the real model
 
-# One thread: on a shared machine llama.cpp's spinning pool with a thread per core crawls, and the
-# kill tests wait for rows against a deadline (measured under load: 180 s passed before 2 rows).
-FAST = ["--max-tokens", "6", "--ctx", "1024", "--gpu-layers", "0", "--threads", "1"]
+FAST = ["--max-tokens", "6", "--ctx", "1024", "--gpu-layers", "0"]
 
 
 def _rows(path):
