@@ -100,7 +100,9 @@ def test_greedy_is_deterministic_and_stream_equals_output(ko_judge):
 
 
 def test_overlong_record_is_an_error_row_not_a_crash(smollm2):
-    with Judge(smollm2, engine=EngineConfig(n_ctx=450, gpu_layers=0), sampling=SamplingParams(max_tokens=8)) as judge:
+    # Its own engine (a context too small for the long record); one thread, as the shared one.
+    with Judge(smollm2, engine=EngineConfig(n_ctx=450, gpu_layers=0, n_threads=1),
+               sampling=SamplingParams(max_tokens=8)) as judge:
         long = record_from_mapping(short_record(1, response="아주 긴 응답입니다. " * 80), line=1)
         ok = record_from_mapping(short_record(2), line=2)
         grades = list(judge.grade_stream([long, ok]))

@@ -86,7 +86,8 @@ def test_score_both_orders_rows(smollm2, tmp_path):
     src = write_jsonl(tmp_path / "pairs.jsonl", [{**PAIR, "reference_answer": "4"}, absolute])
     out = tmp_path / "out.jsonl"
     result = invoke("score", str(src), "-o", str(out), "--model", str(smollm2), "--profile", "prometheus-2",
-                    "--both-orders", "--max-tokens", "3", "--ctx", "1024", "--gpu-layers", "0", "--parallel", "2")
+                    "--both-orders", "--max-tokens", "3", "--ctx", "1024", "--gpu-layers", "0", "--parallel", "2",
+                    "--threads", "1")
     assert result.returncode == 0, result.stderr
     rows = {row["id"]: row for row in read_jsonl(out)}
     assert set(rows) == {"p1", "abs"}
