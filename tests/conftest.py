@@ -58,6 +58,34 @@ def smollm2() -> Path:
     return smollm2_gguf()
 
 
+# The session's one shared SmolLM2 engine, once made (see smollm2_engine).
+_SHARED_ENGINES: list = []
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2):
+    """One real SmolLM2 engine (CPU, n_ctx 1024, one thread, default --parallel) for every test
+    that only reads it: judges of any profile and sampling go on it with helpers.judge_on, and
+    none of them closes it. Its prefix cache carries over between tests, which the engine makes
+    harmless (a reused prefix gives the cold run's numbers bit for bit, tests/test_parallel.py);
+    a test that needs a cold cache, other engine settings or to close it makes its own."""
+    from prom_local.engine import Engine, EngineConfig
+    # One thread, as test_parallel.py and test_drafts.py: the suite shares its cores, and
+    # llama.cpp's spinning thread pool slows down badly when its threads do not each get one.
+    with Engine(smollm2, EngineConfig(n_ctx=1024, gpu_layers=0, n_threads=1)) as engine:
+        _SHARED_ENGINES.append(engine)
+        yield engine
+        _SHARED_ENGINES.remove(engine)
+
+
+@pytest.fixture(autouse=True)
+def _shared_engine_left_idle():
+    """Order independence: no test may leave a request queued or running on the shared engine."""
+    yield
+    for engine in _SHARED_ENGINES:
+        assert engine.scheduler.idle(), "a test left requests on the shared SmolLM2 engine"
+
+
 @pytest.fixture(scope="session")
 def llama3_tokenizer():
     from transformers import AutoTokenizer

@@ -103,3 +103,11 @@ def invoke(*args, input: str | None = None, columns: int = 200) -> CliResult:
             sys.stderr.flush()
         return CliResult(code, out.getvalue().decode("utf-8", "replace"),
                          err.getvalue().decode("utf-8", "replace"))
+
+
+def judge_on(engine, *, profile=None, sampling=None):
+    """A Judge on an engine it does not own (conftest's shared `smollm2_engine`): never close it,
+    or use it as a context manager, since Judge.close() closes its engine."""
+    from prom_local.judging.judge import Judge
+    from prom_local.settings import DEFAULT_PROFILE
+    return Judge.with_engine(engine, profile=profile or DEFAULT_PROFILE, sampling=sampling)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
 import pytest
 from rich.console import Console
 
-from helpers import run_cli, short_record
-from prom_local.diagnostics.bench import bench_records, peak_rss, reset_peak_rss, run_bench
+from helpers import invoke, short_record
+from prom_local.diagnostics.bench import BenchRow, bench_records, peak_rss, reset_peak_rss, run_bench
 from prom_local.cli.bench_cmd import table
-from prom_local.engine import EngineConfig, SamplingParams
 
 FAST = ["--gpu-layers", "0", "--threads", "1", "--max-tokens", "4"]
 
@@ -37,23 +37,44 @@ def test_peak_rss_is_this_process():
 
 
 @pytest.mark.slow
-def test_bench_measures_every_setting_through_the_judge(smollm2):
-    # Short records (the built-in ones are ~1,000 SmolLM2 tokens each: too slow for a test on 2 cores).
+def test_bench_command_measures_every_setting_through_the_judge(smollm2, monkeypatch):
+    """`bench --json` in this process, at two --parallel settings: what the command parses and
+    prints, and what run_bench measures through the Judge. One run serves both (they were two
+    tests, one of them a subprocess on a ~1,000-token built-in record: the slowest here)."""
+    from prom_local.cli import bench_cmd
     from prom_local.judging.records import record_from_mapping
-    records = [record_from_mapping(short_record(i), line=i) for i in (1, 2)]
+
+    # Short records (the built-in ones are ~1,000 SmolLM2 tokens each: too slow for a test on 2
+    # cores); the command asks for 2 of them, as it would ask bench_records(2).
+    asked = []
+    monkeypatch.setattr(bench_cmd, "bench_records", lambda n: asked.append(n) or
+                        [record_from_mapping(short_record(i), line=i) for i in range(1, n + 1)])
     ticks = []
-    rows, setup = run_bench(smollm2, parallels=[1, 2], records=records,
-                            engine=EngineConfig(gpu_layers=0, n_threads=1),
-                            sampling=SamplingParams(max_tokens=4), on_tick=lambda: ticks.append(1))
-    assert len(ticks) == 2 * 2 * 2  # two passes of two records at two settings
+
+    def counting_run_bench(*args, on_tick, **kwargs):   # the real run_bench; its ticks counted
+        return run_bench(*args, on_tick=lambda: (ticks.append(1), on_tick()), **kwargs)
+
+    monkeypatch.setattr(bench_cmd, "run_bench", counting_run_bench)
+    result = invoke("bench", "-m", str(smollm2), "--parallel", "1,2", "--records", "2", *FAST, "--json")
+    assert result.returncode == 0, result.stderr
+    assert asked == [2] and len(ticks) == 2 * 2 * 2  # two passes of two records at two settings
+    assert "sized to the work" in result.stderr  # the engine's start-up line: the context it chose, and why
+    data = json.loads(result.stdout)
+    setup = data["setup"]
+    fields = [f.name for f in dataclasses.fields(BenchRow)]
+    rows = [BenchRow(**{name: row[name] for name in fields}) for row in data["rows"]]
+    # The rates printed are the rows' own (as_dict rounds them).
+    assert all(row["records_per_minute"] > 0 and row["prompt_tokens_per_second"] > 0 for row in data["rows"])
+    assert setup["records"] == 2 and setup["max_tokens"] == 4 and setup["longest_prompt"] > 200
     assert [r.parallel for r in rows] == [1, 2]
-    assert setup["records"] == 2 and setup["longest_prompt"] > 200
     for row in rows:
-        assert row.errors == 0 and row.backend == "cpu" and row.gpu_layers == 0 and row.n_layer == 30
+        assert row.records == 2 and row.errors == 0 and row.backend == "cpu" and row.gpu_layers == 0
+        assert row.n_layer == 30
         # The context was sized to these records (+ 4 new tokens + the reserve), not to the model's 8,192.
         assert row.n_ctx == 512 and setup["longest_prompt"] + 4 + 16 <= 512
         assert 0 < row.generated_tokens <= 2 * 4
-        # The first record's whole prompt and the second's own part were computed in the prompt-only pass.
+        # The first record's whole prompt and the second's own part were computed in the prompt-only
+        # pass (nothing cached on a fresh engine).
         assert setup["longest_prompt"] < row.prompt_tokens < 2 * setup["longest_prompt"]
         assert row.prompt_tokens_per_second > 0 and row.records_per_minute > 0
         assert row.run_seconds > 0 and row.prompt_seconds > 0 and row.load_seconds > 0
@@ -63,19 +84,6 @@ def test_bench_measures_every_setting_through_the_judge(smollm2):
     text = console.export_text()
     for column in ("parallel", "prompt tok/s", "gen tok/s", "records/min", "peak RSS"):
         assert column in text
-
-
-@pytest.mark.slow
-def test_bench_command_on_the_builtin_records(smollm2):
-    proc = run_cli("bench", "-m", str(smollm2), "--parallel", "1", "--records", "1", *FAST, "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    assert data["setup"]["records"] == 1 and data["setup"]["max_tokens"] == 4
-    (row,) = data["rows"]
-    assert row["parallel"] == 1 and row["records"] == 1 and row["errors"] == 0
-    assert row["records_per_minute"] > 0 and row["prompt_tokens_per_second"] > 0
-    assert row["prompt_tokens"] >= data["setup"]["longest_prompt"]  # nothing cached on a fresh engine
-    assert "sized to the work" in proc.stderr  # the engine's start-up line: the context it chose, and why
 
 
 def test_bench_refuses_bad_settings_and_non_models(tmp_path):

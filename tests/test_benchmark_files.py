@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from fake_engine import FakeEngine, Reply
-from helpers import invoke, run_cli
+from helpers import invoke
 from prom_local.inputs import benchmark_files as bf
 from prom_local.runs.score_file import score_file
 from prom_local.errors import InputError
@@ -187,8 +187,8 @@ def test_score_and_report_on_the_vicuna_fixture_with_a_real_model(tmp_path, smol
     src = tmp_path / "vicuna3.json"
     src.write_text(json.dumps(originals(FIXTURES[0])[:3]), "utf-8")
     out = tmp_path / "vicuna3.prom.jsonl"
-    result = run_cli("score", str(src), "--model", str(smollm2),
-                     "--max-tokens", "6", "--ctx", "1024", "--gpu-layers", "0", "--quiet")
+    result = invoke("score", str(src), "--model", str(smollm2),
+                    "--max-tokens", "6", "--ctx", "1024", "--gpu-layers", "0", "--quiet")
     assert result.returncode == 0, result.stderr
     rows = read_rows(out)
     assert [r["gold_scores"] for r in rows] == [o["gpt4_score"] for o in originals(FIXTURES[0])[:3]]

@@ -1,4 +1,5 @@
-"""`prom-local score` end to end through the real CLI in a subprocess with the real model: real
+"""`prom-local score` end to end through the real CLI with the real model (in a subprocess where a
+signal is the point, else in this process): real
 probabilities and token counts in the rows, resume after a real SIGKILL with no duplicate and no gap,
 and Ctrl-C. Everything that needs no real numbers (rows, error rows, resume, --retry-errors, exit
 codes, grade, info) runs in-process on a scripted engine in test_cli_inprocess.py."""
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import cli_env, in_order, run_cli, short_record, write_jsonl
+from helpers import cli_env, in_order, invoke, short_record, write_jsonl
 
 pytestmark = pytest.mark.slow  # each test decodes with the real model
 
@@ -28,8 +29,8 @@ def test_score_file_with_bad_rows(tmp_path, smollm2):
         short_record(1, score=2), "{broken", short_record(2, score=4),
         {"id": "no-response", "instruction": "q", "rubric": {}}, short_record(1)])   # last: duplicate id r1
     out = tmp_path / "out.jsonl"
-    result = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST,
-                     "--summary-json", str(tmp_path / "summary.json"))
+    result = invoke("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST,
+                    "--summary-json", str(tmp_path / "summary.json"))
     assert result.returncode == 2, result.stderr          # 2: some records were error rows
     rows = in_order(_rows(out), ["r1", "2", "r2", "no-response", "r1@line5"])   # rows as records finished
     assert [r["error"] is None for r in rows] == [True, False, True, False, False]
@@ -63,12 +64,13 @@ def test_resume_after_sigkill_has_no_duplicate_and_no_gap(tmp_path, smollm2):
     # A torn write on top, as a kill inside write() would leave:
     with out.open("ab") as handle:
         handle.write(b'{"id": "r5", "score": ')
-    result = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
+    # The resume itself needs no process of its own.
+    result = invoke("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
     assert result.returncode == 0, result.stderr
     in_order(_rows(out), [f"r{i}" for i in range(6)])   # exactly once each
     assert "torn last line" in result.stderr
     assert f"({done_before} already there)" in result.stderr
-    again = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
+    again = invoke("score", str(src), "-o", str(out), "--model", str(smollm2), *FAST)
     assert again.returncode == 0 and len(_rows(out)) == 6
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from llama_cpp import Llama
 
-from helpers import RUBRIC, short_record
+from helpers import RUBRIC, judge_on, short_record
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
 from prom_local.engine import EXACT_TAIL
 from prom_local.judging.records import record_from_mapping
@@ -22,18 +22,15 @@ COPY = PromptProfile(name="copy-test", system="You repeat the user's text exactl
                      score_continuation="\n[RESULT] ")
 
 
+# Both on the session's shared SmolLM2 engine (conftest.py): they only read it.
 @pytest.fixture(scope="module")
-def copy_judge(smollm2):
-    with Judge(smollm2, profile=COPY, engine=EngineConfig(n_ctx=512, gpu_layers=0),
-               sampling=SamplingParams(max_tokens=24)) as judge:
-        yield judge
+def copy_judge(smollm2_engine):
+    return judge_on(smollm2_engine, profile=COPY, sampling=SamplingParams(max_tokens=24))
 
 
 @pytest.fixture(scope="module")
-def ko_judge(smollm2):
-    with Judge(smollm2, engine=EngineConfig(n_ctx=1024, gpu_layers=0),
-               sampling=SamplingParams(max_tokens=12)) as judge:
-        yield judge
+def ko_judge(smollm2_engine):
+    return judge_on(smollm2_engine, sampling=SamplingParams(max_tokens=12))
 
 
 def _rec(reference=None, **kw):
@@ -103,7 +100,9 @@ def test_greedy_is_deterministic_and_stream_equals_output(ko_judge):
 
 
 def test_overlong_record_is_an_error_row_not_a_crash(smollm2):
-    with Judge(smollm2, engine=EngineConfig(n_ctx=450, gpu_layers=0), sampling=SamplingParams(max_tokens=8)) as judge:
+    # Its own engine (a context too small for the long record); one thread, as the shared one.
+    with Judge(smollm2, engine=EngineConfig(n_ctx=450, gpu_layers=0, n_threads=1),
+               sampling=SamplingParams(max_tokens=8)) as judge:
         long = record_from_mapping(short_record(1, response="아주 긴 응답입니다. " * 80), line=1)
         ok = record_from_mapping(short_record(2), line=2)
         grades = list(judge.grade_stream([long, ok]))

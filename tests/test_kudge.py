@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fake_engine import FakeEngine, Reply
-from helpers import invoke, run_cli
+from helpers import invoke
 from prom_local.inputs import kudge_files as kf
 from prom_local.runs.score_file import score_file
 from prom_local.errors import InputError
@@ -279,8 +279,8 @@ def test_real_model_scores_the_fixture_and_report_shows_kudges_table(tmp_path, s
     """`prom-local score` on the full-format fixture with SmolLM2 and KUDGE's own prompt, then
     `report`: the figures mean nothing for a 135M model; the pipeline is what is shown."""
     out = tmp_path / "kudge.prom.jsonl"
-    result = run_cli("score", str(FULL), "--model", str(smollm2), "--profile", "prometheus-ko-kudge",
-                     "--max-tokens", "8", "--ctx", "2048", "--gpu-layers", "0", "--quiet", "--output", str(out))
+    result = invoke("score", str(FULL), "--model", str(smollm2), "--profile", "prometheus-ko-kudge",
+                    "--max-tokens", "8", "--ctx", "2048", "--gpu-layers", "0", "--quiet", "--output", str(out))
     assert result.returncode == 0, result.stderr
     rows = sorted(read_rows(out), key=lambda r: int(r["id"]))
     assert [r["kudge"]["human_score"] for r in rows] == [float(r["final_score"]) for r in csv_rows(FULL)]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from assets import smollm2_gguf
-from helpers import RUBRIC, in_order, run_cli, write_jsonl
+from helpers import RUBRIC, in_order, invoke, write_jsonl
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
 from prom_local.engine import EXACT_TAIL
 from prom_local.engine.offload import ModelShape, choose_parallel
@@ -81,9 +81,9 @@ def test_cli_parallel_rows_in_input_order_and_identical_twice(model, tmp_path):
     outputs = []
     for run in ("a", "b"):
         out = tmp_path / f"out-{run}.jsonl"
-        proc = run_cli("score", str(src), "-o", str(out), "-m", str(model), "--parallel", "3",
-                       "--ctx", "768", "--max-tokens", "4", "--gpu-layers", "0", "--threads", "1",
-                       "--quiet")
+        proc = invoke("score", str(src), "-o", str(out), "-m", str(model), "--parallel", "3",
+                      "--ctx", "768", "--max-tokens", "4", "--gpu-layers", "0", "--threads", "1",
+                      "--quiet")
         assert proc.returncode == 2, proc.stderr  # 2: some rows are error rows (too long, broken)
         # Rows are written as records finish; put them in input order to compare.
         outputs.append(in_order([json.loads(line) for line in out.read_text("utf-8").splitlines()],
@@ -101,8 +101,8 @@ def test_cli_parallel_rows_in_input_order_and_identical_twice(model, tmp_path):
 @slow
 def test_cli_default_parallel_is_chosen_and_printed(model, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rows_for(1))
-    proc = run_cli("score", str(src), "-o", str(tmp_path / "out.jsonl"), "-m", str(model),
-                   "--ctx", "512", "--max-tokens", "2", "--gpu-layers", "0", "--threads", "1")
+    proc = invoke("score", str(src), "-o", str(tmp_path / "out.jsonl"), "-m", str(model),
+                  "--ctx", "512", "--max-tokens", "2", "--gpu-layers", "0", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert "--parallel " in proc.stderr and "(auto, CPU" in proc.stderr
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from helpers import read_jsonl, run_cli, write_jsonl
-from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
+from helpers import invoke, judge_on, read_jsonl, write_jsonl
+from prom_local import PromptProfile, SamplingParams
 from prom_local.judging.prompts import LABELS
 from prom_local.judging.records import record_from_mapping
 
@@ -29,18 +29,15 @@ PAIR = {"id": "p1", "instruction": "What is 2 + 2?", "response_A": "4.", "respon
         "rubric": "Is the answer correct?", "gold_winner": "A"}
 
 
+# Both on the session's shared SmolLM2 engine (conftest.py): they only read it.
 @pytest.fixture(scope="module")
-def copy_judge(smollm2):
-    with Judge(smollm2, profile=COPY, engine=EngineConfig(n_ctx=512, gpu_layers=0),
-               sampling=SamplingParams(max_tokens=16)) as judge:
-        yield judge
+def copy_judge(smollm2_engine):
+    return judge_on(smollm2_engine, profile=COPY, sampling=SamplingParams(max_tokens=16))
 
 
 @pytest.fixture(scope="module")
-def p2_judge(smollm2):
-    with Judge(smollm2, profile="prometheus-2", engine=EngineConfig(n_ctx=1024, gpu_layers=0),
-               sampling=SamplingParams(max_tokens=3)) as judge:
-        yield judge
+def p2_judge(smollm2_engine):
+    return judge_on(smollm2_engine, profile="prometheus-2", sampling=SamplingParams(max_tokens=3))
 
 
 def test_model_written_verdict_with_probabilities_at_the_verdict(copy_judge):
@@ -76,8 +73,8 @@ def test_prometheus_eval_compatible_relative_grade(p2_judge):
 
 def test_relative_on_an_absolute_only_profile_is_a_clear_error(smollm2, tmp_path):
     src = write_jsonl(tmp_path / "pairs.jsonl", [PAIR])
-    result = run_cli("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--model", str(smollm2),
-                     "--max-tokens", "2", "--ctx", "1024", "--gpu-layers", "0")
+    result = invoke("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--model", str(smollm2),
+                    "--max-tokens", "2", "--ctx", "1024", "--gpu-layers", "0")
     assert result.returncode == 2, result.stderr
     assert "prompt profile 'prometheus-ko' has no relative (pairwise) prompt" in result.stderr
     assert "Traceback" not in result.stderr
@@ -88,8 +85,9 @@ def test_score_both_orders_rows(smollm2, tmp_path):
                 "rubric": {"criteria": "Correct?", **{f"score{s}_description": f"level {s}" for s in range(1, 6)}}}
     src = write_jsonl(tmp_path / "pairs.jsonl", [{**PAIR, "reference_answer": "4"}, absolute])
     out = tmp_path / "out.jsonl"
-    result = run_cli("score", str(src), "-o", str(out), "--model", str(smollm2), "--profile", "prometheus-2",
-                     "--both-orders", "--max-tokens", "3", "--ctx", "1024", "--gpu-layers", "0", "--parallel", "2")
+    result = invoke("score", str(src), "-o", str(out), "--model", str(smollm2), "--profile", "prometheus-2",
+                    "--both-orders", "--max-tokens", "3", "--ctx", "1024", "--gpu-layers", "0", "--parallel", "2",
+                    "--threads", "1")
     assert result.returncode == 0, result.stderr
     rows = {row["id"]: row for row in read_jsonl(out)}
     assert set(rows) == {"p1", "abs"}

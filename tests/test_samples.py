@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from assets import smollm2_gguf
-from helpers import in_order, read_jsonl, run_cli, short_record, write_jsonl
+from helpers import in_order, invoke, read_jsonl, short_record, write_jsonl
 from prom_local import Judge
 from prom_local.engine import Engine, EngineConfig, GenRequest, SamplingParams
 from prom_local.judging.grading import Grade, find_score
@@ -138,8 +138,8 @@ def test_each_sample_gets_its_own_forced_score_and_the_row_combines_them():
 def test_cli_protocol_paper_writes_sample_rows(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [short_record(1), short_record(2)])
     out = tmp_path / "out.jsonl"
-    proc = run_cli("score", src, "-o", out, "-m", smollm2_gguf(), "--protocol", "paper", "--max-tokens", "12",
-                   "--gpu-layers", "0", "--threads", "1", "-q")
+    proc = invoke("score", src, "-o", out, "-m", smollm2_gguf(), "--protocol", "paper", "--max-tokens", "12",
+                  "--gpu-layers", "0", "--threads", "1", "-q")
     assert proc.returncode == 0, proc.stderr
     rows = in_order(read_jsonl(out), ["r1", "r2"])
     for r in rows:
