@@ -78,9 +78,11 @@ def test_ctrl_c_keeps_rows_and_says_how_to_resume(tmp_path, smollm2):
     src = write_jsonl(tmp_path / "in.jsonl", [short_record(i) for i in range(6)])
     out = tmp_path / "out.jsonl"
     env = cli_env()
+    # --parallel 1: rows are written as records finish, and records decoded side by side finish in
+    # the same step; one at a time leaves five records' time for the SIGINT to land mid-run.
     proc = subprocess.Popen([sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out),
-                             "--model", str(smollm2), *FAST], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                             "--model", str(smollm2), *FAST, "--parallel", "1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline and (not out.exists() or not out.read_text()):
         time.sleep(0.05)
