@@ -131,6 +131,26 @@ def _parse_rubric(text: str) -> Rubric:
     return Rubric(criteria, descriptions)  # type: ignore[arg-type]
 
 
+def split_sections(body: str, with_ref: bool) -> tuple[str, str, str | None, Rubric]:
+    """(instruction, response, reference answer, rubric) of a Prometheus prompt's body, between its
+    header and its '###Feedback:'. The instruction ends at the first response header; the rubric
+    starts at the last rubric header (rubrics come from the benchmark's authors, responses are any
+    model's text). KUDGE's prompts share these sections (kudge_files.py)."""
+    instruction, sep, rest = body.partition(_RESPONSE)
+    if not sep:
+        raise ParseError("has no '###Response to evaluate:' section")
+    rest, sep, rubric = rest.rpartition(_RUBRIC)
+    if not sep:
+        raise ParseError("has no '###Score Rubrics:' section")
+    reference = None
+    if with_ref:
+        rest, sep, reference = rest.rpartition(_REFERENCE)
+        if not sep:
+            raise ParseError("its header announces a reference answer but it has no "
+                             "'###Reference Answer (Score 5):' section")
+    return instruction, rest, reference, _parse_rubric(rubric)
+
+
 def clean_prompt(text: str) -> str:
     """As data_loader.py: strip, drop a stray trailing `",`, and restore the prompt's final space."""
     text = text.strip().rstrip('",')
@@ -154,22 +174,8 @@ def parse_prompt(text: str) -> Parsed:
                          "header is not the one prometheus-eval renders)")
     if not text.endswith(_END):
         raise ParseError("does not end with '###Feedback: '")
-    body = text[len(head): -len(_END)]
-    # The instruction ends at the first response header; the rubric starts at the last rubric
-    # header (rubrics come from the benchmark's authors, responses are any model's text).
-    instruction, sep, rest = body.partition(_RESPONSE)
-    if not sep:
-        raise ParseError("has no '###Response to evaluate:' section")
-    rest, sep, rubric = rest.rpartition(_RUBRIC)
-    if not sep:
-        raise ParseError("has no '###Score Rubrics:' section")
-    reference = None
-    if with_ref:
-        rest, sep, reference = rest.rpartition(_REFERENCE)
-        if not sep:
-            raise ParseError("its header announces a reference answer but it has no "
-                             "'###Reference Answer (Score 5):' section")
-    parsed = Parsed(instruction, rest, reference, _parse_rubric(rubric), wording)
+    instruction, response, reference, rubric = split_sections(text[len(head): -len(_END)], with_ref)
+    parsed = Parsed(instruction, response, reference, rubric, wording)
     if render(parsed) != text:   # e.g. a response that itself holds a section header
         raise ParseError("cannot be split into fields unambiguously (re-rendering them does not "
                          "give the same text)")

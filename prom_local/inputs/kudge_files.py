@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .benchmark_files import ParseError, _parse_rubric, header, rubric_text
+from .benchmark_files import ParseError, header, rubric_text, split_sections
 from ..errors import InputError
 from ..judging.grading import round_half_up
 from ..judging.records import Record, RelativeRecord
@@ -98,21 +98,7 @@ def parse_query(text: str) -> Query:
                          "'5. Reply in Korean.', is not the one KUDGE renders)")
     if not text.endswith(_END):
         raise ParseError("does not end with '###Feedback:'")
-    body = text[len(head): -len(_END)]
-    # As benchmark_files: the instruction ends at the first response header, the rubric starts at
-    # the last rubric header (responses are any model's text; rubrics are the authors').
-    instruction, sep, rest = body.partition(_RESPONSE)
-    if not sep:
-        raise ParseError("has no '###Response to evaluate:' section")
-    rest, sep, rubric = rest.rpartition(_RUBRIC)
-    if not sep:
-        raise ParseError("has no '###Score Rubrics:' section")
-    reference = None
-    if with_ref:
-        rest, sep, reference = rest.rpartition(_REFERENCE)
-        if not sep:
-            raise ParseError("has no '###Reference Answer (Score 5):' section")
-    query = Query(instruction, rest, reference, _parse_rubric(rubric))
+    query = Query(*split_sections(text[len(head): -len(_END)], with_ref))
     if render_query(query) != text:
         raise ParseError("cannot be split into fields unambiguously (re-rendering them does not give "
                          "the same text)")
