@@ -9,7 +9,7 @@ import json
 import pytest
 from rich.console import Console
 
-from helpers import invoke, short_record
+from helpers import invoke, run_cli, short_record
 from prom_local.diagnostics.bench import BenchRow, bench_records, peak_rss, reset_peak_rss, run_bench
 from prom_local.cli.bench_cmd import table
 
