@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 from pathlib import Path
 
@@ -258,7 +259,7 @@ def test_tls_serves_https_with_the_given_certificate(smollm2, tmp_path):
                         "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
     try:
         assert srv.url.startswith("https://127.0.0.1:")
-        with httpx.Client(verify=str(cert), timeout=30) as client:
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=30) as client:
             while (health := client.get(srv.url + "/health")).status_code == 503:
                 assert srv.proc.poll() is None, srv.log
                 time.sleep(0.1)   # poll interval while the model loads
