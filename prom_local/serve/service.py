@@ -157,9 +157,6 @@ class Service:
         request.state.caller = name
         return name
 
-    def check_key(self, request: Request) -> None:
-        self.authenticate(request)
-
     def max_new_tokens(self, n_prompt: int) -> int:
         """The most new tokens a request with this prompt may ask for: what the context holds
         after it (and --max-tokens-cap)."""

@@ -3,8 +3,8 @@
 The line's body becomes a Starlette Request built here (never received from the network), so a
 batch line is validated, bounded, admitted and graded exactly as the same body POSTed by a client:
 same parsing functions, same limits, same response body, same status code. The request carries its
-owner in the ASGI scope (OWNER_SCOPE), which no network client can set: `Service.check_key` lets
-it through, since its key was checked when the batch was created. "Disconnecting" it (the `gone`
+owner in the ASGI scope (OWNER_SCOPE), which no network client can set: `Service.authenticate`
+returns it, since its key was checked when the batch was created. "Disconnecting" it (the `gone`
 event) cancels its sequences at the engine's next step, as a client hanging up would.
 """
 
