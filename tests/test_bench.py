@@ -9,7 +9,7 @@ import json
 import pytest
 from rich.console import Console
 
-from helpers import invoke, run_cli, short_record
+from helpers import invoke, short_record
 from prom_local.diagnostics.bench import BenchRow, bench_records, peak_rss, reset_peak_rss, run_bench
 from prom_local.cli.bench_cmd import table
 
@@ -42,13 +42,10 @@ def test_bench_command_measures_every_setting_through_the_judge(smollm2, monkeyp
     prints, and what run_bench measures through the Judge. One run serves both (they were two
     tests, one of them a subprocess on a ~1,000-token built-in record: the slowest here)."""
     from prom_local.cli import bench_cmd
-    from prom_local.judging.records import record_from_mapping
 
-    # Short records (the built-in ones are ~1,000 SmolLM2 tokens each: too slow for a test on 2
-    # cores); the command asks for 2 of them, as it would ask bench_records(2).
+    # Short records; the command asks for 2 of them, as it would ask bench_records(2).
     asked = []
-    monkeypatch.setattr(bench_cmd, "bench_records", lambda n: asked.append(n) or
-                        [record_from_mapping(short_record(i), line=i) for i in range(1, n + 1)])
+    monkeypatch.setattr(bench_cmd, "bench_records", lambda n: asked.append(n) or short_bench_records(n))
     ticks = []
 
     def counting_run_bench(*args, on_tick, **kwargs):   # the real run_bench; its ticks counted
@@ -102,11 +99,21 @@ def test_bench_refuses_bad_settings_and_non_models(tmp_path):
     assert "not a GGUF file" in result.output and "Traceback" not in result.output
 
 
+def short_bench_records(n: int):
+    """`n` short records in place of the built-in ones (~1,000 SmolLM2 tokens each: too slow for
+    a test on 2 cores)."""
+    from prom_local.judging.records import record_from_mapping
+    return [record_from_mapping(short_record(i), line=i) for i in range(1, n + 1)]
+
+
 @pytest.mark.slow
-def test_bench_table_goes_to_stdout_and_progress_to_stderr(smollm2):
-    # `prom-local bench > bench.txt` must keep the table (it used to print it on stderr).
-    proc = run_cli("bench", "-m", str(smollm2), "--parallel", "1", "--records", "1", *FAST,
-                   "--cache-type-k", "q8_0", "--cache-type-v", "q8_0")
+def test_bench_table_goes_to_stdout_and_progress_to_stderr(smollm2, monkeypatch):
+    # `prom-local bench > bench.txt` must keep the table (it used to print it on stderr). In this
+    # process: the command writes both streams through sys.stdout/sys.stderr, which invoke keeps apart.
+    from prom_local.cli import bench_cmd
+    monkeypatch.setattr(bench_cmd, "bench_records", short_bench_records)
+    proc = invoke("bench", "-m", str(smollm2), "--parallel", "1", "--records", "1", *FAST,
+                  "--cache-type-k", "q8_0", "--cache-type-v", "q8_0")
     assert proc.returncode == 0, proc.stderr
     assert "records/min" in proc.stdout and "prompt tok/s" in proc.stdout and "KV cache q8_0" in proc.stdout
     assert "records/min" not in proc.stderr
