@@ -22,6 +22,38 @@ from helpers import TESTS
 # tiny_llama3_checkpoint / tiny_llama3_store: a tiny random Llama 3 and its real conversion.
 pytest_plugins = ["tiny_llama"]
 
+@pytest.hookimpl(optionalhook=True)   # xdist's hook: absent under -p no:xdist
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per CPU this process may run on (xdist's own count asks psutil for
+    physical cores, or ignores the affinity mask)."""
+    return len(os.sched_getaffinity(0))
+
+
+def pytest_configure(config):
+    """Under xdist, each worker keeps to one CPU of its own, and so does everything it starts (the
+    CLI and server subprocesses inherit the mask). The engine sizes llama.cpp's thread pool from
+    the affinity mask, so each worker's inference runs on one thread: two workers with a pool of
+    two spinning threads each on two cores run several times slower than one thread each."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")   # "gw0", "gw1", ...
+    if worker and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
+
+
+# The modules that take longest (measured: Ray, parallel decoding, drafts, the batch server, ...),
+# handed to xdist's workers first so that the run does not end on one worker finishing a long
+# module while the other sits idle. Only the order changes; a module not named here runs after
+# these, in file order.
+LONGEST_FIRST = ("test_ray", "test_parallel", "test_drafts", "test_serve_batches", "test_convert", "test_serve",
+                 "test_remote", "test_serve_soak", "test_serve_hostile", "test_hub", "test_tui_grade",
+                 "test_imatrix", "test_kudge", "test_cli_score", "test_bench", "test_tui_batch")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))   # stable: file order within
+
+
 # Settings of the person running the tests that would change what the code under test does.
 _CLEARED_PREFIXES = ("PROM_LOCAL_", "TEXTUAL_")
 _KEPT = {"PROM_LOCAL_UPDATE_SNAPSHOTS"}   # a test option, not application state (tui_support.py)

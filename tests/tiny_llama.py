@@ -8,13 +8,15 @@ tokenizer.json and a tokenizer_config.json carrying the Llama 3 Instruct chat te
 `tiny_llama3_store` -> (store Path, name) after one real `python -m prom_local convert` of that folder
 with --quant Q8_0 --quant Q4_K_M --keep-f16: <store>/<name>/<name>.{F16,Q8_0,Q4_K_M}.gguf + manifest.
 
-Both are built once per session. The convert run's --json report is kept beside the store
+Both are built once per test run (once for all xdist workers: `once_per_run`). The convert run's --json report is kept beside the store
 (`convert_report(store)`) for tests that check stages and timings.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,9 +69,28 @@ def build_tiny_llama3(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` once per test run, however many xdist workers ask: the first builds under a
+    lock in the folder all workers share (the parent of their own base temps), the others wait
+    for it and reuse what it made. A build that fails leaves no mark, so the next asker retries."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    with FileLock(f"{folder}.lock"):
+        done = folder.with_name(f"{name}.built")
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_llama3_checkpoint(tmp_path_factory) -> Path:
-    return build_tiny_llama3(tmp_path_factory.mktemp("tiny-llama3-hf") / "tiny-llama3")
+    folder = once_per_run(tmp_path_factory, "tiny-llama3-hf", lambda f: build_tiny_llama3(f / "tiny-llama3"))
+    return folder / "tiny-llama3"
 
 
 def convert_report(store: Path) -> dict:
@@ -79,12 +100,14 @@ def convert_report(store: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_llama3_store(tiny_llama3_checkpoint, tmp_path_factory) -> tuple[Path, str]:
-    store = tmp_path_factory.mktemp("tiny-llama3-store") / "models"
-    args = ["convert", tiny_llama3_checkpoint, "--out", store, "--name", TINY_NAME, "--keep-f16", "--json"]
-    for quant in TINY_QUANTS:
-        args += ["--quant", quant]
-    result = run_cli(*args)
-    assert result.returncode == 0, f"convert failed ({result.returncode}):\n{result.stderr[-4000:]}"
-    (store.parent / "convert-report.json").write_text(result.stdout, "utf-8")
-    (store.parent / "convert-stderr.txt").write_text(result.stderr, "utf-8")
-    return store, TINY_NAME
+    def convert(folder: Path) -> None:
+        args = ["convert", tiny_llama3_checkpoint, "--out", folder / "models", "--name", TINY_NAME,
+                "--keep-f16", "--json"]
+        for quant in TINY_QUANTS:
+            args += ["--quant", quant]
+        result = run_cli(*args)
+        assert result.returncode == 0, f"convert failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        (folder / "convert-report.json").write_text(result.stdout, "utf-8")
+        (folder / "convert-stderr.txt").write_text(result.stderr, "utf-8")
+
+    return once_per_run(tmp_path_factory, "tiny-llama3-store", convert) / "models", TINY_NAME
