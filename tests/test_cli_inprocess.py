@@ -226,5 +226,5 @@ def test_the_default_store_is_the_isolated_one(tmp_path, user_state):
 def test_info_reads_metadata_without_weights(smollm2):
     result = invoke("info", str(smollm2), "--json")
     data = json.loads(result.stdout)
-    assert data["architecture"] == "llama" and data["quant"] == "Q4_1" and data["chat_template"] is True
+    assert data["architecture"] == "llama" and data["quant"] == "Q8_0" and data["chat_template"] is True
     assert data["layers"] == 30 and data["context_length"] == 8192 and data["gpu_offload_supported"] is False

@@ -77,7 +77,7 @@ def test_doctor_reports_this_install_and_the_plan(smollm2):
     assert report["cpu_cores"] == len(os.sched_getaffinity(0))
     assert report["ram_available_bytes"] > 0 and report["ram_budget_given"] is False
     model = report["model"]
-    assert (model["layers"], model["trained_context"], model["quant"]) == (30, 8192, "Q4_1")
+    assert (model["layers"], model["trained_context"], model["quant"]) == (30, 8192, "Q8_0")
     assert model["size_bytes"] == smollm2.stat().st_size and model["tensors"] > 0
     # The context is sized to the built-in judge records (+ --max-tokens 512 + the 16-token reserve).
     ctx = report["context"]

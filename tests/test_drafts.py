@@ -168,6 +168,11 @@ def same_but_near_ties(on_outs, off_outs, off_margins, near_tie: float) -> int:
 # largest over the vocabulary; 0.5 typical), so greedy can only flip where the best two logits were
 # closer than that. 0.1 is tighter than anything seen to flip and far below a typical margin (>1).
 NEAR_TIE = 0.1
+# The same rounding moves the verdict's probabilities of an unchanged text: up to 0.033 seen on the
+# tests' Q8_0 SmolLM2 (0.02 on the shipped Q4_1: llama.cpp computes Q8_0 rows of several tokens
+# with llamafile's sgemm, a lone row with ggml's own dot product). A verdict read from a wrong
+# row would differ by far more.
+PROBABILITY_DRIFT = 0.05
 
 
 @slow
@@ -184,7 +189,7 @@ def test_drafts_leave_greedy_output_unchanged(parallel):
     for a, b in zip(on, off):
         if a.output == b.output:   # same text: same verdict, read from the same row's logits
             assert (a.score, a.forced, a.completion_tokens) == (b.score, b.forced, b.completion_tokens)
-            assert a.probabilities == pytest.approx(b.probabilities, abs=0.02)
+            assert a.probabilities == pytest.approx(b.probabilities, abs=PROBABILITY_DRIFT)
     assert sum(g.extra["accepted_tokens"] for g in on) == on_stats.accepted_tokens
     assert all("drafted_tokens" not in g.extra for g in off)   # rows without drafts as before
 

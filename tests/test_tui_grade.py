@@ -59,7 +59,7 @@ def test_type_a_record_grade_and_see_the_score():
         async with app.run_test(size=(100, 32), message_hook=hook) as pilot:
             await wait_model(pilot, app)
             text = await settled_text(pilot, app)
-            assert "SmolLM2-135M-Instruct Q4_1" in text and "GPU 0/30" in text and "ctx 1024" in text
+            assert "SmolLM2-135M-Instruct Q8_0" in text and "GPU 0/30" in text and "ctx 1024" in text
             await pick_short_rubric(pilot, app)
             await pilot.click("#instruction")
             await pilot.press(*"What is 2+2?")
