@@ -79,11 +79,11 @@ def main() -> None:
     parser.add_argument("--batch-lines", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from assets import smollm2_gguf
+    from assets import smollm2_shipped_gguf
 
     extra = ["--batch-slots", str(args.batch_slots)] if args.batch_slots else []
     with tempfile.TemporaryDirectory() as data:
-        server = ServerProcess("-m", str(args.model or smollm2_gguf()), "--parallel", str(args.parallel),
+        server = ServerProcess("-m", str(args.model or smollm2_shipped_gguf()), "--parallel", str(args.parallel),
                                "--ctx", "2048", "--gpu-layers", "0", "--max-tokens", str(args.max_tokens),
                                "--data-dir", data, *extra)
         try:
@@ -116,7 +116,7 @@ def main() -> None:
                         time.sleep(0.05)   # poll: its lines leave the engine before the next phase
         finally:
             server.stop()
-    print(f"model {Path(args.model or smollm2_gguf()).name}  --parallel {args.parallel}  --batch-slots "
+    print(f"model {Path(args.model or smollm2_shipped_gguf()).name}  --parallel {args.parallel}  --batch-slots "
           f"{args.batch_slots or max(1, args.parallel - 1)}  --max-tokens {args.max_tokens}  "
           f"{args.requests} requests x {args.rounds} rounds per phase")
     print(f"{'phase':<8}{'n':>4}{'p50 s':>9}{'p95 s':>9}{'max s':>9}")

@@ -89,8 +89,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     if args.model is None:
-        from assets import smollm2_gguf
-        args.model = str(smollm2_gguf())
+        from assets import smollm2_shipped_gguf
+        args.model = str(smollm2_shipped_gguf())
     from throughput import build_workloads
 
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -62,7 +62,7 @@ def line(n: int, kind: str, draft: int, r: dict, base: dict) -> str:
 
 
 def main() -> None:
-    from assets import smollm2_gguf
+    from assets import smollm2_shipped_gguf
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="GGUF (default: SmolLM2-135M, the tests' asset)")
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--rounds", type=int, default=1, help="warm off/on pairs per --parallel")
     args = ap.parse_args()
-    model = args.model or str(smollm2_gguf())
+    model = args.model or str(smollm2_shipped_gguf())
     records = bench_records(args.records)
     print(f"{args.records} built-in Korean records, max_tokens {args.max_tokens}, model {Path(model).name}, "
           f"{args.threads} threads, gpu layers {args.gpu_layers}, load average {os.getloadavg()[0]:.1f}")

@@ -177,8 +177,8 @@ def main() -> None:
     args = ap.parse_args()
     if not args.model:
         sys.path.insert(0, str(ROOT / "tests"))
-        from assets import smollm2_gguf
-        args.model = str(smollm2_gguf())
+        from assets import smollm2_shipped_gguf
+        args.model = str(smollm2_shipped_gguf())
     from throughput import build_workloads
 
     exe = find_or_build(args)

@@ -88,7 +88,7 @@ else
     PY="$WORK/venv/bin/python"
     # What torch + transformers do not bring; already-installed packages are kept.
     run deps "$PY" -m pip install --quiet --no-index "${FIND_LINKS[@]}" scikit-build-core diskcache typer rich \
-        textual platformdirs pytest pytest-timeout || finish
+        textual platformdirs pytest pytest-timeout pytest-xdist execnet filelock || finish
 
     step "build llama-cpp-python with CUDA ($(nproc) jobs)"
     # CUDA for this GPU only (native), the CPU side for generic x86-64 + AVX2 (a native build may use
@@ -123,9 +123,10 @@ MODEL="$WORK/models/tiny-llama3/tiny-llama3.Q8_0.gguf"
 ls -la "$WORK/models/tiny-llama3" 2>&1
 
 step "pytest -m gpu (and the CPU arithmetic of offloading)"
-run pytest-gpu env PROM_LOCAL_GPU_MODELS="$WORK/models" "$PY" -m pytest -p no:cacheprovider -m gpu -v -rs \
+# -n 0: no xdist workers (pyproject asks for one per CPU); the GPU tests run one at a time.
+run pytest-gpu env PROM_LOCAL_GPU_MODELS="$WORK/models" "$PY" -m pytest -p no:cacheprovider -n 0 -m gpu -v -rs \
     tests/test_gpu.py
-run pytest-offload "$PY" -m pytest -p no:cacheprovider -q -m "not gpu" tests/test_offload.py tests/test_gpu.py
+run pytest-offload "$PY" -m pytest -p no:cacheprovider -n 0 -q -m "not gpu" tests/test_offload.py tests/test_gpu.py
 
 step "prom-local doctor"
 run doctor "$PY" -m prom_local doctor -m "$MODEL"

@@ -53,7 +53,7 @@ def run(model: str, rows: list[dict], *, parallel: int, mib: int, args) -> dict:
 
 
 def main() -> None:
-    from assets import smollm2_gguf
+    from assets import smollm2_shipped_gguf
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="GGUF (default: SmolLM2-135M, the tests' asset)")
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--workloads", nargs="+", default=["repeat", "distinct"])
     args = ap.parse_args()
-    model = args.model or str(smollm2_gguf())
+    model = args.model or str(smollm2_shipped_gguf())
     workloads = build_workloads(args.records, args.per_instruction, args.length)
 
     print(f"{args.records} records, {args.length} length, max_tokens {args.max_tokens}, model {Path(model).name}, "

@@ -107,8 +107,8 @@ def main() -> None:
         if args.model:
             models = [(Path(m).name, Path(m)) for m in args.model]
         else:
-            from assets import smollm2_gguf
-            models = [("SmolLM2-135M Q4_1", smollm2_gguf())]
+            from assets import smollm2_shipped_gguf
+            models = [("SmolLM2-135M Q4_1", smollm2_shipped_gguf())]
             tiny = tiny_llama3(Path(tmp))
             if tiny is not None:
                 models.append(("tiny Llama 3 Q8_0", tiny))

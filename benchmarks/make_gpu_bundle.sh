@@ -22,7 +22,7 @@ WHEELS="$HERE/gpu-wheels"
 # jinja2, huggingface-hub and the like come with torch + transformers there.
 PURE=(scikit-build-core pathspec packaging diskcache typing-extensions typer shellingham rich markdown-it-py
       mdurl pygments textual mdit-py-plugins linkify-it-py uc-micro-py platformdirs pytest pluggy iniconfig
-      pytest-timeout)
+      pytest-timeout pytest-xdist execnet filelock)
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT

@@ -85,8 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.model is None:
         sys.path.insert(0, str(ROOT / "tests"))
-        from assets import smollm2_gguf
-        args.model = smollm2_gguf()
+        from assets import smollm2_shipped_gguf
+        args.model = smollm2_shipped_gguf()
     if args.child:
         child(args)
         return

@@ -288,7 +288,7 @@ def print_table(results: list[dict], args) -> None:
 
 
 def main() -> None:
-    from assets import smollm2_gguf
+    from assets import smollm2_shipped_gguf
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="GGUF (default: SmolLM2-135M, the tests' asset)")
@@ -309,7 +309,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600, help="seconds per run before clients stop")
     ap.add_argument("--json", type=Path, help="also write every result here")
     args = ap.parse_args()
-    args.model = str(args.model or smollm2_gguf())
+    args.model = str(args.model or smollm2_shipped_gguf())
     if "llama" in args.systems and not args.llama_server:
         ap.error("--llama-server PATH is needed for the llama system (or leave it out of --systems)")
     workloads = build_workloads(args.records, args.per_instruction, args.length)

@@ -217,7 +217,7 @@ def gc_collect() -> None:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    from assets import smollm2_gguf
+    from assets import smollm2_shipped_gguf
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="GGUF (default: SmolLM2-135M, the tests' asset)")
@@ -231,9 +231,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.tracemalloc:
         sys.path.insert(0, str(ROOT))
-        traced(args, str(args.model or smollm2_gguf()))
+        traced(args, str(args.model or smollm2_shipped_gguf()))
         return
-    server = ServerProcess("-m", str(args.model or smollm2_gguf()), "--parallel", str(args.parallel),
+    server = ServerProcess("-m", str(args.model or smollm2_shipped_gguf()), "--parallel", str(args.parallel),
                            "--ctx", "2048", "--gpu-layers", "0", "--served-name", "soak", "--max-tokens", "16",
                            "--host-cache-mib", str(args.host_cache_mib))
     try:

@@ -232,8 +232,8 @@ def main() -> None:
 
     if args.model is None:
         sys.path.insert(0, str(ROOT / "tests"))
-        from assets import smollm2_gguf
-        args.model = str(smollm2_gguf())
+        from assets import smollm2_shipped_gguf
+        args.model = str(smollm2_shipped_gguf())
     import llama_cpp
     systems = args.systems.split(",")
     load_before = os.getloadavg()
