@@ -22,11 +22,13 @@ from helpers import TESTS
 # tiny_llama3_checkpoint / tiny_llama3_store: a tiny random Llama 3 and its real conversion.
 pytest_plugins = ["tiny_llama"]
 
+
 @pytest.hookimpl(optionalhook=True)   # xdist's hook: absent under -p no:xdist
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per CPU this process may run on (xdist's own count asks psutil for
-    physical cores, or ignores the affinity mask)."""
-    return len(os.sched_getaffinity(0))
+    physical cores, or ignores the affinity mask), at most 8: the longest module (Ray, ~80 s)
+    bounds the run long before more would help, and each worker holds its own models."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
 def pytest_configure(config):
