@@ -176,7 +176,7 @@ def test_logits_match_hf_and_q8_stays_close_to_f16(tiny_llama3_store, tiny_llama
         # n_ctx just above the longest probe: Llama keeps an n_ctx x n_vocab array of scores.
         n_ctx = max(map(len, ids)) + 8
         llm = llama_cpp.Llama(str(gguf(store, name, quant)), logits_all=True, n_ctx=n_ctx, n_batch=n_ctx,
-                              n_threads=2, verbose=False)
+                              n_threads=1, verbose=False)
         rows = []
         for i in ids:
             llm.reset()

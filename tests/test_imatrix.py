@@ -122,7 +122,7 @@ def test_convert_with_imatrix_guides_q4_k_m_and_resumes(tiny_llama3_store, tiny_
 
     def logprobs(path: Path) -> np.ndarray:
         llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=len(tok_ids) + 8, n_batch=len(tok_ids) + 8,
-                              n_threads=2, verbose=False)
+                              n_threads=1, verbose=False)
         llm.eval(tok_ids)
         x = np.array(llm.scores[:len(tok_ids)], dtype=np.float64)
         llm.close()
