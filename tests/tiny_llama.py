@@ -8,8 +8,8 @@ tokenizer.json and a tokenizer_config.json carrying the Llama 3 Instruct chat te
 `tiny_llama3_store` -> (store Path, name) after one real `python -m prom_local convert` of that folder
 with --quant Q8_0 --quant Q4_K_M --keep-f16: <store>/<name>/<name>.{F16,Q8_0,Q4_K_M}.gguf + manifest.
 
-Both are built once per test run (once for all xdist workers: `once_per_run`). The convert run's --json report is kept beside the store
-(`convert_report(store)`) for tests that check stages and timings.
+Both are built once per test run, for all xdist workers (`once_per_run`). The convert run's --json
+report is kept beside the store (`convert_report(store)`) for tests that check stages and timings.
 """
 
 from __future__ import annotations
