@@ -171,9 +171,10 @@ def test_scored_rows_carry_the_gold_and_report_prints_the_papers_table(tmp_path,
     assert [r["score"] for r in rows] == [1, 3, 5, 2, 4]
 
     means = [statistics.mean(g) for g in gold]
-    want = {"pearson": scipy_stats().pearsonr([1, 3, 5, 2, 4], means).statistic,
-            "spearman": scipy_stats().spearmanr([1, 3, 5, 2, 4], means).statistic,
-            "kendall": scipy_stats().kendalltau([1, 3, 5, 2, 4], means).statistic}
+    sps = scipy_stats()
+    want = {"pearson": sps.pearsonr([1, 3, 5, 2, 4], means).statistic,
+            "spearman": sps.spearmanr([1, 3, 5, 2, 4], means).statistic,
+            "kendall": sps.kendalltau([1, 3, 5, 2, 4], means).statistic}
     data = json.loads(invoke("report", str(out), "--json").stdout)
     corr = data["correlation"]
     assert corr["n"] == 5 and corr["predicted"] == "score" and corr["gold"] == "gold_mean"
@@ -207,8 +208,9 @@ def test_score_and_report_on_the_vicuna_fixture_with_a_real_model(tmp_path, smol
     corr = data["correlation"]
     assert corr["n"] == 3 and corr["gold"] == "gold_mean"
     if len(set(scores)) > 1:
-        assert corr["pearson"] == pytest.approx(scipy_stats().pearsonr(scores, means).statistic, abs=1e-4)
-        assert corr["kendall"] == pytest.approx(scipy_stats().kendalltau(scores, means).statistic, abs=1e-4)
+        sps = scipy_stats()
+        assert corr["pearson"] == pytest.approx(sps.pearsonr(scores, means).statistic, abs=1e-4)
+        assert corr["kendall"] == pytest.approx(sps.kendalltau(scores, means).statistic, abs=1e-4)
     else:   # a constant column has no correlation: reported as n/a, never as a number
         assert corr["pearson"] is None and corr["kendall"] is None
     text = invoke("report", str(out)).stdout
@@ -257,9 +259,10 @@ def test_correlation_uses_mean_score_and_gold_mean_when_rows_have_them():
     corr = correlation(rows)
     means, golds = [r["mean_score"] for r in rows], [r["gold_mean"] for r in rows]
     assert (corr.n, corr.predicted, corr.gold) == (5, "mean_score", "gold_mean")
-    assert corr.pearson == pytest.approx(scipy_stats().pearsonr(means, golds).statistic)
-    assert corr.spearman == pytest.approx(scipy_stats().spearmanr(means, golds).statistic)
-    assert corr.kendall == pytest.approx(scipy_stats().kendalltau(means, golds).statistic)
+    sps = scipy_stats()
+    assert corr.pearson == pytest.approx(sps.pearsonr(means, golds).statistic)
+    assert corr.spearman == pytest.approx(sps.spearmanr(means, golds).statistic)
+    assert corr.kendall == pytest.approx(sps.kendalltau(means, golds).statistic)
 
     plain = [{"id": "p", "score": 2, "gold_score": 1, "error": None},
              {"id": "e", "score": None, "gold_score": 3, "error": "prompt too long"}]

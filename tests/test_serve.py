@@ -257,7 +257,7 @@ def test_sigterm_mid_request_exits_cleanly(smollm2):
         srv.wait_ready()
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
         stream = client.chat.completions.create(
-            model="SmolLM2-135M-Instruct.Q8_0", messages=[{"role": "user", "content": "Tell a long story."}],
+            model=smollm2.stem, messages=[{"role": "user", "content": "Tell a long story."}],
             stream=True, max_tokens=400)
         next(iter(stream))
         srv.proc.send_signal(signal.SIGTERM)

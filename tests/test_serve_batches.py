@@ -145,9 +145,10 @@ def test_another_key_gets_404_and_uploads_over_the_limit_are_refused(server):
 
 def test_kill_9_mid_batch_then_restart_finishes_every_line_once_and_cancel_keeps_what_finished(smollm2, tmp_path):
     data = tmp_path / "data"
+    lines = 6
     first = serve(smollm2, data, tmp_path)
     try:
-        batch = submit(sdk(first), grade_lines(6))
+        batch = submit(sdk(first), grade_lines(lines))
         wait_for(sdk(first), batch.id, lambda b: b.request_counts.completed >= 2)
     finally:
         first.proc.kill()   # kill -9: no shutdown of any kind
@@ -155,15 +156,15 @@ def test_kill_9_mid_batch_then_restart_finishes_every_line_once_and_cancel_keeps
     with contextlib.closing(sqlite3.connect(data / "index.sqlite3")) as db:
         stored = db.execute("SELECT COUNT(*) FROM results WHERE batch_id=?", (batch.id,)).fetchone()[0]
         counted = db.execute("SELECT completed FROM batches WHERE id=?", (batch.id,)).fetchone()[0]
-    assert 2 <= stored == counted < 6
+    assert 2 <= stored == counted < lines
     second = serve(smollm2, data, tmp_path)
     try:
         alice = sdk(second)
         done = wait_for(alice, batch.id, finished)
-        assert done.status == "completed" and done.request_counts.completed == 6
+        assert done.status == "completed" and done.request_counts.completed == lines
         ids = [e["custom_id"] for e in entries(alice, done.output_file_id) + entries(alice, done.error_file_id)]
-        assert sorted(ids) == sorted(f"r{i}" for i in range(6))   # every custom_id exactly once
-        assert lines_run(second) == 6 - stored                     # the finished ones were not graded again
+        assert sorted(ids) == sorted(f"r{i}" for i in range(lines))   # every custom_id exactly once
+        assert lines_run(second) == lines - stored                     # the finished ones were not graded again
 
         cancelled = submit(alice, grade_lines(8, start=10))
         wait_for(alice, cancelled.id, lambda b: b.request_counts.completed >= 1)
