@@ -12,10 +12,14 @@ Systems (each a fresh process on 127.0.0.1, on a port the OS picked):
           prompt_tokens must equal that id list's length, and llama-server's tokens_evaluated too;
   score   (with --systems ... score) `prom-local score --parallel N` on the same records as a file,
           the batch baseline (model load counted, as before).
+  llama-default  `llama-server -np N -c (ctx x N)` and nothing else: llama.cpp as its users run it
+          (its own threads, batch sizes, unified KV cache and flash attention `auto`);
+  serve-fa-off, score-fa-off  prom-local with `--flash-attn off`, its CPU default before flash
+          attention became `auto` (the "before" of docs/performance.md's figures).
 Same sampling on both servers: greedy (temperature 0, llama-server's top_k 1 path), no repeat
-penalty, max tokens --max-tokens (n_predict). Same CPU threads (--threads, -t/-tb; default the
-os.sched_getaffinity count), per-sequence context (-c = ctx x N, split into N slots), batch 512,
-flash attention off (prom-local's CPU default; llama-server's `auto` would turn it on).
+penalty, max tokens --max-tokens (n_predict). `llama` is matched to prom-local: same CPU threads
+(--threads, -t/-tb; default the os.sched_getaffinity count), per-sequence context (-c = ctx x N,
+split into N slots), batch 512, flash attention `auto` on both (--flash-attn; on for the CPU).
 prom-local additionally decodes a few tokens (the forced "[RESULT] N" continuation) when a grade
 ends without a score; llama-server has no such step. Tokens generated are counted on both sides.
 
@@ -192,10 +196,12 @@ class Server:
         return rss
 
 
-def run_serve(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
+def run_serve(args, records: list[dict], ids: list[list[int]], n: int, flash_attn: str = "auto",
+              name: str = "serve") -> dict:
     server = Server([sys.executable, "-m", "prom_local", "serve", "--port", "0", "-m", args.model,
                      "--parallel", str(n), "--ctx", str(args.ctx), "--max-tokens", str(args.max_tokens),
-                     "--gpu-layers", args.gpu_layers, "--threads", str(args.threads)], env=ENV)
+                     "--gpu-layers", args.gpu_layers, "--threads", str(args.threads),
+                     "--flash-attn", flash_attn], env=ENV)
     try:
         with httpx.Client(timeout=args.timeout + 60) as http:
             def call(i: int) -> dict:
@@ -211,14 +217,15 @@ def run_serve(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
             wall, cpu = time.perf_counter() - t, _cpu_s(server.proc.pid) - cpu
     finally:
         rss_after = server.stop()
-    return {**_stats("serve", server.load_s, wall, lat, rows, cpu), "rss": (server.rss_loaded, rss_after)}
+    return {**_stats(name, server.load_s, wall, lat, rows, cpu), "rss": (server.rss_loaded, rss_after)}
 
 
-def run_llama(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
+def run_llama(args, records: list[dict], ids: list[list[int]], n: int, defaults: bool = False) -> dict:
     port = _free_port()
-    server = Server([args.llama_server, "-m", args.model, "-np", str(n), "-c", str(args.ctx * n),
-                     "-t", str(args.threads), "-tb", str(args.threads), "-b", "512", "-ub", "512", "-fa", "off",
-                     "-ngl", "0" if args.gpu_layers == "0" else "99", "--host", "127.0.0.1", "--port", str(port)],
+    matched = ([] if defaults else ["-t", str(args.threads), "-tb", str(args.threads), "-b", "512", "-ub", "512",
+                                    "-fa", "auto", "-ngl", "0" if args.gpu_layers == "0" else "99"])
+    server = Server([args.llama_server, "-m", args.model, "-np", str(n), "-c", str(args.ctx * n), *matched,
+                     "--host", "127.0.0.1", "--port", str(port)],
                     url=f"http://127.0.0.1:{port}")
     try:
         with httpx.Client(timeout=args.timeout + 60) as http:
@@ -237,17 +244,20 @@ def run_llama(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
             wall, cpu = time.perf_counter() - t, _cpu_s(server.proc.pid) - cpu
     finally:
         rss_after = server.stop()
-    return {**_stats("llama", server.load_s, wall, lat, rows, cpu), "rss": (server.rss_loaded, rss_after)}
+    return {**_stats("llama-default" if defaults else "llama", server.load_s, wall, lat, rows, cpu),
+            "rss": (server.rss_loaded, rss_after)}
 
 
-def run_score(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
+def run_score(args, records: list[dict], ids: list[list[int]], n: int, flash_attn: str = "auto",
+              name: str = "score") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
         src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
         start, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([sys.executable, "-m", "prom_local", "score", str(src), "-o", str(out), "-m", args.model,
                         "--parallel", str(n), "--ctx", str(args.ctx), "--max-tokens", str(args.max_tokens),
-                        "--gpu-layers", args.gpu_layers, "--threads", str(args.threads), "-q"], env=ENV, check=False, capture_output=True,
+                        "--gpu-layers", args.gpu_layers, "--threads", str(args.threads), "--flash-attn", flash_attn,
+                        "-q"], env=ENV, check=False, capture_output=True,
                        timeout=args.timeout + 120)
         wall, now = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
         # the whole process, load included (the servers' columns count only the requests)
@@ -256,10 +266,14 @@ def run_score(args, records: list[dict], ids: list[list[int]], n: int) -> dict:
     rows = [{"prompt_tokens": r["prompt_tokens"], "reused": r.get("reused_prompt_tokens", 0),
              "completion_tokens": r["completion_tokens"], "text": r["output"]} for r in rows]
     # one process, load and all: wall counts the load (load_s 0), as `score` users see it
-    return {**_stats("score", 0.0, wall, [], rows, cpu), "rss": None}
+    return {**_stats(name, 0.0, wall, [], rows, cpu), "rss": None}
 
 
-SYSTEMS = {"serve": run_serve, "llama": run_llama, "score": run_score}
+SYSTEMS = {"serve": run_serve, "llama": run_llama, "score": run_score,
+           "llama-default": lambda *a: run_llama(*a, defaults=True),
+           "serve-fa-off": lambda *a: run_serve(*a, flash_attn="off", name="serve-fa-off"),
+           "score-fa-off": lambda *a: run_score(*a, flash_attn="off", name="score-fa-off")}
+LLAMAS = ("llama", "llama-default")
 
 
 def _same_text(a: list, b: list) -> str:
@@ -273,15 +287,15 @@ def print_table(results: list[dict], args) -> None:
     print(f"\n{args.records} records per run, {args.length} length, max_tokens {args.max_tokens}, greedy, "
           f"model {Path(args.model).name}, {os.cpu_count()} CPUs, {args.threads} threads; clock from the first "
           "request to the last answer (model load excluded; load s and records/min with it are shown)\n")
-    print("| workload | N | round | system | records/min | vs llama | p50 s | p95 s | prompt tok/s (reused) "
+    print("| workload | N | round | system | records/min | vs llama | vs llama-default | p50 s | p95 s | prompt tok/s (reused) "
           "| gen tok/s (tokens) | CPU s/record | same text as llama | load s | rec/min incl. load | RSS loaded -> after MiB "
           "| loadavg |")
-    print("|" + "---|" * 16)
+    print("|" + "---|" * 17)
     for r in results:
         rss = f"{r['rss'][0]:.0f} -> {r['rss'][1]:.0f}" if r.get("rss") else ""
         fmt = (lambda v: f"{v:.1f}" if v == v else "")
         print(f"| {r['workload']} | {r['n']} | {r['round']} | {r['system']}{'' if r['complete'] else ' (timed out)'} "
-              f"| {r['records_per_min']:.1f}{' (load incl.)' if r['system'] == 'score' else ''} | {r.get('vs_llama', '')} | {fmt(r['p50_s'])} | {fmt(r['p95_s'])} "
+              f"| {r['records_per_min']:.1f}{' (load incl.)' if r['system'].startswith('score') else ''} | {r.get('vs_llama', '')} | {r.get('vs_llama-default', '')} | {fmt(r['p50_s'])} | {fmt(r['p95_s'])} "
               f"| {r['prompt_tok_s']:.0f} ({r['reused_share']:.0%}) | {r['gen_tok_s']:.1f} ({r['gen_tokens']}) "
               f"| {fmt(r['cpu_s_per_record'])} | {r.get('same_text', '')} | {r['load_s']:.1f} | {r['with_load_per_min']:.1f} | {rss} "
               f"| {r['loadavg'][0]:.1f} -> {r['loadavg'][1]:.1f} |")
@@ -310,7 +324,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write every result here")
     args = ap.parse_args()
     args.model = str(args.model or smollm2_shipped_gguf())
-    if "llama" in args.systems and not args.llama_server:
+    if set(LLAMAS) & set(args.systems) and not args.llama_server:
         ap.error("--llama-server PATH is needed for the llama system (or leave it out of --systems)")
     workloads = build_workloads(args.records, args.per_instruction, args.length)
     results = []
@@ -328,12 +342,13 @@ def main() -> None:
                     print(json.dumps({k: v for k, v in r.items() if k != "texts"}), file=sys.stderr, flush=True)
                 for system in args.systems:
                     r = runs[system]
-                    if "llama" in runs:
+                    for base_name in (b for b in LLAMAS if b in runs and b != system):
                         # score's clock includes its load: compare it with llama's rate with load
-                        base = runs["llama"]["with_load_per_min" if system == "score" else "records_per_min"]
-                        r["vs_llama"] = f"{r['records_per_min'] / base:.2f}x"
-                        if system != "llama":
-                            r["same_text"] = _same_text(r["texts"], runs["llama"]["texts"])
+                        load = system.startswith("score")
+                        base = runs[base_name]["with_load_per_min" if load else "records_per_min"]
+                        r[f"vs_{base_name}"] = f"{r['records_per_min'] / base:.2f}x"
+                        if base_name == "llama" or "llama" not in runs:
+                            r["same_text"] = _same_text(r["texts"], runs[base_name]["texts"])
                     results.append(r)
     print_table(results, args)
     if args.json:

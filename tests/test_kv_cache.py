@@ -10,7 +10,7 @@ import pytest
 
 from assets import smollm2_gguf
 from prom_local import EngineConfig, Judge, SamplingParams
-from prom_local.engine.context import flash_attn_default
+from prom_local.engine.context import flash_attn_request
 from prom_local.errors import ModelLoadError
 from prom_local.engine.offload import F16, MiB, KVTypes, auto_plan, parse_cache_type
 from test_host_cache import state_round_trip
@@ -41,11 +41,12 @@ def test_cache_type_spelling():
 
 
 def test_a_quantized_v_turns_flash_attention_on():
-    assert flash_attn_default(None, 0) is False                       # CPU, f16: off (exact prefix reuse)
-    assert flash_attn_default(None, 0, KVTypes("q8_0", "f16")) is False   # a quantized K alone needs nothing
-    assert flash_attn_default(None, 0, Q8) is True and flash_attn_default(None, -1, Q8) is True
+    assert flash_attn_request(None) is None                           # f16: llama.cpp's auto
+    assert flash_attn_request(False) is False and flash_attn_request(True) is True
+    assert flash_attn_request(False, KVTypes("q8_0", "f16")) is False   # a quantized K alone needs nothing
+    assert flash_attn_request(None, Q8) is True and flash_attn_request(True, Q8) is True
     with pytest.raises(ModelLoadError, match="needs flash attention"):
-        flash_attn_default(False, 0, Q8)
+        flash_attn_request(False, Q8)
 
 
 def plan(gpu_gib, **kw):

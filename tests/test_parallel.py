@@ -17,7 +17,6 @@ import pytest
 from assets import smollm2_gguf
 from helpers import RUBRIC, in_order, invoke, write_jsonl
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
-from prom_local.engine import EXACT_TAIL
 from prom_local.engine.offload import ModelShape, choose_parallel
 from prom_local.judging.records import record_from_mapping
 
@@ -61,12 +60,14 @@ SHORT = PromptProfile(name="short-test",
 
 
 def judge(model: Path, parallel: int, *, max_tokens: int = 10, n_ctx: int = 1024, n_batch: int = 512,
-          profile=SHORT, mix_prompts: bool | None = None, host_cache_mib: int = 1024) -> Judge:
+          profile=SHORT, mix_prompts: bool | None = None, host_cache_mib: int = 1024,
+          flash_attn: bool | None = None) -> Judge:
     # One thread: these tests share the machine with others, and llama.cpp's spinning thread pool
     # slows down badly when its threads do not each get a core.
     return Judge(model, profile=profile,
                  engine=EngineConfig(n_ctx=n_ctx, gpu_layers=0, n_threads=1, n_parallel=parallel,
-                                     n_batch=n_batch, mix_prompts=mix_prompts, host_cache_mib=host_cache_mib),
+                                     n_batch=n_batch, mix_prompts=mix_prompts, host_cache_mib=host_cache_mib,
+                                     flash_attn=flash_attn),
                  sampling=SamplingParams(max_tokens=max_tokens))
 
 
@@ -133,6 +134,31 @@ def test_shared_prefix_is_computed_once_and_equals_cold(model):
         assert grade.output == alone.output
         assert grade.completion_tokens == alone.completion_tokens
         assert grade.score == alone.score and grade.probabilities == alone.probabilities
+
+
+@slow
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["flash-attn-off", "flash-attn-on"])
+def test_a_prefix_reused_up_to_near_the_end_equals_cold(model, flash_attn):
+    """Two records that differ only in their last few prompt tokens: the second reuses the first's
+    prompt, and must give the cold result bit for bit. With flash attention on, llama.cpp's CPU kernel
+    computes a piece of fewer than 64 rows differently (logits moved by ~0.5), so reuse stops 64
+    tokens before the end and those tokens decode together, as in the cold run."""
+    rubric = {**RUBRIC, "criteria": "맞는가?"}
+    recs = records([{"id": "a", "instruction": QUESTIONS[0], "response": "한강입니다.", "rubric": rubric},
+                    {"id": "b", "instruction": QUESTIONS[0], "response": "한강입니다!", "rubric": rubric}])
+    with judge(model, 1, flash_attn=flash_attn) as warm:
+        assert warm.engine.flash_attn is flash_attn
+        tail = warm.engine.exact_tail
+        common = len(_common(warm.tokenize_prompt(recs[0]), warm.tokenize_prompt(recs[1])))
+        warm.grade(recs[0])
+        second = warm.grade(recs[1])
+    assert tail == (64 if flash_attn else 8)
+    assert 0 < second.prompt_tokens - common < 64   # they differ within one kernel tile of the end
+    assert second.extra["reused_prompt_tokens"] == min(common, second.prompt_tokens - tail) > 0
+    with judge(model, 1, flash_attn=flash_attn) as cold:
+        alone = cold.grade(recs[1])
+    assert alone.extra["reused_prompt_tokens"] == 0
+    assert (second.output, second.score, second.probabilities) == (alone.output, alone.score, alone.probabilities)
 
 
 def _common(a: list[int], b: list[int]) -> list[int]:
@@ -232,9 +258,10 @@ def test_identical_records_finish_in_the_same_step(model):
         steps = par.engine.stats.steps
     assert [g.id for g in grades] == ["dup0", "dup1", "dup2"]
     assert len({(g.output, g.score, g.probabilities) for g in grades}) == 1
-    # The whole prompt but its last EXACT_TAIL tokens is reused: they are decoded as one chunk, as in
-    # the cold run, so the result is the same bits (a lone last token would take another kernel).
-    assert grades[1].extra["reused_prompt_tokens"] == grades[1].prompt_tokens - EXACT_TAIL
+    # The whole prompt but its last tokens (EXACT_TAIL; 64 with flash attention on) is reused: they
+    # are decoded as one chunk, as in the cold run, so the result is the same bits (fewer rows would
+    # take another kernel).
+    assert grades[1].extra["reused_prompt_tokens"] == grades[1].prompt_tokens - par.engine.exact_tail
     assert steps < 3 * (6 + 2)  # decoded together, not one after another
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..diagnostics.bench import BenchRow, bench_records, run_bench
 from ..store.models import resolve_model
 from ..units import format_bytes
-from .options import (CacheTypeKOpt, CacheTypeVOpt, CtxOpt, DraftOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
+from .options import (CacheTypeKOpt, CacheTypeVOpt, CtxOpt, DraftOpt, FlashAttnOpt, EngineOptions, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ProfileOpt,
                       ThreadsOpt, VerboseOpt, err_console)
 
 
@@ -62,6 +62,7 @@ def register(app: typer.Typer) -> None:
         max_tokens: MaxTokensOpt = 256,
         cache_type_k: CacheTypeKOpt = "auto",
         cache_type_v: CacheTypeVOpt = "auto",
+        flash_attn: FlashAttnOpt = "auto",
         draft: DraftOpt = None,
         verbose: VerboseOpt = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
@@ -78,7 +79,7 @@ def register(app: typer.Typer) -> None:
         settings = parse_parallels(parallel)
         opts = EngineOptions(model=model, models_dir=models_dir, profile=profile, ctx=ctx, gpu_layers=gpu_layers,
                              threads=threads, max_tokens=max_tokens, verbose=verbose, cache_type_k=cache_type_k,
-                             cache_type_v=cache_type_v, draft=draft)
+                             cache_type_v=cache_type_v, flash_attn=flash_attn, draft=draft)
         resolved = resolve_model(opts.model, opts.models_dir)
         work = bench_records(records)
         say = lambda m: err_console.print(f"[dim]{m}[/dim]")  # noqa: E731
@@ -97,4 +98,4 @@ def register(app: typer.Typer) -> None:
         out.print(table(rows))
         out.print(f"{setup['records']} records, longest prompt {setup['longest_prompt']:,} tokens, "
                   f"--max-tokens {setup['max_tokens']}; {setup.get('offload', '')}; KV cache "
-                  f"{setup.get('kv_cache', '?')}")
+                  f"{setup.get('kv_cache', '?')}; flash attention {setup.get('flash_attn', '?')}")

@@ -15,7 +15,7 @@ from ..store.models import resolve_model
 from ..engine.offload import parse_cache_type, parse_gpu_layers
 from ..judging.records import RECORD_TYPES
 from ..inputs import read_records
-from .options import (CacheTypeKOpt, CacheTypeVOpt, CtxOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ParallelOpt, ProfileOpt,
+from .options import (FLAGS, CacheTypeKOpt, CacheTypeVOpt, CtxOpt, FlashAttnOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ParallelOpt, ProfileOpt,
                       err_console)
 from ..settings import DEFAULT_PROFILE, ENV_MEMORY_BUDGET
 from ..units import format_bytes
@@ -62,6 +62,7 @@ def show(diag: Diagnosis) -> None:
         row("plan", p["offload_reason"])
         row("", p["parallel_reason"])
         row("", f"{p['kv_reason']}; {p['kv_bytes_per_token'] / 1024:,.1f} KiB per token")
+        row("", p["flash_attn_reason"])
         row("", f"KV cache {_gib(p['kv_cache_bytes'])}; on the GPU {_gib(p['gpu_bytes'])}, "
             f"in RAM {_gib(p['ram_bytes'])}")
         if p["retry_layers"]:
@@ -88,6 +89,7 @@ def register(app: typer.Typer) -> None:
         max_tokens: MaxTokensOpt = 512,
         cache_type_k: CacheTypeKOpt = "auto",
         cache_type_v: CacheTypeVOpt = "auto",
+        flash_attn: FlashAttnOpt = "auto",
         input: Annotated[Optional[Path], typer.Option(
             "--input", "-i", help="Size the context to these JSONL records (default: the built-in judge "
             "records).")] = None,
@@ -111,6 +113,7 @@ def register(app: typer.Typer) -> None:
         try:
             layers = parse_gpu_layers(gpu_layers)
             cache_k, cache_v = parse_cache_type(cache_type_k), parse_cache_type(cache_type_v)
+            fa = FLAGS["flash_attn"].value_for_field(flash_attn)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         path, error, default_profile = None, None, DEFAULT_PROFILE
@@ -124,7 +127,8 @@ def register(app: typer.Typer) -> None:
             records = [r for r in read_records(input) if isinstance(r, RECORD_TYPES)]   # pairs too
         diag = diagnose(path, model_error=error, memory_budget=budget, gpu_memory=gpu_free, gpu_layers=layers,
                         parallel=parallel, ctx=ctx, max_tokens=max_tokens, records=records or None,
-                        profile=profile or default_profile, cache_k=cache_k, cache_v=cache_v)
+                        profile=profile or default_profile, cache_k=cache_k, cache_v=cache_v,
+                        flash_attn=fa)
         if as_json:
             print(json.dumps(diag.as_dict(), indent=1, ensure_ascii=False))
         else:

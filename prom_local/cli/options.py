@@ -69,6 +69,16 @@ def _cache_type(value: str) -> str:
     return parse_cache_type(value) or "auto"
 
 
+FLASH_ATTN_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+def _flash_attn(value: str) -> bool | None:
+    try:
+        return FLASH_ATTN_CHOICES[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be one of {', '.join(FLASH_ATTN_CHOICES)}, not {value!r}") from None
+
+
 ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
     Flag("model", ("--model", "-m"), "GGUF path, or a store name like prometheus-ko or prometheus-ko:Q8_0.",
          Optional[str], default=None, option=dict(envvar=ENV_MODEL, show_default=DEFAULT_MODEL)),
@@ -124,6 +134,11 @@ ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
     Flag("cache_type_v", ("--cache-type-v", "-ctv"), "Type of the KV cache's values (as --cache-type-k); "
          "a quantized V turns flash attention on.", str, into=(EngineConfig, "cache_type_v"), parse=_cache_type,
          option=dict(metavar="|".join(CACHE_TYPE_CHOICES))),
+    Flag("flash_attn", ("--flash-attn", "-fa"), "llama.cpp's flash attention, as llama-server names it: auto "
+         "(llama.cpp's choice: on wherever the device runs it, the CPU included), on or off. A cached prefix "
+         "gives the cold result either way (docs/exactness.md); the choice is printed.", str,
+         into=(EngineConfig, "flash_attn"), parse=_flash_attn, default="auto",
+         option=dict(metavar="|".join(FLASH_ATTN_CHOICES))),
     Flag("draft", ("--draft",), "Drafts from the prompt (speculative decoding by prompt lookup): at most N "
          "tokens per step copied from where the sequence's last words occurred in its prompt or output, "
          "verified in the same batch; the output is the model's own. 0 = off. Default: 8 with GPU layers, "
@@ -149,6 +164,7 @@ DraftOpt = FLAGS["draft"].annotated()
 VerboseOpt = FLAGS["verbose"].annotated()
 CacheTypeKOpt = FLAGS["cache_type_k"].annotated()
 CacheTypeVOpt = FLAGS["cache_type_v"].annotated()
+FlashAttnOpt = FLAGS["flash_attn"].annotated()
 
 
 class _EngineOptionsBase:

@@ -9,7 +9,10 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from ..errors import UsageError
+from ..errors import PromLocalError, UsageError
+from ..inputs import read_records
+from ..judging.records import RECORD_TYPES
+from ..runs.workload import WorkSize, measure
 from ..engine.model_info import ModelInfo
 from ..store.models import resolve_model
 from ..runs.remote import RemoteJudge
@@ -17,8 +20,11 @@ from .options import EngineOptions, with_engine_options
 from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect, read_key
 
 
-def make_loader(opts: EngineOptions) -> Callable:
-    """What the app calls (in a worker thread) to load a model: the CLI's options, another spec."""
+def make_loader(opts: EngineOptions, input: Path | None = None) -> Callable:
+    """What the app calls (in a worker thread) to load a model: the CLI's options, another spec.
+    With `input` (the file the batch screen opens), each sequence's context is sized to that file's
+    longest record as `score` sizes it, not the 8,192-token default: on a laptop GPU that memory
+    is layers and sequences."""
 
     # llama.cpp's CPU threads spin while they wait for each other: one per core leaves none for the
     # UI, and the whole app stutters (and decoding itself slows down). Keep one core free unless told.
@@ -27,10 +33,23 @@ def make_loader(opts: EngineOptions) -> Callable:
     def load(spec: str | None, on_status: Callable[[str], None]):
         chosen = replace(opts, model=spec if spec is not None else opts.model, threads=threads)
         resolved = resolve_model(chosen.model, chosen.models_dir)
-        judge = chosen.judge(on_status=on_status)
-        return judge, judge.model_info(resolved)
+        work = _file_work(input, resolved.path, chosen.profile or resolved.profile, chosen.max_tokens)
+        judge = chosen.judge(on_status=on_status, need_tokens=work.need_tokens if work else None)
+        info = judge.model_info(resolved)
+        return judge, (replace(info, ctx_source=input.name) if work and opts.ctx is None else info)
 
     return load
+
+
+def _file_work(input: Path | None, model: Path, profile: str, max_tokens: int) -> WorkSize | None:
+    """The size of the work in the file the TUI opens (None: no file, or nothing in it to grade; an
+    unreadable file is the batch screen's to report)."""
+    if input is None or not input.is_file():
+        return None
+    try:
+        return measure([r for r in read_records(input) if isinstance(r, RECORD_TYPES)], model, profile, max_tokens)
+    except PromLocalError:
+        return None
 
 
 def make_remote_loader(server: str, api_key: str | None, api_key_file: Path | None,
@@ -77,6 +96,6 @@ def register(app: typer.Typer) -> None:
         from ..tui import PromLocalApp   # Textual loads only for this command
 
         loader = (make_remote_loader(server, read_key(api_key, api_key_file), None, opts) if server is not None
-                  else make_loader(opts))
+                  else make_loader(opts, input))
         PromLocalApp(loader, model=opts.model, models_dir=opts.models_dir,
                      batch_input=input, batch_output=output).run()

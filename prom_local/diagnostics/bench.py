@@ -144,6 +144,7 @@ def run_bench(model_path: str | Path, *, parallels: list[int], engine: EngineCon
             info = judge.describe_engine()
             setup.setdefault("offload", info["offload"])
             setup.setdefault("kv_cache", _kv_label(info))
+            setup.setdefault("flash_attn", "on" if info.get("flash_attn") else "off")
             run_seconds, grades = _grade_all(judge, records, tick)
             stats = judge.engine_stats()
         prompt_only = dataclasses.replace(sampling, max_tokens=0)

@@ -21,7 +21,8 @@ from ..engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offloa
 from ..engine.llama import binding_version
 from ..errors import ExitCode, InputError, PromLocalError
 from ..engine.model_info import quant_from_metadata
-from ..engine.offload import auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
+from ..engine.context import flash_attn_label, flash_attn_plan
+from ..engine.offload import KVTypes, auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
 from ..judging.records import AnyRecord, Record
 from ..inputs import read_records
 from ..runs.workload import WorkSize, measure
@@ -122,10 +123,11 @@ def _environment(memory_budget: int | None) -> Diagnosis:
 def diagnose(model_path: Path | None, *, model_error: str | None = None, memory_budget: int | None = None,
              gpu_memory: int | None = None, gpu_layers: int | None = None, parallel: int | None = None,
              ctx: int | None = None, max_tokens: int = 512, records: list[AnyRecord] | None = None,
-             profile: str = DEFAULT_PROFILE, cache_k: str | None = None, cache_v: str | None = None) -> Diagnosis:
+             profile: str = DEFAULT_PROFILE, cache_k: str | None = None, cache_v: str | None = None,
+             flash_attn: bool | None = None) -> Diagnosis:
     """The whole report. `records` sizes the context (default: the built-in judge records);
     `memory_budget` / `gpu_memory` replace free RAM / free GPU memory (what-if, and for tests);
-    `cache_k` / `cache_v`: KV cache types, None = auto."""
+    `cache_k` / `cache_v`: KV cache types, None = auto. `flash_attn`: None = auto."""
     diag = _environment(memory_budget)
     if model_path is None:
         diag.verdict, diag.exit_code = f"cannot run: {model_error or 'no model given'}", EXIT_MODEL
@@ -141,6 +143,9 @@ def diagnose(model_path: Path | None, *, model_error: str | None = None, memory_
     work = measure(records if records is not None else builtin_records(), model_path, profile, max_tokens)
     _plan(diag, model_path, work, records is None, gpu_memory=gpu_memory, gpu_layers=gpu_layers,
           parallel=parallel, ctx=ctx, cache_k=cache_k, cache_v=cache_v)
+    if diag.plan:
+        kv = KVTypes(diag.plan["cache_type_k"], diag.plan["cache_type_v"])
+        diag.plan.update(flash_attn=flash_attn_label(flash_attn), flash_attn_reason=flash_attn_plan(flash_attn, kv))
     return diag
 
 

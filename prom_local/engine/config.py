@@ -43,8 +43,10 @@ class EngineConfig:
     # Requests read ahead of the free slots, to start those that share a cached prefix first.
     # None = 4 x n_parallel; 1 = strictly in input order (always so with n_parallel 1).
     lookahead: int | None = None
-    # llama.cpp's flash attention. None = off on CPU (see context.flash_attn_default), llama.cpp's
-    # own choice (on) with GPU layers.
+    # llama.cpp's flash attention: True, False, or None = auto (llama.cpp's own default: on wherever
+    # its device runs the op; on these machines' CPUs it computes prompts ~30% faster). With it on,
+    # the scheduler cuts prompts so that a cached prefix still gives the cold result
+    # (Engine.exact_tail).
     flash_attn: bool | None = None
     # Put prompt chunks in the same batch as generated tokens. None = on a GPU only (see
     # Engine._round).

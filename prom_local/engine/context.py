@@ -18,22 +18,41 @@ from .config import SamplingParams
 from .llama import LOG, LlamaModel, require_llama
 
 
-def flash_attn_default(flash_attn: bool | None, n_gpu_layers: int, kv: KVTypes = F16) -> bool | None:
-    """The flash attention setting to ask llama.cpp for; None leaves it llama.cpp's choice."""
+# llama.cpp's CPU flash attention computes a piece of fewer than this many rows of one sequence's
+# prompt with another kernel than a piece of this many or more (ggml-cpu ops.cpp: the tiled kernel
+# needs GGML_FA_TILE_Q = 64 query rows and an f16 or f32 K and V of one type). Pieces of 64 rows or
+# more give bit-identical results however the prompt is cut (../shared/tools/fa_rows.py measured it),
+# so a prompt whose every piece has 64+ rows gets the same numbers cold or from a cached prefix.
+FLASH_ATTN_TILE_ROWS = 64
+
+
+def flash_attn_request(flash_attn: bool | None, kv: KVTypes = F16) -> bool | None:
+    """The flash attention setting to ask llama.cpp for (True, False, or None: llama.cpp's `auto`,
+    on wherever its device runs the op, the CPU included)."""
     if kv.needs_flash_attn:
         # llama.cpp refuses a context with a quantized V cache and flash attention off.
         if flash_attn is False:
             raise ModelLoadError(f"a {kv.v} V cache needs flash attention, which was turned off: use "
-                                 "--cache-type-v f16 or leave flash attention on")
+                                 "--cache-type-v f16 or --flash-attn auto")
         return True
-    if flash_attn is None and n_gpu_layers == 0:
-        # On CPU, flash attention makes a token's result depend on how its prompt was cut into
-        # batches (logits moved by up to ~0.5 on SmolLM2 when a reused prefix ends elsewhere),
-        # so outputs would depend on what happened to be cached and on --parallel. Without it,
-        # a prefix taken from the cache gives exactly the cold result, and speed is the same
-        # (faster generation, slightly slower prompts). It is also llama-cpp-python's default.
-        return False
+    # auto is llama.cpp's own default, and on these machines' CPUs it makes long prompts (most of
+    # a judge's work) ~30% faster; the price, a prompt's logits depending on how it is cut into
+    # pieces, is paid by the scheduler never cutting a piece under FLASH_ATTN_TILE_ROWS
+    # (Engine.exact_tail). docs/exactness.md has the measured effect on scores.
     return flash_attn
+
+
+def flash_attn_label(flash_attn: bool | None) -> str:
+    return {None: "auto", True: "on", False: "off"}[flash_attn]
+
+
+def flash_attn_plan(flash_attn: bool | None, kv: KVTypes = F16) -> str:
+    """What a context will use, said before one is made (doctor reads no weights)."""
+    if kv.needs_flash_attn:
+        return f"flash attention on (a {kv.v} V cache needs it)"
+    if flash_attn is None:
+        return "flash attention auto: on wherever llama.cpp's device runs it (CPUs and current GPUs do)"
+    return f"flash attention {flash_attn_label(flash_attn)} (--flash-attn)"
 
 
 class LlamaContext:
@@ -60,13 +79,17 @@ class LlamaContext:
         params.n_threads_batch = n_threads
         params.no_perf = True
         params.type_k, params.type_v = _ggml_type(ll, kv.k), _ggml_type(ll, kv.v)
-        if flash_attn is not None:
-            params.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                                      else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attn is None else
+                                  ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        mark = LOG.mark()
         self._ctx = ll.llama_init_from_model(model.handle, params)
         if not self._ctx:
             raise ModelLoadError(f"{model.path}: could not create a llama.cpp context of "
                                  f"{params.n_ctx} tokens (KV cache {kv.label}){LOG.why()}")
+        # What llama.cpp chose for `auto`: it says so in its log while it builds the context
+        # (llama-context.cpp, "Flash Attention enabled" or "... not supported, set to disabled"),
+        # and has no function that tells.
+        self.flash_attn = flash_attn if flash_attn is not None else _resolved_auto(LOG.since(mark))
         self._ll = ll
         self._mem = ll.llama_get_memory(self._ctx)
         self._n_vocab = model.n_vocab
@@ -118,6 +141,13 @@ class LlamaContext:
         if getattr(self, "_ctx", None):
             self._ll.llama_free(self._ctx)
             self._ctx = None
+
+
+def _resolved_auto(log_lines: list[str]) -> bool:
+    for line in log_lines:
+        if "Flash Attention" in line:
+            return "disabled" not in line
+    return True   # no word: llama.cpp's auto is on unless it finds the op on another device
 
 
 def _ggml_type(ll, name: str) -> int:

@@ -22,12 +22,12 @@ from ..errors import ContextOverflow
 from .offload import available_memory
 from .cache import PrefixCache
 from .config import EngineConfig
-from .context import LlamaBatch, LlamaContext, SamplerChain, flash_attn_default
+from .context import FLASH_ATTN_TILE_ROWS, LlamaBatch, LlamaContext, SamplerChain, flash_attn_label, flash_attn_request
 from .drafts import NgramIndex, accept_drafts, draft_default
 from .host_cache import HostPromptCache
 from .loading import load
 from .requests import (DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent)
-from .scheduler import Active, RequestState, Scheduler
+from .scheduler import EXACT_TAIL, Active, RequestState, Scheduler
 from .submission import Intake, Raised, RequestHandle
 
 
@@ -63,10 +63,14 @@ class Engine:
             self.ctx: LlamaContext | None = LlamaContext(
                 self.model, n_ctx=self.n_ctx * self.n_parallel, n_seq=self.n_parallel, n_batch=self.n_batch,
                 n_threads=self.config.n_threads or len(os.sched_getaffinity(0)),
-                flash_attn=flash_attn_default(self.config.flash_attn, self.plan.n_gpu_layers, self.kv), kv=self.kv)
+                flash_attn=flash_attn_request(self.config.flash_attn, self.kv), kv=self.kv)
         except Exception:
             self.model.close()
             raise
+        self.flash_attn = self.ctx.flash_attn
+        (on_status or (lambda message: None))(
+            f"flash attention {'on' if self.flash_attn else 'off'} "
+            f"(--flash-attn {flash_attn_label(self.config.flash_attn)})")
         self._batch = LlamaBatch(self.n_batch)
         ahead = self.config.lookahead
         self.lookahead = 1 if self.n_parallel == 1 else max(1, ahead if ahead is not None else 4 * self.n_parallel)
@@ -81,7 +85,7 @@ class Engine:
         store = HostPromptCache(self.host_cache_bytes) if self.host_cache_bytes else None
         self.cache = PrefixCache(self.n_parallel, self.n_ctx, memory=self.ctx, store=store)
         self.scheduler = Scheduler(self.cache, n_ctx=self.n_ctx, lookahead=self.lookahead,
-                                   n_batch=self.n_batch, stats=self.stats)
+                                   n_batch=self.n_batch, stats=self.stats, exact_tail=self.exact_tail)
         self._intake = Intake(self._step, on_fault=self._abort_all, on_close=self._cancel_all)
 
     # -- info -----------------------------------------------------------------------------------
@@ -90,7 +94,14 @@ class Engine:
                 "gpu_layers": self.plan.layers_on_gpu, "n_layer": self.plan.n_layer,
                 "backend": self.plan.backend, "offload": self.plan.reason,
                 "host_cache_mib": self.host_cache_bytes >> 20, "cache_type_k": self.kv.k,
-                "cache_type_v": self.kv.v, "draft": self.draft}
+                "cache_type_v": self.kv.v, "draft": self.draft, "flash_attn": self.flash_attn}
+
+    @property
+    def exact_tail(self) -> int:
+        """The fewest tokens of a prompt decoded together (scheduler.EXACT_TAIL): with flash
+        attention on, its CPU kernel's tile, so that every piece of a prompt takes the same kernel
+        cold or after a cached prefix (context.FLASH_ATTN_TILE_ROWS)."""
+        return max(EXACT_TAIL, FLASH_ATTN_TILE_ROWS if self.flash_attn else 0)
 
     def snapshot(self) -> dict:
         """The scheduler's counts (busy, window, free, host cache) for monitoring; any thread."""

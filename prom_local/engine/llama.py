@@ -30,6 +30,7 @@ GGUF_MAGIC = b"GGUF"
 class _LlamaLog:
     def __init__(self) -> None:
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
+        self.count = 0   # lines ever logged: a mark for since()
         self.verbose = False
         self._callback = None
 
@@ -41,11 +42,19 @@ class _LlamaLog:
         def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             message = text.decode("utf-8", "replace")
             self.lines.append(message)
+            self.count += 1
             if self.verbose:
                 os.write(2, text)
 
         self._callback = callback  # a reference must outlive the C side's use of it
         _ll.llama_log_set(callback, ctypes.c_void_p(0))
+
+    def mark(self) -> int:
+        return self.count
+
+    def since(self, mark: int) -> list[str]:
+        """The lines logged after mark() returned `mark` (those still kept)."""
+        return list(self.lines)[-min(self.count - mark, len(self.lines)):] if self.count > mark else []
 
     def tail(self, n: int = 8) -> str:
         return "".join(list(self.lines)[-n:]).strip()

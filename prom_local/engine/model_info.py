@@ -74,6 +74,7 @@ class ModelInfo:
     n_ctx: int
     backend: str          # the llama.cpp build: CPU, CUDA, Metal, ...
     offload: str          # why that many layers are on the GPU
+    ctx_source: str = ""  # what n_ctx was sized to, when not the default (the TUI's open file)
 
     @property
     def size(self) -> str:

@@ -42,6 +42,8 @@ MIN_WAIT_GAIN = 32
 # in the last bits, which was seen to flip a greedy choice.
 # So no prompt chunk is narrower than this: reuse stops this many tokens before a prompt's end,
 # and chunks are cut so that none is left this short (re-computing <8 tokens costs nothing).
+# With flash attention on, the CPU's attention kernel has a threshold of its own, 64 rows
+# (context.FLASH_ATTN_TILE_ROWS): the engine then passes that as the scheduler's exact_tail.
 EXACT_TAIL = 8
 
 WAITING, RUNNING, FORKED = "waiting", "running", "forked"   # forked: waits for a sibling's prompt
@@ -105,8 +107,9 @@ class Active:
 
 class Scheduler:
     def __init__(self, cache: PrefixCache, *, n_ctx: int, lookahead: int, n_batch: int,
-                 stats: EngineStats | None = None):
+                 stats: EngineStats | None = None, exact_tail: int = EXACT_TAIL):
         self.cache = cache
+        self.exact_tail = exact_tail      # fewest prompt tokens a chunk is cut to (EXACT_TAIL)
         self.n_parallel = cache.n_seq
         self.n_ctx = n_ctx                # tokens per sequence
         self.lookahead = lookahead
@@ -241,7 +244,7 @@ class Scheduler:
         """Give a waiting request its KV prefix and start its prompt, or let it wait for a prefix
         that an older request is computing right now."""
         arr = active.job.arr
-        limit = max(0, len(arr) - EXACT_TAIL)
+        limit = max(0, len(arr) - self.exact_tail)
         src, have = self.cache.longest(arr, limit, prefer=active.seq)
         stored = self.cache.recallable(arr, limit)
         if not force:
@@ -305,8 +308,9 @@ class Scheduler:
             return None
         active = min(prompts, key=lambda a: a.admitted)
         take = min(len(active.pending), self.n_batch)
-        if 0 < len(active.pending) - take < EXACT_TAIL and take - EXACT_TAIL >= EXACT_TAIL:
-            take -= EXACT_TAIL   # never leave a last chunk narrower than EXACT_TAIL
+        tail = self.exact_tail
+        if 0 < len(active.pending) - take < tail and take - tail >= tail:
+            take -= tail   # never leave a last chunk narrower than the tail
         return active, take
 
     def advance(self, items: list[tuple[Active, int]]) -> None:

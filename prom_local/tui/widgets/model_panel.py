@@ -27,7 +27,8 @@ def describe(info: ModelInfo | None, state: str, error: str | None) -> Text:
         return text
     text.append(info.name, style="bold")
     text.append(f" {info.quant or '?'}", style="bold cyan")
-    text.append(f" · {info.size} · GPU {info.layers_on_gpu}/{info.n_layer} · ctx {info.n_ctx}"
+    sized = f" for {info.ctx_source}" if info.ctx_source else ""
+    text.append(f" · {info.size} · GPU {info.layers_on_gpu}/{info.n_layer} · ctx {info.n_ctx}{sized}"
                 f" · {info.backend} build")
     return text
 
