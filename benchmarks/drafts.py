@@ -12,7 +12,7 @@ with --threads 1 it is the engine's compute), generated tokens, decode steps, dr
 verification step (a sequence's step that carried drafts) and the share accepted, generated tokens/s,
 the ratios off/on of wall and CPU time,
 and how many rows (text, score) were those of drafts off (greedy: all, but where the CPU's
-lone-token rounding flips a near-tie; see README).
+lone-token rounding flips a near-tie; see docs/performance.md, "Drafts from the prompt").
 
     python benchmarks/drafts.py                                  # SmolLM2-135M, 8 records, ~6-10 min on 2 cores
     python benchmarks/drafts.py --records 4 --parallel 1        # quicker
@@ -54,7 +54,7 @@ def line(n: int, kind: str, draft: int, r: dict, base: dict) -> str:
     per_row = f"{r['accepted'] / r['rows']:.2f}" if r["rows"] else "-"
     share = f"{r['accepted'] / r['drafted']:.0%}" if r["drafted"] else "-"
     # Rows whose text and score are those of drafts off: greedy with drafts is the model's own, up to
-    # the CPU's lone-token rounding (README, "Drafts from the prompt"), which can flip a near-tie.
+    # the CPU's lone-token rounding (docs/performance.md, "Drafts from the prompt"), which can flip a near-tie.
     same = f"{sum(a[:3] == b[:3] for a, b in zip(r['rows_out'], base['rows_out']))}/{len(r['rows_out'])}"
     return (f"| {n} | {kind} | {draft or 'off'} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['generated']} | {r['steps']} | "
             f"{per_row} | {share} | {r['generated'] / r['wall']:.1f} | {base['wall'] / r['wall']:.2f}x | "

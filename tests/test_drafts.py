@@ -163,7 +163,7 @@ def same_but_near_ties(on_outs, off_outs, off_margins, near_tie: float) -> int:
 
 
 # llama.cpp's CPU backend computes a lone token with another matmul kernel than a row of several
-# (README, "Throughput and scale-out"); without drafts each generated token is a lone row, with
+# (docs/exactness.md, "The same bits from the cache as cold"); without drafts each generated token is a lone row, with
 # drafts it shares a row with its drafts. Measured on the built-in bench records and these: logits differ by up to ~1 (the
 # largest over the vocabulary; 0.5 typical), so greedy can only flip where the best two logits were
 # closer than that. 0.1 is tighter than anything seen to flip and far below a typical margin (>1).
