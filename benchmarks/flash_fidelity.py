@@ -41,7 +41,7 @@ def passes(model: Path, flash: bool, parallel: int, records: list, args) -> dict
     """Two passes over the records in one engine -> {"cold": (grades, reused, s), "warm": ...}."""
     from prom_local import EngineConfig, Judge, SamplingParams
 
-    engine = EngineConfig(gpu_layers=0, n_threads=args.threads, n_parallel=parallel, flash_attn=flash,
+    engine = EngineConfig(gpu_layers=args.gpu_layers, n_threads=args.threads, n_parallel=parallel, flash_attn=flash,
                           n_ctx=args.ctx)
     out = {}
     with Judge(model, engine=engine, sampling=SamplingParams(max_tokens=args.max_tokens)) as judge:
@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--gpu-layers", type=int, default=0, help="0: the CPU (default); -1: every layer on the GPU")
     args = ap.parse_args()
     from throughput import build_workloads
     from prom_local.judging.records import record_from_mapping
@@ -98,7 +99,7 @@ def main() -> None:
     rows = build_workloads(args.records, args.per_instruction, args.length)["repeat"]
     records = [record_from_mapping(r, line=i + 1) for i, r in enumerate(rows)]
     print(f"{len(records)} Korean judge records ({args.length}, {args.per_instruction} responses per instruction), "
-          f"greedy, --max-tokens {args.max_tokens}, CPU, {args.threads} threads; reference: FA off, "
+          f"greedy, --max-tokens {args.max_tokens}, {'CPU' if args.gpu_layers == 0 else 'GPU layers ' + str(args.gpu_layers)}, {args.threads} threads; reference: FA off, "
           f"--parallel {args.parallel[0]}, cold\n")
     print("| model | run | same score | same text | mean KL of P(1..5) | reused | vs own cold (bit-identical) | s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -9,7 +9,8 @@
 #    the sdist) -> Q8_0 and Q4_K_M through `prom-local convert` (nothing is downloaded);
 # 3. runs `pytest -m gpu` (tests/test_gpu.py), `prom-local doctor`, and `prom-local bench` with
 #    --gpu-layers all, with a forced partial offload (1 of 2 layers) and on the CPU for reference,
-#    then benchmarks/drafts.py (drafts from the prompt off vs on) with every layer on the GPU;
+#    then flash attention on vs off (bench, and benchmarks/flash_fidelity.py: same scores, cached =
+#    cold?) and benchmarks/drafts.py (drafts from the prompt off vs on) with every layer on the GPU;
 # all into one log. Planned to finish within 9 minutes on 16 cores (the build is most of it).
 #
 # Bring along (made by benchmarks/make_gpu_bundle.sh where PyPI is reachable; all git-ignored):
@@ -141,6 +142,11 @@ run bench-cpu "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers 0 --parallel 
 step "KV cache types on the GPU: q8_0 and q4_0 (flash attention on), and auto's plan on an 8 GiB GPU"
 run bench-kv-q8 "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 1,16 --cache-type-k q8_0 --cache-type-v q8_0
 run bench-kv-q4 "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 16 --cache-type-k q4_0 --cache-type-v q4_0
+step "flash attention on vs off on the GPU (prompts and generation, --parallel 1 and 8)"
+run bench-fa-on "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 1,8 --flash-attn on
+run bench-fa-off "$PY" -m prom_local bench "${BENCH[@]}" --gpu-layers all --parallel 1,8 --flash-attn off
+# Does a cached prefix give the cold result on the GPU with flash attention on (the CPU's 64-row rule)?
+run fa-fidelity "$PY" benchmarks/flash_fidelity.py --model "$MODEL" --records 8 --max-tokens 32 --parallel 1 8
 run doctor-kv-auto "$PY" -m prom_local doctor -m "$MODEL" --gpu-memory 8GiB --ctx 8192 --parallel 16
 # Drafts from the prompt off vs on, every layer on the GPU (pytest -m gpu above checks their output).
 run drafts "$PY" benchmarks/drafts.py --model "$MODEL" --gpu-layers -1 --records 8 --max-tokens 64 --parallel 1 4
