@@ -8,7 +8,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """The process exit codes, all of them (README's "Exit codes" section lists them for users)."""
+    """The process exit codes, all of them (docs/formats.md's "Exit codes" table lists them for users)."""
 
     OK = 0
     FAILURE = 1          # any other user-caused failure: an OS error on a file they named

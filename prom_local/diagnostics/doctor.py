@@ -29,7 +29,7 @@ from ..runs.workload import WorkSize, measure
 from ..settings import DEFAULT_PROFILE
 from ..units import format_bytes
 
-# doctor's exit codes, from the one table (also in `prom-local doctor --help` and the README): the model
+# doctor's exit codes, from the one table (also in `prom-local doctor --help` and docs/formats.md): the model
 # can run here; no model, not a GGUF, or a GGUF without weights; it does not fit in memory (RAM, after
 # what the GPU takes).
 EXIT_OK, EXIT_MODEL, EXIT_MEMORY = ExitCode.OK, ExitCode.MODEL, ExitCode.MEMORY

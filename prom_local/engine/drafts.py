@@ -28,7 +28,7 @@ def draft_default(draft: int | None, n_gpu_layers: int) -> int:
     """Drafts per step: `draft` when given, else the measured default. A drafted row costs what a
     prompt token costs, and pays only where one decode step is bound by reading the weights (a
     GPU, a big model on many CPU cores): there verifying k more tokens is nearly free. Measured
-    (benchmarks/drafts.py, README "Drafts from the prompt"): on a CPU with SmolLM2, 3.89 drafts
+    (benchmarks/drafts.py, docs/performance.md "Drafts from the prompt"): on a CPU with SmolLM2, 3.89 drafts
     accepted per verification cut decode steps 3.7x yet cost 7-10% more CPU at --parallel 1 and
     22% at 4, so the CPU default is off; on with GPU layers (not measured here: gpu_check.sh)."""
     if draft is not None:

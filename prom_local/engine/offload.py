@@ -29,7 +29,7 @@ DEFAULT_RESERVE_BYTES = 768 * MiB
 KV_TYPES = {"f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
 CACHE_TYPE_CHOICES = (*KV_TYPES, "auto")
 # The quantized types whose effect on scores was measured small (benchmarks/kv_fidelity.py; the
-# README's "KV cache types" table): the only ones `auto` may choose, and only where they fit more.
+# docs/performance.md's "KV cache types" table): the only ones `auto` may choose, and only where they fit more.
 KV_MEASURED_SMALL = ("q8_0",)
 
 
@@ -325,7 +325,7 @@ def auto_plan(shape: ModelShape, *, n_ctx: int, gpu_supported: bool, gpu_free: i
         (layers0, seqs0), (layers, seqs) = first._reach, best._reach
         why = (f"KV cache {best.kv.label} (auto: fits {_fits(layers, seqs, shape.n_layer)} instead of "
                f"{_fits(layers0, seqs0, shape.n_layer)} with {first.kv.label}; its effect on scores was "
-               "measured small, see the README's KV cache types)")
+               "measured small, see docs/performance.md, KV cache types)")
     return dataclasses.replace(best, kv_reason=why)
 
 

@@ -3,7 +3,7 @@ a malformed body a 400 (never a 500, never a stalled event loop).
 
 Every number and string a client gives is bounded: by the constants here, by the server's
 options (--max-body-bytes, --max-tokens-cap, --max-queue), or by what the loaded model can do
-(the context left after the prompt). README "Security" lists them.
+(the context left after the prompt). docs/security.md lists them.
 """
 
 from __future__ import annotations
