@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         max_tokens: MaxTokensOpt = 256,
         cache_type_k: CacheTypeKOpt = "auto",
         cache_type_v: CacheTypeVOpt = "auto",
-        flash_attn: FlashAttnOpt = "auto",
+        flash_attn: FlashAttnOpt = None,
         draft: DraftOpt = None,
         verbose: VerboseOpt = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,

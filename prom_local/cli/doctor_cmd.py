@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
         max_tokens: MaxTokensOpt = 512,
         cache_type_k: CacheTypeKOpt = "auto",
         cache_type_v: CacheTypeVOpt = "auto",
-        flash_attn: FlashAttnOpt = "auto",
+        flash_attn: FlashAttnOpt = None,
         input: Annotated[Optional[Path], typer.Option(
             "--input", "-i", help="Size the context to these JSONL records (default: the built-in judge "
             "records).")] = None,

@@ -72,7 +72,9 @@ def _cache_type(value: str) -> str:
 FLASH_ATTN_CHOICES = {"auto": None, "on": True, "off": False}
 
 
-def _flash_attn(value: str) -> bool | None:
+def _flash_attn(value: str | None) -> bool | None:
+    if value is None:   # the field's default: auto
+        return None
     try:
         return FLASH_ATTN_CHOICES[value.strip().lower()]
     except KeyError:
@@ -135,10 +137,11 @@ ENGINE_FLAGS: tuple[Flag, ...] = (  # in --help order
          "a quantized V turns flash attention on.", str, into=(EngineConfig, "cache_type_v"), parse=_cache_type,
          option=dict(metavar="|".join(CACHE_TYPE_CHOICES))),
     Flag("flash_attn", ("--flash-attn", "-fa"), "llama.cpp's flash attention, as llama-server names it: auto "
-         "(llama.cpp's choice: on wherever the device runs it, the CPU included), on or off. A cached prefix "
-         "gives the cold result either way (docs/exactness.md); the choice is printed.", str,
-         into=(EngineConfig, "flash_attn"), parse=_flash_attn, default="auto",
-         option=dict(metavar="|".join(FLASH_ATTN_CHOICES))),
+         "(llama.cpp's choice: on wherever the device runs it, the CPU included), on or off. Either way a record "
+         "gets the same bits at any --parallel and from a cached prefix; on and off differ slightly "
+         "(docs/exactness.md). The choice is printed.", Optional[str],
+         into=(EngineConfig, "flash_attn"), parse=_flash_attn,
+         option=dict(metavar="|".join(FLASH_ATTN_CHOICES), show_default="auto")),
     Flag("draft", ("--draft",), "Drafts from the prompt (speculative decoding by prompt lookup): at most N "
          "tokens per step copied from where the sequence's last words occurred in its prompt or output, "
          "verified in the same batch; the output is the model's own. 0 = off. Default: 8 with GPU layers, "

@@ -53,6 +53,11 @@ class PrefixCache:
                  store: PromptStore | None = None):
         self._buf = np.zeros((n_seq, capacity), dtype=np.int64)
         self.n = [0] * n_seq            # sequence s holds buf[s, :n[s]]
+        # Of which the first exact[s] were decoded as prompt pieces of at least the scheduler's
+        # exact tail: only those are offered for reuse. A generated token or a short prompt went
+        # through another kernel than a cold prompt's piece would (scheduler.EXACT_TAIL,
+        # context.FLASH_ATTN_TILE_ROWS), so a prompt that continues into them computes them again.
+        self.exact = [0] * n_seq
         self.last_used = [0] * n_seq    # admission stamp of the last request given the sequence
         self.memory = memory
         self.store = store if memory is not None else None
@@ -69,8 +74,9 @@ class PrefixCache:
         return self._buf[seq, :self.n[seq]]
 
     def shared(self, seq: int, arr: np.ndarray, limit: int) -> int:
-        """Tokens of `arr` (up to limit) whose KV sequence `seq` holds right now."""
-        return common_prefix(self._buf[seq, :self.n[seq]], arr, limit)
+        """Tokens of `arr` (up to limit) whose KV sequence `seq` holds right now, as a cold prompt
+        would have computed them."""
+        return common_prefix(self._buf[seq, :self.exact[seq]], arr, limit)
 
     def longest(self, arr: np.ndarray, limit: int, prefer: int) -> tuple[int, int]:
         """(sequence, tokens) holding the longest prefix of arr; `prefer` wins ties (no copy)."""
@@ -121,15 +127,15 @@ class PrefixCache:
         self.store.used(entry)
         k = len(entry.tokens)
         self._buf[seq, :k] = entry.tokens
-        self.n[seq] = k
+        self.n[seq] = self.exact[seq] = k   # (only exact prefixes are stored)
         return n
 
     def _spill(self, seq: int, keep: int) -> None:
         """`seq` is about to keep only its first `keep` tokens: save its state first when what it
         loses is worth keeping and neither the store nor another sequence has it."""
-        if self.store is None or self.n[seq] - keep < MIN_SPILL or seq in self._copy_dst:
+        if self.store is None or self.exact[seq] - keep < MIN_SPILL or seq in self._copy_dst:
             return
-        tokens = self.tokens(seq)
+        tokens = self._buf[seq, :self.exact[seq]]
         n = len(tokens)
         if self.store.covers(tokens) or any(s != seq and self.shared(s, tokens, n) == n
                                             for s in range(self.n_seq)):
@@ -148,6 +154,7 @@ class PrefixCache:
         """Make `seq` hold the first `keep` tokens of what `src` holds (itself: a trim)."""
         own = keep if src == seq else self.shared(seq, self._buf[src, :keep], keep)
         self._spill(seq, own)
+        exact = min(self.exact[src], keep)
         if src != seq:
             if self.memory is not None:
                 self.memory.seq_cp(src, seq)
@@ -159,15 +166,20 @@ class PrefixCache:
         if self.memory is not None:
             self.memory.seq_rm(seq, keep)
         self.n[seq] = keep
+        self.exact[seq] = exact
 
     def trim(self, seq: int, keep: int) -> None:
         """Drop the sequence's tokens from `keep` on (rejected drafts): nothing saved, nothing copied."""
         if self.memory is not None:
             self.memory.seq_rm(seq, keep)
         self.n[seq] = min(self.n[seq], keep)
+        self.exact[seq] = min(self.exact[seq], keep)
 
-    def append(self, seq: int, tokens: Sequence[int]) -> None:
-        """Tokens just decoded at the end of `seq`."""
+    def append(self, seq: int, tokens: Sequence[int], exact: bool = True) -> None:
+        """Tokens just decoded at the end of `seq`; `exact`: as a prompt piece a cold run computes
+        the same way (see self.exact)."""
         n, k = self.n[seq], len(tokens)
         self._buf[seq, n:n + k] = tokens
         self.n[seq] = n + k
+        if exact and self.exact[seq] == n:
+            self.exact[seq] = n + k

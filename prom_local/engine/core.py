@@ -249,17 +249,38 @@ class Engine:
         # By sequence id: llama.cpp cuts a batch over several KV streams into micro-batches of
         # consecutive sequence ids, so any other order costs extra passes over the weights.
         items = sorted(items, key=lambda item: item[0].seq)
+        padded = self._lone_rows(items)
         for active, take in items:
             last = take == len(active.pending)
             rows = 1 + len(active.progress.drafts) if last else 1   # logits for every drafted position
             index = batch.add(active.pending[:take], self.cache.n[active.seq], active.seq, last, rows)
             if last:
                 wants.append((active, index))
+            if active.seq in padded:
+                batch.add(active.pending[take - 1:take], self.cache.n[active.seq] + take, active.seq, False)
         self.ctx.decode(batch)
+        for seq in padded:   # the pad row's KV goes again: the sequence ends where its real tokens do
+            self.ctx.seq_rm(seq, self.cache.n[seq] + next(take for a, take in items if a.seq == seq))
         self.scheduler.advance(items)
         self.stats.steps += 1
         self.stats.batch_tokens += batch.n_tokens
         return wants
+
+    def _lone_rows(self, items: list[tuple[Active, int]]) -> set[int]:
+        """Sequences to decode with a pad row after their token: with flash attention on the CPU,
+        llama.cpp attends a micro-batch of one sequence with one token (past 256 cached ones) by
+        splitting its KV across threads (ggml-cpu ops.cpp, use_split_kv_path), and every other
+        micro-batch row by row; the two sum in another order, which was seen to flip greedy tokens
+        between --parallel 1 and 3. llama.cpp puts sequences with consecutive ids in one micro-batch,
+        so a token is alone when its sequence's neighbours are not in the batch; a second row of its
+        own sequence (the same token one position on, its KV dropped after the decode) sends it down
+        the row-by-row path, whatever else runs: the same bits at any --parallel and any neighbours."""
+        if not (self.flash_attn and self.plan.n_gpu_layers == 0):
+            return set()
+        seqs = {a.seq for a, _ in items}
+        lone = [a.seq for a, take in items if take == 1 and a.seq - 1 not in seqs and a.seq + 1 not in seqs
+                and self.cache.n[a.seq] + 2 <= self.n_ctx]
+        return set(lone[:self.n_batch - sum(take for _, take in items)])   # within the batch's capacity
 
     def _probe(self, active: Active, index: int) -> np.ndarray:
         logits = self.ctx.logits(index).astype(np.float64)

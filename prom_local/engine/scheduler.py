@@ -317,7 +317,8 @@ class Scheduler:
         """Bookkeeping after a successful decode of items."""
         self.cache.copies_done()
         for active, take in items:
-            self.cache.append(active.seq, active.pending[:take])
+            # A prompt piece of at least the tail rows is computed as a cold run computes it.
+            self.cache.append(active.seq, active.pending[:take], exact=active.prefilling and take >= self.exact_tail)
             del active.pending[:take]
 
     def fits(self, active: Active, n_more: int) -> bool:
