@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from assets import smollm2_gguf
-from helpers import RUBRIC, in_order, invoke, write_jsonl
+from helpers import RUBRIC, in_order, invoke, short_record, write_jsonl
 from prom_local import EngineConfig, Judge, PromptProfile, SamplingParams
 from prom_local.engine.offload import ModelShape, choose_parallel
 from prom_local.judging.records import record_from_mapping
@@ -159,6 +159,23 @@ def test_a_prefix_reused_up_to_near_the_end_equals_cold(model, flash_attn):
         alone = cold.grade(recs[1])
     assert alone.extra["reused_prompt_tokens"] == 0
     assert (second.output, second.score, second.probabilities) == (alone.output, alone.score, alone.probabilities)
+
+
+@slow
+def test_flash_attention_gives_the_same_rows_at_any_parallel(model):
+    """With flash attention on, a token generated alone (its neighbours' sequences prefilling or
+    done) and one generated beside others take different CPU kernels unless the engine pads it
+    (core.Engine._lone_rows); prompts past 256 tokens reach the kernel that differs."""
+    recs = records([{**short_record(i), "id": f"r{i}"} for i in range(3)])
+    rows = {}
+    for parallel in (1, 3):
+        with Judge(model, engine=EngineConfig(n_ctx=1024, gpu_layers=0, n_threads=2, n_parallel=parallel,
+                                              flash_attn=True),
+                   sampling=SamplingParams(max_tokens=12)) as j:
+            grades = list(j.grade_stream(recs))
+        assert min(g.prompt_tokens for g in grades) > 256
+        rows[parallel] = [(g.output, g.score, g.probabilities) for g in grades]
+    assert rows[1] == rows[3]
 
 
 def _common(a: list[int], b: list[int]) -> list[int]:
