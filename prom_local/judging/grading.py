@@ -80,6 +80,16 @@ def expected_score(probabilities: Sequence[float]) -> float | None:
     return float(sum(s * p for s, p in zip(SCORES, probabilities)))
 
 
+ABSOLUTE, RELATIVE = "absolute", "relative"
+
+
+def kind_of(row: dict) -> str:
+    """A results row's kind, ABSOLUTE or RELATIVE: the one test of a row (reports/rows.py hands it on).
+    Rows are the results file's JSON objects: a pairwise row carries "mode": "relative" (the
+    results contract), an absolute row no "mode"."""
+    return RELATIVE if row.get("mode") == "relative" else ABSOLUTE
+
+
 @dataclass
 class Grade:
     """One graded record: what the model wrote, the score, and how sure it was."""
@@ -100,6 +110,21 @@ class Grade:
     gold_score: int | None = None
     error: str | None = None
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def of_record(cls, record, **fields) -> "Grade":
+        """A row of `record` with no verdict yet: its id and gold, the fields the record's reader
+        wants in its row (row_fields), and `fields` (what the run measured, or its error)."""
+        grade = cls(**{"id": record.id, "score": None, "feedback": "", "output": "",
+                       "gold_score": record.gold_score, **fields})
+        attach_gold(grade, record.gold_scores)
+        grade.extra.update(record.row_fields or {})
+        return grade
+
+    def take(self, verdict) -> None:
+        """Fill the row with a verdict (verdicts.Verdict): the score and how sure the model was."""
+        self.score, self.forced = verdict.score, verdict.forced
+        self.probabilities, self.score_mass = verdict.probabilities, verdict.mass
 
     @property
     def expected(self) -> float | None:
@@ -133,13 +158,32 @@ class Grade:
     @classmethod
     def from_row(cls, row: dict) -> "Grade":
         """The Grade a results row was written from (to_row's inverse, up to its rounding)."""
-        if row.get("mode") == "relative" and cls is Grade:
+        if kind_of(row) == RELATIVE and cls is Grade:
             return RelativeGrade.from_row(row)
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         data = {k: v for k, v in row.items() if k in known}
         data["probabilities"] = row_probabilities(row)
         data["extra"] = {k: v for k, v in row.items() if k not in known and k != "expected_score"}
         return cls(**data)
+
+
+def row_type(record) -> type[Grade]:
+    """The row class of a record's kind: a pair's row is a RelativeGrade."""
+    return RelativeGrade if record.is_relative else Grade
+
+
+def error_row(error: Exception | str, record=None, *, row_id: str | None = None,
+              finish_reason: str = "error") -> Grade:
+    """The one constructor of a row with no verdict: a record the engine could not run (a prompt
+    too long for the context: its tokens are counted), one a server refused or a run cancelled
+    (`finish_reason` "cancelled"), a line that is not a record (an InputError, whose record_id
+    names the row), a batch line the server failed (`row_id`, its custom_id). With `record`, the
+    row is of its kind and carries its id and gold, as its graded row would."""
+    fields = {"error": str(error), "finish_reason": finish_reason, "prompt_tokens": getattr(error, "n_tokens", 0)}
+    if record is not None:
+        return row_type(record).of_record(record, **fields)
+    return Grade(id=row_id or getattr(error, "record_id", None) or "?", score=None, feedback="", output="",
+                 **fields)
 
 
 def note_run(grade: Grade, out) -> bool:
@@ -252,6 +296,15 @@ class RelativeGrade(Grade):
     orders: list | None = None
     consistent: bool | None = None
     tie: bool = False
+
+    @classmethod
+    def of_record(cls, record, **fields) -> "RelativeGrade":
+        return cls(**{"id": record.id, "score": None, "feedback": "", "output": "",
+                      "gold_winner": record.gold_winner, **fields})
+
+    def take(self, verdict) -> None:
+        self.winner, self.forced = verdict.label, verdict.forced
+        self.probabilities, self.label_mass = verdict.probabilities, verdict.mass
 
     @property
     def expected(self) -> float | None:

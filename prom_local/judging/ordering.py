@@ -5,12 +5,17 @@ server does and hands out `(input index, row)` pairs as they finish. A results f
 each row is written, and made durable, the moment its record is done, so a slow first record
 holds back no other row and a kill loses only the records still in flight. Callers that pair rows
 with their inputs by position (stdout, the TUI, prometheus-eval's list calls, /v1/grade) put them
-back in input order with `in_input_order`.
+back in input order with `in_input_order`. `RowStream` gives every backend its `grade_stream` and
+`grade` from its `finished_rows`, so that choice is written once.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+import threading
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from .grading import Grade, error_row
+from .records import AnyRecord
 
 Row = TypeVar("Row")
 
@@ -39,3 +44,31 @@ def rows_only(finished: Iterable[tuple[int, Row]]) -> Iterator[Row]:
     """The rows of `finished`, in the order they finished."""
     for _i, row in finished:
         yield row
+
+
+class RowStream:
+    """`grade_stream` and `grade` for a backend that defines `finished_rows` (the local Judge,
+    runs/remote.py's and runs/ray/'s): the reassembly into input order is written here once."""
+
+    def finished_rows(self, records: Iterable[AnyRecord | Grade], *,
+                      on_token: Callable[[AnyRecord, str], None] | None = None,
+                      cancel: threading.Event | None = None,
+                      both_orders: bool = False) -> Iterator[tuple[int, Grade]]:
+        raise NotImplementedError
+
+    def grade_stream(self, records: Iterable[AnyRecord | Grade], *,
+                     on_token: Callable[[AnyRecord, str], None] | None = None,
+                     cancel: threading.Event | None = None, both_orders: bool = False,
+                     ordered: bool = True) -> Iterator[Grade]:
+        """One row per input item (a `Grade` in the input, an error row made upstream, passes
+        through): in input order, or with `ordered=False` each as soon as its record is done (a
+        results file's order). `both_orders`: pairs are graded A/B and B/A (judging/pairwise.py)."""
+        finished = self.finished_rows(records, on_token=on_token, cancel=cancel, both_orders=both_orders)
+        return in_input_order(finished) if ordered else rows_only(finished)
+
+    def grade(self, record: AnyRecord, *, on_token: Callable[[str], None] | None = None,
+              cancel: threading.Event | None = None) -> Grade:
+        """One record's row (its cancelled row when `cancel` stopped it before any row came)."""
+        cb = (lambda _r, text: on_token(text)) if on_token else None
+        row = next(iter(self.grade_stream([record], on_token=cb, cancel=cancel)), None)
+        return row if row is not None else error_row("cancelled", record, finish_reason="cancelled")
