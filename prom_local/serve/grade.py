@@ -21,7 +21,7 @@ import threading
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..runs.score_file import error_grade
+from ..judging.grading import error_row as error_grade
 from ..errors import InputError, UsageError
 from ..judging.grading import Grade
 from ..judging.records import Record, record_from_mapping
