@@ -1,7 +1,10 @@
 """Where records are graded, as one interface: the local `Judge` (engine in this process), the
 `RemoteJudge` (a `prom-local serve` over HTTP) and the `RayScorer` (engines on a Ray cluster,
 runs/ray/driver.py) all are a `Backend`, so `score_file` takes any of them, and `grade` and the
-TUI the first two. The Ray one returns rows whole: it calls no `on_token` and hears no `cancel`.
+TUI the first two. Each honours every option of the protocol or refuses it with an error, never
+ignores one: rows that come back whole (a server's, a Ray engine's) give `on_token` their whole
+output; the Ray engines grade pairs in the order(s) they were loaded for and refuse the other.
+All three get `grade_stream` and `grade` from judging/ordering.RowStream, over their `finished_rows`.
 
 The CLI chooses between them in one place, cli/remote_opts.open_backend.
 """
