@@ -130,10 +130,10 @@ def test_auto_puts_every_layer_of_a_small_model_on_the_gpu(gpu_model):
 @needs_gpu
 def test_auto_puts_fewer_layers_under_a_capped_gpu_budget(gpu_model, monkeypatch):
     import prom_local.engine as engine_mod
-    from prom_local.engine import Engine, EngineConfig, read_model_info
+    from prom_local.engine import Engine, EngineConfig, load_vocab_only
     from prom_local.engine.offload import DEFAULT_RESERVE_BYTES
 
-    probe = read_model_info(gpu_model)
+    probe = load_vocab_only(gpu_model)
     shape = probe.shape()
     probe.close()
     per_layer = shape.layer_bytes + shape.kv_bytes_per_layer(512)
@@ -152,9 +152,9 @@ def test_a_load_that_cannot_fit_is_retried_with_fewer_layers(gpu_model):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs torch with CUDA to take GPU memory away")
-    from prom_local.engine import Engine, EngineConfig, read_model_info
+    from prom_local.engine import Engine, EngineConfig, load_vocab_only
 
-    probe = read_model_info(gpu_model)
+    probe = load_vocab_only(gpu_model)
     head = probe.shape().output_bytes
     probe.close()
     free, _total = torch.cuda.mem_get_info()

@@ -26,7 +26,7 @@ from .context import LlamaBatch, LlamaContext, SamplerChain, flash_attn_default
 from .drafts import NgramIndex, accept_drafts, draft_default
 from .host_cache import HostPromptCache
 from .loading import load
-from .requests import (DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent)
+from .requests import DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent, log_softmax
 from .scheduler import Active, RequestState, Scheduler
 from .submission import Intake, Raised, RequestHandle
 
@@ -95,9 +95,6 @@ class Engine:
     def snapshot(self) -> dict:
         """The scheduler's counts (busy, window, free, host cache) for monitoring; any thread."""
         return self.scheduler.snapshot()
-
-    def check_fits(self, n_prompt: int, max_tokens: int) -> None:
-        self.scheduler.check_fits(n_prompt, max_tokens)
 
     # -- ways in ----------------------------------------------------------------------------------
     def submit(self, request: GenRequest) -> RequestHandle:
@@ -251,10 +248,8 @@ class Engine:
         return wants
 
     def _probe(self, active: Active, index: int) -> np.ndarray:
-        logits = self.ctx.logits(index).astype(np.float64)
-        top = logits.max()
-        log_z = top + np.log(np.exp(logits - top).sum())
-        return np.exp(logits[np.asarray(active.job.req.probe_ids, dtype=np.int64)] - log_z)
+        log_p = log_softmax(self.ctx.logits(index))
+        return np.exp(log_p[np.asarray(active.job.req.probe_ids, dtype=np.int64)])
 
     def _after_logits(self, active: Active, index: int) -> bool:
         """Act on the logits at batch `index`: probe, draw a token, emit it. True when the request
