@@ -16,7 +16,6 @@ a record the server refuses (400, 413, 500) becomes that record's error row, as 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import queue
 import threading
@@ -29,6 +28,7 @@ import httpx
 
 from ..engine import SamplingParams
 from ..errors import ExitCode, InputError, PromLocalError, UsageError
+from ..hosts import is_loopback
 from ..judging.grading import Grade, error_row, gold_fields
 from ..judging.ordering import RowStream
 from ..judging.records import Record
@@ -70,19 +70,10 @@ def plain_http_warning(url: str) -> str | None:
     """A warning when a key would cross the network unencrypted: http:// to a host that is not
     this machine (anyone on the path can read it and use the server)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+    if parts.scheme != "http" or is_loopback(parts.hostname or ""):
         return None
     return (f"warning: sending the API key to {parts.hostname} over plain http (unencrypted); use "
             "https:// (serve --ssl-certfile/--ssl-keyfile, or a TLS reverse proxy)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
