@@ -1,4 +1,4 @@
-"""KUDGE's CSV files as input (kudge_files.py), KUDGE's own figures in `report` (report_kudge.py)
+"""KUDGE's CSV files as input (kudge_files.py), KUDGE's own figures in `report` (reports/kudge.py)
 and `pull kudge` (kudge_pull.py). The false-information file is KUDGE's own, all 54 rows
 (tests/data/kudge, MIT, see LICENSE there); the full-format file is a synthetic stand-in in the
 full file's columns (make_full_sample.py), since the 2,506-row file is not stored here."""

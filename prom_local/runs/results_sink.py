@@ -14,7 +14,7 @@ driver of `score --ray`) goes through a ResultsSink, so the rules below hold who
 - Run statistics are counted here, once, for every writer.
 
 Readers (`report`, `compare`, the TUI's review) take no lock: rows are appended whole, so a reader
-sees complete rows plus at most one unfinished last line (see output.read_results).
+sees complete rows plus at most one unfinished last line (see results_reader.read_results).
 """
 
 from __future__ import annotations
