@@ -307,7 +307,7 @@ def test_records_travel_to_a_server_and_open_in_the_tui(tmp_path):
 
 
 def test_mt_bench_verdicts_are_read_as_kudge_reads_them():
-    from prom_local.judging.grading import find_bracket_winner, split_relative_feedback
+    from prom_local.judging.verdict_text import find_bracket_winner, split_relative_feedback
 
     def winner(text):
         match = find_bracket_winner(text)

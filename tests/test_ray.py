@@ -393,7 +393,7 @@ def test_engines_loaded_for_one_order_refuse_both_orders_before_touching_ray():
 
 
 def test_read_ahead_passes_error_rows_at_once_and_chunks_the_rest():
-    from prom_local.judging.grading import error_row
+    from prom_local.judging.grades import error_row
     from prom_local.runs.ray.cluster import ReadAhead
 
     bad = error_row("bad line", row_id="7")

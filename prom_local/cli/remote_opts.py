@@ -19,7 +19,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import UsageError
-from ..runs.backend import Backend
+from ..judging.backend import Backend
 from ..runs.remote import RemoteJudge, ServerInfo, check_url, plain_http_warning
 from .options import FLAGS, EngineOptions, err_console
 from ..settings import ENV_SERVER_API_KEY

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..runs.score_file import default_output, score_file
 from ..errors import ExitCode, OutputError
-from ..judging.grading import Grade
+from ..judging.grades import Grade
 from ..runs.results_reader import read_results
 from ..inputs import read_records
 from ..runs.results_sink import BatchStats, ResultsSink

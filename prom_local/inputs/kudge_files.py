@@ -30,7 +30,7 @@ from typing import Iterator
 
 from .benchmark_files import ParseError, header, rubric_text, split_sections
 from ..errors import InputError
-from ..judging.grading import round_half_up
+from ..judging.grades import round_half_up
 from ..judging.records import Record, RelativeRecord
 from ..judging.rubrics import SCORES, Rubric
 

@@ -17,9 +17,9 @@ from ..engine import (DoneEvent, Engine, EngineConfig, EngineStats, ErrorEvent, 
                      TokenEvent)
 from ..engine.model_info import ModelInfo, StoreName, describe_engine
 from ..errors import InputError
-from .ordering import RowStream
-from .graders import AbsoluteGrader, Grader
-from .grading import Grade
+from .backend import RowStream
+from .kinds import AbsoluteGrader, Grader
+from .grades import Grade
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prometheus_eval_calls import PrometheusEvalCalls
 from .prompts import PromptProfile, get_profile
@@ -95,7 +95,7 @@ class Judge(RowStream, PrometheusEvalCalls):
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
     def grader_for(self, record: AnyRecord) -> Grader:
-        """The one place a record's kind is asked: its Grader (graders.py). A UsageError for a pair
+        """The one place a record's kind is asked: its Grader (kinds.py). A UsageError for a pair
         when the profile has no relative prompt."""
         return self.pairs if record.is_relative else AbsoluteGrader(self)
 

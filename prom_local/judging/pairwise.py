@@ -18,15 +18,15 @@ from dataclasses import replace
 from typing import Sequence
 
 from ..engine import GenOutput, GenRequest, SamplingParams
-from .graders import JudgeParts
-from .grading import RelativeGrade, error_row
+from .kinds import JudgeParts
+from .grades import RelativeGrade, error_row
 from .prompts import LABELS
 from .records import RelativeRecord, other_label
 from .verdicts import PAIR_STYLES, VerdictReader
 
 
 class PairGrader:
-    """The relative half of a Judge, its Grader for pairs (graders.py): requests for pairs, and
+    """The relative half of a Judge, its Grader for pairs (kinds.py): requests for pairs, and
     their outputs -> RelativeGrade, read by the one VerdictReader in the profile's pairwise style."""
 
     def __init__(self, judge: JudgeParts):

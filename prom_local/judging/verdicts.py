@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..engine import GenOutput, GenRequest, SamplingParams
-from .grading import (BRACKET_AT_END, MARKER_AT_END, WINNER_AT_END, Grade, RelativeGrade, find_bracket_winner,
-                      find_score, find_winner, note_run, split_relative_feedback)
+from .grades import Grade, RelativeGrade, note_run
+from .verdict_text import (BRACKET_AT_END, MARKER_AT_END, WINNER_AT_END, find_bracket_winner, find_score, find_winner,
+                           split_relative_feedback)
 from .rubrics import SCORES
 from .verdict_tokens import VerdictTokens
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from ..judging.grading import ABSOLUTE, RELATIVE, kind_of  # noqa: F401  (handed on to the TUI and compare)
+from ..judging.grades import ABSOLUTE, RELATIVE, kind_of  # noqa: F401  (handed on to the TUI and compare)
 from ..judging.rubrics import SCORES
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import httpx
 
 from ..errors import InputError
-from ..judging.grading import error_row
+from ..judging.grades import error_row
 from ..inputs import read_records
 from .remote import CONNECT_TIMEOUT, RemoteError, check_url, record_body
 from .score_file import unique_ids

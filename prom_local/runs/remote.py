@@ -29,8 +29,8 @@ import httpx
 from ..engine import SamplingParams
 from ..errors import ExitCode, InputError, PromLocalError, UsageError
 from ..hosts import is_loopback
-from ..judging.grading import Grade, error_row, gold_fields
-from ..judging.ordering import RowStream
+from ..judging.grades import Grade, error_row, gold_fields
+from ..judging.backend import RowStream
 from ..judging.records import Record
 
 CONNECT_TIMEOUT = 10.0

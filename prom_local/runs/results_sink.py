@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OutputError, ResultsLocked
-from ..judging.grading import Grade
+from ..judging.grades import Grade
 from ..safe_files import create_unique, open_nofollow, replace_durably, write_all
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError
-from ..judging.grading import Grade, error_row
+from ..judging.grades import Grade, error_row
 from ..judging.records import AnyRecord
 from ..inputs import read_records
-from .backend import Backend
+from ..judging.backend import Backend
 from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
 
 

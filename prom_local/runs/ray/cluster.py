@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ...errors import ClusterError
-from ...judging.grading import Grade
+from ...judging.grades import Grade
 from ...judging.records import Record
 
 # A local instance started by `--ray auto` keeps records and grades only (kilobytes each).

@@ -29,8 +29,8 @@ from ..score_file import score_file
 from ...engine import EngineConfig, SamplingParams
 from ...errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
                      PromLocalError, UsageError)
-from ...judging.grading import Grade
-from ...judging.ordering import RowStream
+from ...judging.grades import Grade
+from ...judging.backend import RowStream
 from ...judging.prompts import get_profile
 from ...judging.records import Record
 from .cluster import ActorSlot, ReadAhead, connect, import_ray, plan_actors
@@ -79,7 +79,7 @@ def _raise_user_error(result: dict, where: str) -> None:
 # The run.
 
 class RayScorer(RowStream):
-    """Engines on a Ray cluster as a runs.backend.Backend: runs.score_file drives it as it drives
+    """Engines on a Ray cluster as a judging.backend.Backend: runs.score_file drives it as it drives
     a local Judge or a RemoteJudge.
 
     >>> with RayScorer(JudgeSpec(model="prometheus-ko:Q4_K_M"), address="auto") as scorer:
@@ -227,7 +227,7 @@ class RayScorer(RowStream):
                       address=self.connected_to, setup_seconds=self.setup_seconds,
                       grading_seconds=time.perf_counter() - started)
 
-    # -- the Backend protocol (runs/backend.py) ---------------------------------------------------
+    # -- the Backend protocol (judging/backend.py) ------------------------------------------------
     # Rows come back whole from the engines: `on_token` gets each record's whole output once its
     # row is back (as from a server); `cancel` stops the run between exchanges (rows in flight are
     # not handed out, so the next run grades them again); `both_orders` is the JudgeSpec's, fixed

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...engine import EngineConfig, SamplingParams
 from ...errors import ModelNotFound, PromLocalError
-from ...judging.grading import Grade
+from ...judging.grades import Grade
 from ...store.manifest import sha256_file
 from ...judging.records import Record
 

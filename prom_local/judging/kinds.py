@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Protocol, Sequence
 
 from ..engine import GenOutput, GenRequest, LlamaModel, SamplingParams
-from .grading import Grade, error_row
+from .grades import Grade, error_row
 from .prompts import PromptProfile
 from .records import Record
 from .verdicts import VerdictReader
