@@ -13,7 +13,7 @@ import threading
 from prom_local.errors import UsageError
 from prom_local.inputs import read_records
 from prom_local.engine import EngineConfig, SamplingParams
-from prom_local.runs.ray.driver import JudgeSpec, RayScorer
+from prom_local.backends.ray.driver import JudgeSpec, RayScorer
 
 
 def main(address: str, model: str, src: str) -> None:

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("inputs",),
     ("store",),
     ("runs",),
+    ("backends",),
     ("reports",),
     ("diagnostics",),
     ("serve", "tui"),

@@ -294,7 +294,7 @@ def test_records_travel_to_a_server_and_open_in_the_tui(tmp_path):
     record must come out (pointwise and pairwise); the TUI's batch screen reads the CSV as `score` does."""
     from prom_local.runs.score_file import default_output
     from prom_local.judging.records import record_from_mapping
-    from prom_local.runs.remote import record_body
+    from prom_local.backends.remote import record_body
     from prom_local.tui.screens.batch import load_batch
 
     for path in (FULL, PAIRWISE):

@@ -22,8 +22,8 @@ import pytest
 
 from helpers import ROOT, run_cli, short_record, write_jsonl
 
-from prom_local.runs.ray.cluster import group_chunks
-from prom_local.runs.ray.cluster import plan_actors
+from prom_local.backends.ray.cluster import group_chunks
+from prom_local.backends.ray.cluster import plan_actors
 from prom_local.judging.records import Record
 from prom_local.judging.rubrics import Rubric
 
@@ -384,7 +384,7 @@ def test_engines_are_placed_one_per_gpu_else_one_per_node_sharing_its_cpus():
 
 def test_engines_loaded_for_one_order_refuse_both_orders_before_touching_ray():
     from prom_local.errors import UsageError
-    from prom_local.runs.ray.driver import JudgeSpec, RayScorer
+    from prom_local.backends.ray.driver import JudgeSpec, RayScorer
 
     scorer = RayScorer(JudgeSpec(both_orders=False))
     with pytest.raises(UsageError, match="both orders"):
@@ -394,7 +394,7 @@ def test_engines_loaded_for_one_order_refuse_both_orders_before_touching_ray():
 
 def test_read_ahead_passes_error_rows_at_once_and_chunks_the_rest():
     from prom_local.judging.grades import error_row
-    from prom_local.runs.ray.cluster import ReadAhead
+    from prom_local.backends.ray.cluster import ReadAhead
 
     bad = error_row("bad line", row_id="7")
     items = [_record(0, "a"), bad, _record(1, "a"), _record(2, "b")]

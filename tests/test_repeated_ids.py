@@ -9,7 +9,7 @@ from fake_engine import FakeEngine
 from helpers import short_record, write_jsonl
 from test_serve_batches_app import App, entries, jsonl, wait_status
 from prom_local.judging.judge import Judge
-from prom_local.runs.batch_client import lines_for_records, rows_from_results
+from prom_local.backends.batch_client import lines_for_records, rows_from_results
 from prom_local.runs.results_reader import read_rows
 from prom_local.runs.score_file import score_file
 

@@ -83,6 +83,6 @@ def test_kill_9_with_the_first_record_in_flight_then_resume_loses_none_and_repea
 
 def test_the_local_and_the_remote_judge_are_both_a_backend():
     from prom_local.judging.backend import Backend
-    from prom_local.runs.remote import RemoteJudge
+    from prom_local.backends.remote import RemoteJudge
 
     assert issubclass(Judge, Backend) and issubclass(RemoteJudge, Backend)

@@ -17,9 +17,9 @@ from ..inputs import read_records
 from ..runs.results_sink import BatchStats, ResultsSink
 from ..store.models import resolve_model
 from ..runs.workload import pending_work
-from ..runs.remote import RemoteError
+from ..backends.remote import RemoteError
 from .options import EngineOptions, err_console, with_engine_options
-from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, open_backend
+from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, backend_from_flags, check_remote_options
 
 EXIT_RECORD_ERRORS = ExitCode.USAGE   # the run finished, but some records were bad input
 
@@ -164,7 +164,7 @@ def _finish(out: str, stats: BatchStats, quiet: bool, summary_json: Path | None)
 def _score_records(input, sink: ResultsSink, server, api_key, api_key_file, opts: EngineOptions, quiet,
                    progress, task, on_result, *, both_orders: bool = False, ray: str | None = None,
                    actors: int | None = None) -> BatchStats:
-    """Score on the backend open_backend chooses: --server, --ray, else the model loaded here."""
+    """Score on the backend backends/choose.py chooses: --server, --ray, else the model loaded here."""
 
     def need_tokens() -> int | None:
         # KV memory sized to the records this run will grade (prompts tokenized with the
@@ -174,7 +174,7 @@ def _score_records(input, sink: ResultsSink, server, api_key, api_key_file, opts
                             opts.max_tokens)
         return work.need_tokens if work else None
 
-    judge = open_backend(opts, server, api_key, api_key_file, quiet=quiet, need_tokens=need_tokens,
+    judge = backend_from_flags(opts, server, api_key, api_key_file, quiet=quiet, need_tokens=need_tokens,
                          source="<stdin>" if input == "-" else str(input), ray=ray, actors=actors,
                          both_orders=both_orders)
     with judge, progress:

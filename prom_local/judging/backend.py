@@ -1,8 +1,8 @@
 """What grades records, as one interface: a `Backend`. The local `Judge` (judge.py, the engine
-in this process), the `RemoteJudge` (runs/remote.py, a `prom-local serve` over HTTP) and the
-`RayScorer` (runs/ray/driver.py, engines on a Ray cluster) all are one, so `score_file` takes
-any of them, and `grade` and the TUI the first two; cli/remote_opts.open_backend is the one
-place that picks one. Each honours every option of the protocol or refuses it with an error, never ignores
+in this process), the `RemoteJudge` (backends/remote.py, a `prom-local serve` over HTTP) and the
+`RayScorer` (backends/ray/driver.py, engines on a Ray cluster) all are one, so `score_file` takes
+any of them, and `grade` and the TUI the first two; backends/choose.py is the one place that
+picks one. Each honours every option of the protocol or refuses it with an error, never ignores
 one: rows that come back whole (a server's, a Ray engine's) give `on_token` their whole output;
 the Ray engines grade pairs in the order(s) they were loaded for and refuse the other.
 

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..judging.grades import error_row
 from ..inputs import read_records
 from .remote import CONNECT_TIMEOUT, RemoteError, check_url, record_body
-from .score_file import unique_ids
+from ..runs.score_file import unique_ids
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 _LINE = re.compile(r"^batch_req_(\d+)_")

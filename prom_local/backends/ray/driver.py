@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..score_file import score_file
+from ...runs.score_file import score_file
 from ...engine import EngineConfig, SamplingParams
 from ...errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
                      PromLocalError, UsageError)
@@ -35,7 +35,7 @@ from ...judging.prompts import get_profile
 from ...judging.records import Record
 from .cluster import ActorSlot, ReadAhead, connect, import_ray, plan_actors
 from .worker import EngineWorker
-from ..results_sink import BatchStats, ResultsSink
+from ...runs.results_sink import BatchStats, ResultsSink
 from ...settings import ray_placement_timeout_s
 
 # Longest one exchange call waits inside the actor for a first result before it returns empty.

@@ -65,7 +65,7 @@ def import_ray():
 def _shipped_packages() -> list[str]:
     """This process's prom_local, sent to every node so that actors run exactly the driver's code,
     whatever is installed there (the library alone: it does not import `convert`). The folder is
-    found from this file (prom_local/runs/ray/cluster.py), not by importing the package's top."""
+    found from this file (prom_local/backends/ray/cluster.py), not by importing the package's top."""
     return [str(Path(__file__).resolve().parents[2])]
 
 
