@@ -31,4 +31,4 @@ from .submission import EngineClosed, RequestHandle
 __all__ = ["CONTINUATION_RESERVE", "EXACT_TAIL", "DoneEvent", "Engine", "EngineClosed", "EngineConfig", "EngineStats",
            "ErrorEvent", "Event", "GGUF_MAGIC", "GenOutput", "GenRequest", "LlamaModel", "MIN_WAIT_GAIN",
            "PrefixCache", "RequestHandle", "SamplingParams", "Scheduler", "TokenEvent", "build_backend",
-           "check_gguf_file", "gpu_offload_supported", "load_vocab_only"]
+           "check_gguf_file", "gpu_offload_supported", "load_vocab_only", "log_softmax"]

@@ -52,11 +52,17 @@ def extract_score(text: str) -> int | None:
     return int(match.group("score")) if match else None
 
 
-def split_feedback(text: str) -> str:
-    """The feedback part of an output: before the winning marker, without a leading `Feedback:`."""
-    match = find_score(text) or MARKER_AT_END.search(text)
+def feedback_before(text: str, find, at_end: re.Pattern[str]) -> str:
+    """The feedback part of an output: before the verdict `find` finds (or, with none, before the
+    marker `at_end` finds at the end), without a leading `Feedback:`."""
+    match = find(text) or at_end.search(text)
     body = text[: match.start()] if match else text
     return FEEDBACK_PREFIX.sub("", body).strip()
+
+
+def split_feedback(text: str) -> str:
+    """The feedback of an absolute output: before its score's marker."""
+    return feedback_before(text, find_score, MARKER_AT_END)
 
 
 # -- relative (pairwise) verdicts: "[RESULT] A" / "[RESULT] B" -------------------------------------
@@ -110,6 +116,5 @@ def find_bracket_winner(text: str) -> re.Match[str] | None:
 
 
 def split_relative_feedback(text: str, find=find_winner, at_end: re.Pattern[str] = WINNER_AT_END) -> str:
-    match = find(text) or at_end.search(text)
-    body = text[: match.start()] if match else text
-    return FEEDBACK_PREFIX.sub("", body).strip()
+    """The feedback of a pairwise output: before its verdict (Prometheus' unless told)."""
+    return feedback_before(text, find, at_end)

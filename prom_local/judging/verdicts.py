@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..engine import GenOutput, GenRequest, SamplingParams
 from .grades import Grade, RelativeGrade, note_run
-from .verdict_text import (BRACKET_AT_END, MARKER_AT_END, WINNER_AT_END, find_bracket_winner, find_score, find_winner,
-                           split_relative_feedback)
+from .verdict_text import (BRACKET_AT_END, MARKER_AT_END, WINNER_AT_END, feedback_before, find_bracket_winner,
+                           find_score, find_winner)
 from .rubrics import SCORES
 from .verdict_tokens import VerdictTokens
 
@@ -47,7 +47,7 @@ class VerdictStyle:
         return (self.cue is None or self.cue in tail.lower()) and self.at_end.search(tail) is not None
 
     def feedback(self, text: str) -> str:
-        return split_relative_feedback(text, self.find, self.at_end)
+        return feedback_before(text, self.find, self.at_end)
 
 
 # 48 characters hold the longest score marker with decorations ("[RESULT] score of (").
