@@ -77,10 +77,8 @@ def backend_from_flags(opts: EngineOptions, server: str | None, api_key: str | N
     Ray cluster at --ray (`actors` of them; pairs in both orders when `both_orders`, fixed as they
     load), else a local Judge (the model loaded here, its KV cache sized to what `need_tokens()`
     says the records need, asked only then: it tokenizes the input)."""
-    say = _say(quiet)
-    if server is not None:
-        return server_from_flags(server, api_key, api_key_file, opts, source=source, quiet=quiet)
-    choice = None
+    remote = server_choice(server, api_key, api_key_file, opts, source=source) if server is not None else None
+    cluster = None
     if ray is not None:
         from ..backends.ray.driver import JudgeSpec   # only with --ray: Ray is an optional extra
 
@@ -88,23 +86,27 @@ def backend_from_flags(opts: EngineOptions, server: str | None, api_key: str | N
                          sampling=opts.sampling_params(),
                          models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None,
                          both_orders=both_orders)
-        choice = RayChoice(spec, address=ray, actors=actors)
+        cluster = RayChoice(spec, address=ray, actors=actors)
     return open_backend(lambda: opts.judge(quiet=quiet, need_tokens=need_tokens() if need_tokens else None),
-                        ray=choice, say=say)
+                        server=remote, ray=cluster, say=_say(quiet))
 
 
 def server_from_flags(server: str, api_key: str | None, api_key_file: Path | None, opts: EngineOptions, *,
-                      source: str = "<input>", quiet: bool = False,
                       on_status: Callable[[str], None] | None = None) -> RemoteJudge:
-    """A RemoteJudge on --server with this command's sampling options and key (a warning first when
-    the key would cross the network unencrypted)."""
+    """A RemoteJudge on --server (the TUI's: it needs the server itself, not any backend)."""
+    return connect(server_choice(server, api_key, api_key_file, opts), on_status or _say(False))
+
+
+def server_choice(server: str, api_key: str | None, api_key_file: Path | None, opts: EngineOptions, *,
+                  source: str = "<input>") -> ServerChoice:
+    """--server with this command's sampling options and key (a warning first when the key would
+    cross the network unencrypted)."""
     key = read_key(api_key, api_key_file)
     warning = plain_http_warning(server) if key else None
     if warning:   # shown even with --quiet: the key is about to leave unencrypted
         err_console.print(f"[bold yellow]{warning}[/bold yellow]")
-    choice = ServerChoice(server, api_key=key, sampling=opts.sampling_params(), concurrency=opts.parallel,
-                          model=opts.model, source=source)
-    return connect(choice, on_status or _say(quiet))
+    return ServerChoice(server, api_key=key, sampling=opts.sampling_params(), concurrency=opts.parallel,
+                        model=opts.model, source=source)
 
 
 def _say(quiet: bool) -> Callable[[str], None]:
