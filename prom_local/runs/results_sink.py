@@ -35,7 +35,7 @@ from ..safe_files import create_unique, open_nofollow, replace_durably, write_al
 
 
 @dataclass
-class BatchStats:
+class RunStats:
     """What one run did; the same figures whichever writer ran it."""
 
     total_seen: int = 0        # input records read (including those already done)
@@ -238,7 +238,7 @@ class ResultsSink:
         self.path = None if str(path) == "-" else Path(path)
         self.retry_errors = retry_errors
         self.durable = durable and self.path is not None
-        self.stats = BatchStats()
+        self.stats = RunStats()
         self.done_ids: set[str] = set()
         self.rows = 0              # complete rows in the file (resumed ones included)
         self._lock: ResultsLock | None = None

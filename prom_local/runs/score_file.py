@@ -21,7 +21,7 @@ from ..judging.grades import Grade, error_row
 from ..judging.records import AnyRecord
 from ..inputs import read_records
 from ..judging.backend import Backend
-from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
+from .results_sink import ResultsSink, RunStats
 
 
 def default_output(input_path: str | Path) -> str:
@@ -60,7 +60,7 @@ def unique_ids(items: Iterable[AnyRecord | InputError], source: str | Path) -> I
             yield item
 
 
-def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
+def pending_items(input_path: str | Path, done_ids: set[str], stats: RunStats,
                   cancel: threading.Event | None = None) -> Iterator[AnyRecord | Grade]:
     """Records still to grade, and error rows for bad lines, in input order."""
     for item in unique_ids(read_records(input_path), input_path):
@@ -76,10 +76,10 @@ def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
 
 
 def score_file(judge: Backend, input_path: str | Path, output: str | Path | ResultsSink, *,
-               on_result: Callable[[Grade, BatchStats], None] | None = None,
+               on_result: Callable[[Grade, RunStats], None] | None = None,
                on_token: Callable[[AnyRecord, str], None] | None = None,
                retry_errors: bool = False,
-               cancel: threading.Event | None = None, both_orders: bool = False) -> BatchStats:
+               cancel: threading.Event | None = None, both_orders: bool = False) -> RunStats:
     """Grade what the results file does not hold yet. `output` is a path (opened, locked and
     closed here) or a ResultsSink the caller already holds open. Setting `cancel` stops the run
     between decode steps; records cut off are not written, so the next run grades them again.

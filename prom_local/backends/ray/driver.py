@@ -35,7 +35,7 @@ from ...judging.prompts import get_profile
 from ...judging.records import Record
 from .cluster import ActorSlot, ReadAhead, connect, import_ray, plan_actors
 from .worker import EngineWorker
-from ...runs.results_sink import BatchStats, ResultsSink
+from ...runs.results_sink import RunStats, ResultsSink
 from ...settings import ray_placement_timeout_s
 
 # Longest one exchange call waits inside the actor for a first result before it returns empty.
@@ -60,7 +60,7 @@ class JudgeSpec:
 
 @dataclass
 class RayRun:
-    stats: BatchStats
+    stats: RunStats
     actors: list[ActorSlot]
     requeued: int
     model: dict
@@ -214,7 +214,7 @@ class RayScorer(RowStream):
 
     # -- scoring --------------------------------------------------------------------------------
     def score_file(self, input_path: str | Path, output: str | Path | ResultsSink, *,
-                   on_result: Callable[[Grade, BatchStats], None] | None = None,
+                   on_result: Callable[[Grade, RunStats], None] | None = None,
                    retry_errors: bool = False) -> RayRun:
         """runs.score_file over these engines (`output`: a path, or a ResultsSink the caller holds
         open), with the engines' account."""
