@@ -67,7 +67,7 @@ def run_local(model: str, src: Path, out: Path, engine: EngineConfig, sampling: 
 
 def run_ray(model: str, src: Path, out: Path, engine: EngineConfig, sampling: SamplingParams,
             actors: int, address: str) -> dict:
-    from prom_local.runs.ray.driver import JudgeSpec, RayScorer
+    from prom_local.backends.ray.driver import JudgeSpec, RayScorer
 
     spec = JudgeSpec(model=model, engine=engine, sampling=sampling)
     started = time.perf_counter()
@@ -106,7 +106,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="prom-scaling-"))
     src = make_records(args.records, tmp / "in.jsonl")
 
-    from prom_local.runs.ray.driver import connect, import_ray
+    from prom_local.backends.ray.driver import connect, import_ray
 
     t0 = time.perf_counter()
     connect(args.address)  # one connection for all Ray runs; RayScorer leaves it up between them

@@ -99,7 +99,7 @@ def _peak_rss_mib() -> float:
 def child_loop(args) -> dict:
     from llama_cpp import Llama
 
-    from prom_local.judging.grading import extract_score
+    from prom_local.judging.verdict_text import extract_score
     from prom_local.judging.prompts import get_profile
     from prom_local.inputs import read_records
 

@@ -61,14 +61,14 @@ def calibration_prompts(data: Path, model_path: Path, profile_name: str) -> tupl
     control token). A record's `orig_feedback`/`feedback` (and score) is appended as the answer,
     plain text too, then the end-of-turn token, so the activations of writing Korean feedback are
     measured as well."""
-    from prom_local.engine import read_model_info
+    from prom_local.engine import load_vocab_only
     from prom_local.errors import ConvertError, InputError
     from prom_local.judging.prompt_tokens import tokenize_prompt
     from prom_local.judging.prompts import get_profile
     from prom_local.judging.records import record_from_mapping
 
     profile = get_profile(profile_name)
-    model = read_model_info(model_path)
+    model = load_vocab_only(model_path)
     prompts, skipped = [], 0
     try:
         eot = model.tokenize("<|eot_id|>", special=True) if "<|eot_id|>" in (model.chat_template or "") else []

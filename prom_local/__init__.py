@@ -2,7 +2,8 @@
 
 from .engine import EngineConfig, SamplingParams
 from .errors import ContextOverflow, InputError, ModelLoadError, ModelNotFound, PromLocalError
-from .judging.grading import Grade, RelativeGrade, extract_score, extract_winner
+from .judging.grades import Grade, RelativeGrade
+from .judging.verdict_text import extract_score, extract_winner
 from .judging.judge import Judge, render_prompt
 from .judging.prompts import PromptProfile, get_profile, load_profile, register_profile
 from .judging.records import Record, RelativeRecord

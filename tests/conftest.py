@@ -129,10 +129,10 @@ def llama3_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_llama3_gguf(tiny_llama3_store):
     """The converted tiny Llama 3 (Q8_0), vocabulary only: llama.cpp's Llama 3 tokenizer and template."""
-    from prom_local.engine import read_model_info
+    from prom_local.engine import load_vocab_only
     from prom_local.judging.prompts import get_profile
     store, name = tiny_llama3_store
-    model = read_model_info(store / name / f"{name}.Q8_0.gguf")
+    model = load_vocab_only(store / name / f"{name}.Q8_0.gguf")
     assert model.chat_template, "the converted GGUF should carry the Llama 3 chat template"
     yield model, get_profile("prometheus-ko")
     model.close()

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from prom_local.engine import (CONTINUATION_RESERVE, DoneEvent, ErrorEvent, GenOutput, GenRequest,
-                               TokenEvent, read_model_info)
+                               TokenEvent, load_vocab_only)
 from prom_local.errors import ContextOverflow
 from prom_local.engine.offload import OffloadPlan
 
@@ -45,7 +45,7 @@ class FakeEngine:
     n_parallel = 1
 
     def __init__(self, model_path: str | Path, script: Script | Reply | None = None, *, n_ctx: int = 1024):
-        self.model = read_model_info(model_path)
+        self.model = load_vocab_only(model_path)
         self.script: Script = script if callable(script) else (lambda _prompt, r=script or Reply(): r)
         self.n_ctx = n_ctx
         self.plan = OffloadPlan(0, 0, self.model.n_layer, "CPU (scripted: nothing is decoded)")

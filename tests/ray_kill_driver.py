@@ -10,7 +10,7 @@ import sys
 
 import ray
 
-from prom_local.runs.ray.driver import JudgeSpec, RayScorer
+from prom_local.backends.ray.driver import JudgeSpec, RayScorer
 from prom_local.engine import EngineConfig, SamplingParams
 
 

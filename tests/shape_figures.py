@@ -17,14 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "prom_local"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
-# errors/settings/units are the floor; the shells (serve, tui, then cli which starts them) are the roof.
+# errors/settings/units/safe_files/hosts are the floor; the shells (serve, tui, then cli which
+# starts them) are the roof.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "settings", "units", "safe_files"),
+    ("errors", "settings", "units", "safe_files", "hosts"),
     ("engine",),
     ("judging",),
     ("inputs",),
     ("store",),
     ("runs",),
+    ("backends",),
     ("reports",),
     ("diagnostics",),
     ("serve", "tui"),

@@ -113,11 +113,11 @@ def test_models_lists_and_score_resolves_the_converted_files(tiny_llama3_store):
 def test_every_gguf_carries_the_llama3_chat_template(tiny_llama3_store):
     import llama_cpp
 
-    from prom_local.engine import read_model_info
+    from prom_local.engine import load_vocab_only
 
     store, name = tiny_llama3_store
     for quant in ("F16", "Q8_0", "Q4_K_M"):
-        model = read_model_info(gguf(store, name, quant))
+        model = load_vocab_only(gguf(store, name, quant))
         assert model.chat_template == LLAMA3_INSTRUCT_TEMPLATE
         assert model.metadata["tokenizer.ggml.pre"] == "llama-bpe"
         assert model.metadata["tokenizer.ggml.bos_token_id"] == "128000"
@@ -130,11 +130,11 @@ def test_every_gguf_carries_the_llama3_chat_template(tiny_llama3_store):
 def test_llama_cpp_tokenizes_like_the_hf_tokenizer(tiny_llama3_store, tiny_llama3_checkpoint):
     from transformers import AutoTokenizer
 
-    from prom_local.engine import read_model_info
+    from prom_local.engine import load_vocab_only
 
     store, name = tiny_llama3_store
     hf = AutoTokenizer.from_pretrained(tiny_llama3_checkpoint)
-    model = read_model_info(gguf(store, name, "Q8_0"))
+    model = load_vocab_only(gguf(store, name, "Q8_0"))
     texts = probe_texts()
     mismatches = [t for t in texts if model.tokenize(t, special=False) != hf.encode(t, add_special_tokens=False)]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, e.g. {mismatches[0]!r}"

@@ -291,7 +291,7 @@ def test_forced_verdicts_and_samples_through_the_judge_with_drafts():
 
 def test_rows_sum_both_orders_drafts():
     """A pair graded in both orders (--both-orders) reports both requests' drafts, like its tokens."""
-    from prom_local.judging.grading import RelativeGrade
+    from prom_local.judging.grades import RelativeGrade
     from prom_local.judging.records import record_from_mapping
     from prom_local.judging.pairwise import both_orders_grade
 

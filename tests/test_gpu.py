@@ -129,16 +129,17 @@ def test_auto_puts_every_layer_of_a_small_model_on_the_gpu(gpu_model):
 @gpu
 @needs_gpu
 def test_auto_puts_fewer_layers_under_a_capped_gpu_budget(gpu_model, monkeypatch):
-    import prom_local.engine as engine_mod
-    from prom_local.engine import Engine, EngineConfig, read_model_info
+    import prom_local.engine.loading as loading
+    from prom_local.engine import Engine, EngineConfig, load_vocab_only
     from prom_local.engine.offload import DEFAULT_RESERVE_BYTES
 
-    probe = read_model_info(gpu_model)
+    probe = load_vocab_only(gpu_model)
     shape = probe.shape()
     probe.close()
     per_layer = shape.layer_bytes + shape.kv_bytes_per_layer(512)
     # Room for one layer and a half: auto must put one layer there, not all of them.
-    monkeypatch.setattr(engine_mod, "free_gpu_memory", lambda: DEFAULT_RESERVE_BYTES + per_layer * 3 // 2)
+    # (engine/loading.py asks devices.free_gpu_memory, the one nvidia-smi reader, under that name)
+    monkeypatch.setattr(loading, "free_gpu_memory", lambda: DEFAULT_RESERVE_BYTES + per_layer * 3 // 2)
     with Engine(gpu_model, EngineConfig(gpu_layers=None, n_parallel=1, n_ctx=512)) as engine:
         assert engine.plan.n_gpu_layers == 1 and engine.plan.layers_on_gpu == 1
         assert "1 of 2 layers fit" in engine.plan.reason
@@ -152,9 +153,9 @@ def test_a_load_that_cannot_fit_is_retried_with_fewer_layers(gpu_model):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs torch with CUDA to take GPU memory away")
-    from prom_local.engine import Engine, EngineConfig, read_model_info
+    from prom_local.engine import Engine, EngineConfig, load_vocab_only
 
-    probe = read_model_info(gpu_model)
+    probe = load_vocab_only(gpu_model)
     head = probe.shape().output_bytes
     probe.close()
     free, _total = torch.cuda.mem_get_info()

@@ -1,6 +1,8 @@
 import pytest
 
-from prom_local.judging.grading import Grade, expected_score, extract_score, split_feedback
+from prom_local.judging.grades import Grade, expected_score
+
+from prom_local.judging.verdict_text import extract_score, split_feedback
 
 
 @pytest.mark.parametrize("text, score", [

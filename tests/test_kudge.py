@@ -1,4 +1,4 @@
-"""KUDGE's CSV files as input (kudge_files.py), KUDGE's own figures in `report` (report_kudge.py)
+"""KUDGE's CSV files as input (kudge_files.py), KUDGE's own figures in `report` (reports/kudge.py)
 and `pull kudge` (kudge_pull.py). The false-information file is KUDGE's own, all 54 rows
 (tests/data/kudge, MIT, see LICENSE there); the full-format file is a synthetic stand-in in the
 full file's columns (make_full_sample.py), since the 2,506-row file is not stored here."""
@@ -294,7 +294,7 @@ def test_records_travel_to_a_server_and_open_in_the_tui(tmp_path):
     record must come out (pointwise and pairwise); the TUI's batch screen reads the CSV as `score` does."""
     from prom_local.runs.score_file import default_output
     from prom_local.judging.records import record_from_mapping
-    from prom_local.runs.remote import record_body
+    from prom_local.backends.remote import record_body
     from prom_local.tui.screens.batch import load_batch
 
     for path in (FULL, PAIRWISE):
@@ -307,7 +307,7 @@ def test_records_travel_to_a_server_and_open_in_the_tui(tmp_path):
 
 
 def test_mt_bench_verdicts_are_read_as_kudge_reads_them():
-    from prom_local.judging.grading import find_bracket_winner, split_relative_feedback
+    from prom_local.judging.verdict_text import find_bracket_winner, split_relative_feedback
 
     def winner(text):
         match = find_bracket_winner(text)

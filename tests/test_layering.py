@@ -66,7 +66,7 @@ def test_the_scanner_ignores_look_alikes():
 
 def test_the_library_never_imports_convert():
     library = ROOT / "prom_local"
-    assert (library / "runs" / "ray" / "worker.py").exists()
+    assert (library / "backends" / "ray" / "worker.py").exists()
     assert offenders(library, "convert", skip=library / "cli") == []
 
 

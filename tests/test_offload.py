@@ -51,7 +51,7 @@ def test_parse_gpu_layers_and_retry_steps():
 
 
 def test_free_memory_is_asked_of_the_gpu_this_process_sees():
-    from prom_local.engine.offload import visible_gpu
+    from prom_local.engine.devices import visible_gpu
 
     assert visible_gpu({}) is None and visible_gpu({"CUDA_VISIBLE_DEVICES": ""}) is None
     assert visible_gpu({"CUDA_VISIBLE_DEVICES": "2"}) == "2"                 # a Ray actor's own GPU
@@ -138,3 +138,29 @@ def test_retry_sequence_after_out_of_memory_loads():
     assert retry_layers(-1, 32) == [24, 18, 14, 11, 9, 7, 6, 5, 4, 3, 2, 1, 0]
     assert retry_layers(2, 2) == [1, 0]
     assert retry_layers(0, 32) == []
+
+
+def test_the_nvidia_smi_reader_lists_only_the_gpus_cuda_visible_devices_names_in_its_order():
+    from prom_local.engine.devices import visible_gpus
+
+    smi = ("0, GPU-aaaa1111-0000, NVIDIA H100, 81559, 80000\n"
+           "1, GPU-bbbb2222-0000, NVIDIA H100, 81559, 1000\n"
+           "2, GPU-cccc3333-0000, NVIDIA H100, 81559, 500\n")
+    every = visible_gpus(smi, {})
+    assert [d.name for d in every] == ["GPU 0", "GPU 1", "GPU 2"] and every[1].free_bytes == 1000 * 1024 ** 2
+    assert [d.name for d in visible_gpus(smi, {"CUDA_VISIBLE_DEVICES": "2"})] == ["GPU 2"]   # a Ray actor's
+    assert [d.name for d in visible_gpus(smi, {"CUDA_VISIBLE_DEVICES": "2,0"})] == ["GPU 2", "GPU 0"]
+    assert [d.name for d in visible_gpus(smi, {"CUDA_VISIBLE_DEVICES": "GPU-bbbb"})] == ["GPU 1"]
+    assert visible_gpus(smi, {"CUDA_VISIBLE_DEVICES": "7"}) == []
+
+
+def test_log_softmax_is_the_log_of_the_normalised_probabilities_even_for_huge_logits():
+    import numpy as np
+
+    from prom_local.engine import log_softmax
+
+    logits = np.array([1000.0, 999.0, 990.0], dtype=np.float32)
+    log_p = log_softmax(logits)
+    assert log_p.dtype == np.float64 and np.isfinite(log_p).all()
+    assert np.exp(log_p).sum() == pytest.approx(1.0)
+    assert log_p[0] - log_p[1] == pytest.approx(1.0)

@@ -327,7 +327,7 @@ def test_choose_parallel_from_memory():
 def test_ray_scorer_accepts_parallel_auto():
     """`score --ray` without --parallel: each engine chooses; the driver must not need the number
     before the engines have loaded."""
-    from prom_local.runs.ray.driver import JudgeSpec, RayScorer
+    from prom_local.backends.ray.driver import JudgeSpec, RayScorer
 
     scorer = RayScorer(JudgeSpec(engine=EngineConfig(n_parallel=None)))
     assert scorer.n_parallel is None and scorer.chunk_size == 8

@@ -20,7 +20,7 @@ from importlib import resources
 import pytest
 
 from prom_local.errors import UsageError
-from prom_local.engine import read_model_info
+from prom_local.engine import load_vocab_only
 from prom_local.judging.prompt_tokens import render_prompt, tokenize_prompt
 from prom_local.judging.prompts import PromptProfile, get_profile, load_profile, profile_names
 from prom_local.judging.records import record_from_mapping
@@ -114,7 +114,7 @@ def test_prometheus_2_renders_prometheus_evals_own_prompt(prometheus_eval_judge,
 def test_prometheus_2_token_ids_equal_tokenizing_prometheus_evals_string(prometheus_eval_judge, smollm2,
                                                                           mode, reference):
     theirs = _theirs(prometheus_eval_judge, mode, reference)
-    model = read_model_info(smollm2)
+    model = load_vocab_only(smollm2)
     try:
         record = _ours(mode, reference)
         # The GGUF has a (ChatML) template, but prometheus-2 always frames with its own.
@@ -208,7 +208,7 @@ def test_prometheus_2_ids_on_mistrals_vocabulary_equal_what_vllm_would_tokenize(
 
     folder, gguf = mistral_vocab
     theirs = _theirs(prometheus_eval_judge, mode, reference)
-    model = read_model_info(gguf)
+    model = load_vocab_only(gguf)
     try:
         assert model.special_text("bos") == "<s>" and model.chat_template is None
         ids = tokenize_prompt(_ours(mode, reference), P2, model)

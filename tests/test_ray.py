@@ -22,8 +22,8 @@ import pytest
 
 from helpers import ROOT, run_cli, short_record, write_jsonl
 
-from prom_local.runs.ray.cluster import group_chunks
-from prom_local.runs.ray.cluster import plan_actors
+from prom_local.backends.ray.cluster import group_chunks
+from prom_local.backends.ray.cluster import plan_actors
 from prom_local.judging.records import Record
 from prom_local.judging.rubrics import Rubric
 
@@ -380,3 +380,49 @@ def test_engines_are_placed_one_per_gpu_else_one_per_node_sharing_its_cpus():
     three = plan_actors(gpu_nodes[2:3], 3, use_gpus=False)
     assert [s.num_cpus for s in three] == [1.33] * 3 and [s.threads for s in three] == [1] * 3
     assert plan_actors(gpu_nodes[2:3], 2, use_gpus=False, threads=3)[0].threads == 3
+
+
+def test_engines_loaded_for_one_order_refuse_both_orders_before_touching_ray():
+    from prom_local.errors import UsageError
+    from prom_local.backends.ray.driver import JudgeSpec, RayScorer
+
+    scorer = RayScorer(JudgeSpec(both_orders=False))
+    with pytest.raises(UsageError, match="both orders"):
+        next(scorer.finished_rows([_record(0, "q")], both_orders=True))
+    assert scorer._ray is None   # refused before any connection
+
+
+def test_read_ahead_passes_error_rows_at_once_and_chunks_the_rest():
+    from prom_local.judging.grades import error_row
+    from prom_local.backends.ray.cluster import ReadAhead
+
+    bad = error_row("bad line", row_id="7")
+    items = [_record(0, "a"), bad, _record(1, "a"), _record(2, "b")]
+    seen = []
+    intake = ReadAhead(items, window=256, chunk_size=8, check=seen.append)
+    intake.refill(live_engines=1)
+    assert intake.exhausted and intake.take_passed() == [(1, bad)] and intake.take_passed() == []
+    assert [r.id for r in seen] == ["r0", "r1", "r2"]
+    # The input's last records are cut small (here in two: 3 records, one engine), so that every
+    # engine gets a share.
+    assert [[r.id for r in chunk] for chunk in intake.queue] == [["r0", "r1"], ["r2"]]
+    assert dict(intake.index_of) == {"r0": [0], "r1": [2], "r2": [3]}
+    intake.queue.clear()
+    assert intake.done
+
+
+@pytest.mark.slow  # Ray and real inference
+@needs_ray
+def test_the_ray_backend_honours_on_token_and_cancel_and_refuses_the_other_order(tmp_path, cluster):
+    src = write_jsonl(tmp_path / "in.jsonl", [short_record(i) for i in range(8)])
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "ray_options_driver.py"), cluster.address,
+                             "tiny:Q4_1", str(src)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **cluster.env},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert "both orders" in report["refused"]
+    # Cancelled at the first row: the rows still in flight are not handed out (the next run grades them).
+    assert 1 <= len(report["rows"]) < report["n"]
+    # on_token got each row's whole output, as the row came back.
+    assert report["tokens"] == {row["id"]: row["output"] for row in report["rows"]}

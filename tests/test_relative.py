@@ -8,7 +8,8 @@ import pytest
 
 from helpers import write_jsonl
 from prom_local.errors import InputError
-from prom_local.judging.grading import Grade, RelativeGrade, extract_winner, split_relative_feedback
+from prom_local.judging.grades import Grade, RelativeGrade
+from prom_local.judging.verdict_text import extract_winner, split_relative_feedback
 from prom_local.judging.records import Record, RelativeRecord, record_from_mapping
 from prom_local.inputs import read_records
 from prom_local.judging.pairwise import both_orders_grade

@@ -19,7 +19,7 @@ from prom_local.runs.score_file import score_file
 from prom_local.engine import SamplingParams
 from prom_local.judging.judge import Judge
 from prom_local.judging.records import record_from_mapping
-from prom_local.runs.remote import RemoteError, RemoteJudge, check_url
+from prom_local.backends.remote import RemoteError, RemoteJudge, check_url
 from prom_local.serve import ServeConfig, Service, create_app
 from prom_local.serve.bridge import Admission
 

@@ -1,5 +1,6 @@
-"""report.py's figures against independent computations: hand-worked small cases, plain-Python
-formulas written here from their definitions, and scipy.stats called directly."""
+"""The reports' figures (reports/absolute.py, pairwise.py) against independent computations:
+hand-worked small cases, plain-Python formulas written here from their definitions, and
+scipy.stats called directly."""
 
 from __future__ import annotations
 

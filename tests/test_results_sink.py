@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from prom_local.errors import OutputError, ResultsLocked
-from prom_local.judging.grading import Grade
+from prom_local.judging.grades import Grade
 from prom_local.runs.results_sink import ResultsSink, lock_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +144,7 @@ def test_the_lock_dies_with_a_killed_process(tmp_path):
 FILL = textwrap.dedent("""
     import resource, signal, sys
     from prom_local.errors import OutputError
-    from prom_local.judging.grading import Grade
+    from prom_local.judging.grades import Grade
     from prom_local.runs.results_sink import ResultsSink
     # Past RLIMIT_FSIZE a write fails with EFBIG (SIGXFSZ ignored): the OS refusing a write, as a
     # full disk's ENOSPC does, without filling a disk.

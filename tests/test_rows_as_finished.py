@@ -12,7 +12,7 @@ from helpers import ROOT, TESTS, cli_env, read_jsonl, short_record, write_jsonl
 from slow_first import SlowFirst
 
 from prom_local.judging.judge import Judge
-from prom_local.judging.ordering import in_input_order
+from prom_local.judging.backend import in_input_order
 from prom_local.runs.score_file import score_file
 
 REPLY = Reply("Right. [RESULT] 4")
@@ -81,8 +81,9 @@ def test_kill_9_with_the_first_record_in_flight_then_resume_loses_none_and_repea
     assert sorted(ids) == ["r0", "r1", "r2", "r3", "r4"] and len(ids) == len(set(ids))
 
 
-def test_the_local_and_the_remote_judge_are_both_a_backend():
-    from prom_local.runs.backend import Backend
-    from prom_local.runs.remote import RemoteJudge
+def test_the_local_judge_the_remote_judge_and_the_ray_engines_are_each_a_backend():
+    from prom_local.backends.ray.driver import RayScorer
+    from prom_local.backends.remote import RemoteJudge
+    from prom_local.judging.backend import Backend, RowStream
 
-    assert issubclass(Judge, Backend) and issubclass(RemoteJudge, Backend)
+    assert all(issubclass(cls, Backend) and issubclass(cls, RowStream) for cls in (Judge, RemoteJudge, RayScorer))

@@ -18,7 +18,8 @@ from assets import smollm2_gguf
 from helpers import in_order, invoke, read_jsonl, short_record, write_jsonl
 from prom_local import Judge
 from prom_local.engine import Engine, EngineConfig, GenRequest, SamplingParams
-from prom_local.judging.grading import Grade, find_score
+from prom_local.judging.grades import Grade
+from prom_local.judging.verdict_text import find_score
 from prom_local.judging.records import record_from_mapping
 from prom_local.judging.samples import PROTOCOLS, apply_protocol, combine, round_half_up, row_score
 

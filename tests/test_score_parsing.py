@@ -11,7 +11,7 @@ verdict. For those prom-local reports no score, and `Judge` then asks the model 
 
 import pytest
 
-from prom_local.judging.grading import extract_score, split_feedback
+from prom_local.judging.verdict_text import extract_score, split_feedback
 
 # (output, prometheus-eval's expected score)
 PROMETHEUS_EVAL_ABSOLUTE = [

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from fake_engine import FakeEngine
 from helpers import short_record
-from prom_local.runs.batch_client import lines_for_records, rows_from_results
+from prom_local.backends.batch_client import lines_for_records, rows_from_results
 from prom_local.judging.judge import Judge
 from prom_local.serve import ServeConfig, Service, create_app
 from prom_local.serve.batches import BatchConfig

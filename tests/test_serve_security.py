@@ -173,7 +173,7 @@ def test_a_non_loopback_host_without_a_key_refuses_to_start_unless_told(tmp_path
 
 
 def test_the_client_warns_before_a_key_crosses_plain_http():
-    from prom_local.runs.remote import plain_http_warning
+    from prom_local.backends.remote import plain_http_warning
 
     assert "plain http" in plain_http_warning("http://gpu-box:8000")
     for url in ("https://gpu-box:8000", "http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:80"):

@@ -77,7 +77,7 @@ def test_run_a_batch_then_filter(tmp_path, monkeypatch, real):
             await pilot.press("a")
             assert len(table_ids(app)) == 5
 
-            # The detail pane follows the cursor; the agreement pane shows report.py's figures.
+            # The detail pane follows the cursor; the agreement pane shows the reports' figures.
             await pilot.press("down")
             await wait_for(pilot, lambda: "#r2" in screen_text(app), 5, "the detail of r2")
             await pilot.press("g")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from prom_local.judging.grading import Grade
+from prom_local.judging.grades import Grade
 from prom_local.tui.widgets.batch.results_table import ResultsTable
 from prom_local.tui.widgets.grade.result_view import ResultView
 from tui_support import assert_fits, check_snapshot, make_app, settled_text, wait_for

@@ -7,7 +7,7 @@ assistant verdict (what tokenizing the whole rendered prompt with special parsin
 
 import pytest
 
-from prom_local.engine import read_model_info
+from prom_local.engine import load_vocab_only
 from prom_local.judging.prompt_tokens import render_pieces, tokenize_pieces, tokenize_prompt
 from prom_local.judging.prompts import get_profile
 from prom_local.judging.records import record_from_mapping
@@ -23,7 +23,7 @@ def _record(**fields):
 
 @pytest.fixture(scope="module")
 def smol(smollm2):
-    model = read_model_info(smollm2)   # the vocabulary only: no weights, no inference
+    model = load_vocab_only(smollm2)   # the vocabulary only: no weights, no inference
     yield model
     model.close()
 

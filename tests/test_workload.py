@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from helpers import RUBRIC, short_record, write_jsonl
-from prom_local.engine import read_model_info
+from prom_local.engine import load_vocab_only
 from prom_local.judging.records import record_from_mapping
 from prom_local.runs.workload import done_ids, measure, pending_work, prompt_tokens
 
@@ -15,7 +15,7 @@ def test_prompt_tokens_are_what_the_judge_tokenizes(smollm2):
     from prom_local.judging.prompts import get_profile
 
     records = [record_from_mapping(short_record(i), line=i) for i in (1, 2)]
-    model = read_model_info(smollm2)
+    model = load_vocab_only(smollm2)
     try:
         expected = [len(model.tokenize(render_prompt(r, get_profile("prometheus-ko"), model), special=True))
                     for r in records]
@@ -33,7 +33,7 @@ def test_a_pair_counts_its_longer_order(smollm2):
 
     pair = record_from_mapping({"id": "p", "instruction": "2 + 2?", "response_A": "4",
                                 "response_B": "The answer is four, as anyone can see.", "rubric": "Correct?"}, line=1)
-    model = read_model_info(smollm2)
+    model = load_vocab_only(smollm2)
     try:
         profile = get_profile("prometheus-2")
         orders = [len(tokenize_prompt(r, profile, model)) for r in (pair, pair.swapped())]

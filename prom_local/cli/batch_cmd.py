@@ -22,8 +22,8 @@ IdArg = Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch's id (
 
 
 def _client(server: str, api_key: str | None, api_key_file: Path | None):
-    from ..runs.batch_client import BatchClient
-    from ..runs.remote import plain_http_warning
+    from ..backends.batch_client import BatchClient
+    from ..backends.remote import plain_http_warning
 
     key = read_key(api_key, api_key_file)
     warning = plain_http_warning(server) if key else None
@@ -44,7 +44,7 @@ def submit(input: Annotated[Path, typer.Argument(help="Records as `score` reads 
            server: ServerArg, api_key: ApiKeyOpt = None, api_key_file: ApiKeyFileOpt = None) -> None:
     """Upload the records as /v1/grade lines (each record's id is its custom_id) and start a batch.
     Prints the batch id."""
-    from ..runs.batch_client import lines_for_records
+    from ..backends.batch_client import lines_for_records
 
     lines = list(lines_for_records(input))
     if not lines:
@@ -69,8 +69,8 @@ def wait(batch_id: IdArg, server: ServerArg, api_key: ApiKeyOpt = None, api_key_
          timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, help="Give up after this many "
                                                           "seconds (exit 11); default: wait on.")] = None) -> None:
     """Poll until the batch ends (completed, failed, cancelled or expired); print its last status."""
-    from ..runs.batch_client import TERMINAL
-    from ..runs.remote import RemoteError
+    from ..backends.batch_client import TERMINAL
+    from ..backends.remote import RemoteError
 
     client = _client(server, api_key, api_key_file)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -111,8 +111,8 @@ def results(batch_id: IdArg, server: ServerArg,
     """Write a finished batch's rows exactly as `prom-local score` writes them, in input order (so
     `report` and `compare` read them); a line that failed becomes its record's error row. A cancelled
     batch gives the rows that finished. An existing OUTPUT is resumed, as by `score`."""
-    from ..runs.batch_client import rows_from_results
-    from ..runs.remote import RemoteError, ServerGrade
+    from ..backends.batch_client import rows_from_results
+    from ..backends.remote import RemoteError, ServerGrade
     from ..runs.results_sink import ResultsSink
 
     client = _client(server, api_key, api_key_file)

@@ -13,7 +13,7 @@ from ..judging.records import record_from_mapping
 from ..judging.rubrics import SCORES, presets
 from ..judging.samples import samples_line
 from .options import EngineOptions, err_console, with_engine_options
-from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, open_backend
+from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, backend_from_flags, check_remote_options
 
 
 def _record_data(instruction, response, reference, criteria, descriptions, preset) -> dict:
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         record = record_from_mapping(data, line=1, source=source)
         if server is None and opts.parallel is None:  # one record: more sequences would only reserve KV cache
             opts.parallel = opts.sampling_params().n   # (one per sample)
-        judge = open_backend(opts, server, api_key, api_key_file, source=source)
+        judge = backend_from_flags(opts, server, api_key, api_key_file, source=source)
         with judge:
             result = judge.grade(record, on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         sys.stdout.write("\n")

@@ -7,8 +7,8 @@ options about a local model and its engine (--models-dir, --profile, --ctx, --gp
 --threads, --verbose) are refused, since the server's own apply. --model is checked against the
 model the server serves.
 
-`open_backend` is the one place a command chooses where records are graded: local, --server, or
-(score only) --ray.
+`backend_from_flags` turns these flags (and --ray, score only) into what backends/choose.py, the one
+place that chooses where records are graded, takes.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from ..backends.choose import RayChoice, ServerChoice, connect, open_backend
+from ..backends.remote import RemoteJudge, check_url, plain_http_warning
 from ..errors import UsageError
-from ..runs.backend import Backend
-from ..runs.remote import RemoteJudge, ServerInfo, check_url, plain_http_warning
+from ..judging.backend import Backend
 from .options import FLAGS, EngineOptions, err_console
 from ..settings import ENV_SERVER_API_KEY
 
@@ -68,67 +69,45 @@ def read_key(api_key: str | None, api_key_file: Path | None) -> str | None:
     return api_key or None
 
 
-def model_matches(spec: str, info: ServerInfo) -> bool:
-    """Whether --model names the model the server serves: its served name, its file (path or name,
-    with or without .gguf), or a store name like prometheus-ko or prometheus-ko:Q4_K_M."""
-    wanted = Path(spec.replace(":", ".")).name.removesuffix(".gguf").lower()
-    names = {info.model.lower()}
-    if info.path:
-        names.add(Path(info.path).name.removesuffix(".gguf").lower())
-    return any(wanted == name or name.startswith(wanted + ".") for name in names)
-
-
-def open_backend(opts: EngineOptions, server: str | None, api_key: str | None = None,
-                 api_key_file: Path | None = None, *, source: str = "<input>", quiet: bool = False,
-                 need_tokens: Callable[[], int | None] | None = None, ray: str | None = None,
-                 actors: int | None = None, both_orders: bool = False) -> Backend:
-    """The one choice of where records are graded: the server at --server, the engines of a Ray
-    cluster at --ray (`actors` of them; pairs in both orders when `both_orders`, fixed as they
+def backend_from_flags(opts: EngineOptions, server: str | None, api_key: str | None = None,
+                       api_key_file: Path | None = None, *, source: str = "<input>", quiet: bool = False,
+                       need_tokens: Callable[[], int | None] | None = None, ray: str | None = None,
+                       actors: int | None = None, both_orders: bool = False) -> Backend:
+    """The flags as backends.choose.open_backend takes them: the server at --server, the engines of a
+    Ray cluster at --ray (`actors` of them; pairs in both orders when `both_orders`, fixed as they
     load), else a local Judge (the model loaded here, its KV cache sized to what `need_tokens()`
-    says the records need, asked only here: it tokenizes the input)."""
-    if server is not None:
-        return connect(server, api_key, api_key_file, opts, source=source, quiet=quiet)
+    says the records need, asked only then: it tokenizes the input)."""
+    remote = server_choice(server, api_key, api_key_file, opts, source=source) if server is not None else None
+    cluster = None
     if ray is not None:
-        return open_ray(opts, ray, actors, both_orders=both_orders, quiet=quiet)
-    return opts.judge(quiet=quiet, need_tokens=need_tokens() if need_tokens is not None else None)
+        from ..backends.ray.driver import JudgeSpec   # only with --ray: Ray is an optional extra
+
+        spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
+                         sampling=opts.sampling_params(),
+                         models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None,
+                         both_orders=both_orders)
+        cluster = RayChoice(spec, address=ray, actors=actors)
+    return open_backend(lambda: opts.judge(quiet=quiet, need_tokens=need_tokens() if need_tokens else None),
+                        server=remote, ray=cluster, say=_say(quiet))
 
 
-def open_ray(opts: EngineOptions, address: str, actors: int | None, *, both_orders: bool,
-             quiet: bool) -> Backend:
-    """A RayScorer with its engines loaded (Ray is imported only here: an optional extra)."""
-    from ..runs.ray.driver import JudgeSpec, RayScorer
-
-    spec = JudgeSpec(model=opts.model, profile=opts.profile, engine=opts.engine_config(),
-                     sampling=opts.sampling_params(),
-                     models_dir=str(opts.models_dir.resolve()) if opts.models_dir else None,
-                     both_orders=both_orders)
-    say = (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
-    scorer = RayScorer(spec, address=address, actors=actors, on_status=say)
-    try:
-        return scorer.start()
-    except BaseException:
-        scorer.close()
-        raise
+def server_from_flags(server: str, api_key: str | None, api_key_file: Path | None, opts: EngineOptions, *,
+                      on_status: Callable[[str], None] | None = None) -> RemoteJudge:
+    """A RemoteJudge on --server (the TUI's: it needs the server itself, not any backend)."""
+    return connect(server_choice(server, api_key, api_key_file, opts), on_status or _say(False))
 
 
-def connect(server: str, api_key: str | None, api_key_file: Path | None, opts: EngineOptions, *,
-            source: str = "<input>", quiet: bool = False,
-            on_status: Callable[[str], None] | None = None) -> RemoteJudge:
-    """A RemoteJudge on the server, with this command's sampling options; refuses a --model that
-    names another model than the server's."""
-    say = on_status or ((lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]")))
+def server_choice(server: str, api_key: str | None, api_key_file: Path | None, opts: EngineOptions, *,
+                  source: str = "<input>") -> ServerChoice:
+    """--server with this command's sampling options and key (a warning first when the key would
+    cross the network unencrypted)."""
     key = read_key(api_key, api_key_file)
     warning = plain_http_warning(server) if key else None
     if warning:   # shown even with --quiet: the key is about to leave unencrypted
         err_console.print(f"[bold yellow]{warning}[/bold yellow]")
-    judge = RemoteJudge(server, api_key=key, sampling=opts.sampling_params(),
-                        concurrency=opts.parallel, source=source, on_status=say)
-    info = judge.info
-    if opts.model is not None and not model_matches(opts.model, info):
-        judge.close()
-        raise UsageError(f"--model {opts.model} (or PROM_LOCAL_MODEL) does not match the server at "
-                         f"{info.url}, which serves {info.model}" + (f" ({info.path})" if info.path else "")
-                         + ": drop --model to grade with it")
-    say(f"server: {info.url}  model {info.model}  backend {info.backend}  parallel {info.parallel}"
-        + (f"  (sending {judge.concurrency} at once)" if judge.concurrency != info.parallel else ""))
-    return judge
+    return ServerChoice(server, api_key=key, sampling=opts.sampling_params(), concurrency=opts.parallel,
+                        model=opts.model, source=source)
+
+
+def _say(quiet: bool) -> Callable[[str], None]:
+    return (lambda m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]"))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..engine import read_model_info
+from ..engine import load_vocab_only
 from ..errors import ExitCode, InputError
 from ..judging.prompt_tokens import render_pieces, tokenize_pieces
 from ..store.models import resolve_model
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         """Print one JSON object per input line: id and the full prompt (special tokens included);
         with --model also its token ids, from the GGUF's own tokenizer and chat template."""
         resolved = resolve_model(model, models_dir) if model else None
-        llama = read_model_info(resolved.path) if resolved else None
+        llama = load_vocab_only(resolved.path) if resolved else None
         prof = get_profile(profile or (resolved.profile if resolved else DEFAULT_PROFILE))
         errors = 0
         for item in read_records(input):

@@ -11,15 +11,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..runs.score_file import default_output, score_file
 from ..errors import ExitCode, OutputError
-from ..judging.grading import Grade
+from ..judging.grades import Grade
 from ..runs.results_reader import read_results
 from ..inputs import read_records
-from ..runs.results_sink import BatchStats, ResultsSink
+from ..runs.results_sink import RunStats, ResultsSink
 from ..store.models import resolve_model
 from ..runs.workload import pending_work
-from ..runs.remote import RemoteError
+from ..backends.remote import RemoteError
 from .options import EngineOptions, err_console, with_engine_options
-from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, open_backend
+from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, backend_from_flags, check_remote_options
 
 EXIT_RECORD_ERRORS = ExitCode.USAGE   # the run finished, but some records were bad input
 
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
             TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
         task = progress.add_task("score", total=total, speed="", start=False)
 
-        def on_result(grade: Grade, stats: BatchStats) -> None:
+        def on_result(grade: Grade, stats: RunStats) -> None:
             progress.update(task, completed=stats.skipped + stats.graded,
                             speed=f"{stats.tokens_per_second:,.0f} tok/s "
                                   f"({stats.generated_per_second:,.1f} gen)")
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
         _finish(out, stats, quiet, summary_json)
 
 
-def _finish(out: str, stats: BatchStats, quiet: bool, summary_json: Path | None) -> None:
+def _finish(out: str, stats: RunStats, quiet: bool, summary_json: Path | None) -> None:
     """After the run: what was repaired, the summary of the results file as it now stands, and
     the exit code it earns (2 when it holds error rows)."""
     if stats.retried:
@@ -163,8 +163,8 @@ def _finish(out: str, stats: BatchStats, quiet: bool, summary_json: Path | None)
 
 def _score_records(input, sink: ResultsSink, server, api_key, api_key_file, opts: EngineOptions, quiet,
                    progress, task, on_result, *, both_orders: bool = False, ray: str | None = None,
-                   actors: int | None = None) -> BatchStats:
-    """Score on the backend open_backend chooses: --server, --ray, else the model loaded here."""
+                   actors: int | None = None) -> RunStats:
+    """Score on the backend backends/choose.py chooses: --server, --ray, else the model loaded here."""
 
     def need_tokens() -> int | None:
         # KV memory sized to the records this run will grade (prompts tokenized with the
@@ -174,7 +174,7 @@ def _score_records(input, sink: ResultsSink, server, api_key, api_key_file, opts
                             opts.max_tokens)
         return work.need_tokens if work else None
 
-    judge = open_backend(opts, server, api_key, api_key_file, quiet=quiet, need_tokens=need_tokens,
+    judge = backend_from_flags(opts, server, api_key, api_key_file, quiet=quiet, need_tokens=need_tokens,
                          source="<stdin>" if input == "-" else str(input), ray=ray, actors=actors,
                          both_orders=both_orders)
     with judge, progress:

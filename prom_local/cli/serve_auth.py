@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
-from ..serve.auth import DEFAULT_NAME, check_key, is_loopback, load_api_keys
+from ..hosts import is_loopback
+from ..serve.auth import DEFAULT_NAME, check_key, load_api_keys
 
 SERVER_KEY_VAR = "PROM_LOCAL_API_KEY"
 

@@ -15,9 +15,9 @@ from ..judging.records import RECORD_TYPES
 from ..runs.workload import WorkSize, measure
 from ..engine.model_info import ModelInfo
 from ..store.models import resolve_model
-from ..runs.remote import RemoteJudge
+from ..backends.remote import RemoteJudge
 from .options import EngineOptions, with_engine_options
-from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, connect, read_key
+from .remote_opts import ApiKeyFileOpt, ApiKeyOpt, ServerOpt, check_remote_options, read_key, server_from_flags
 
 
 def make_loader(opts: EngineOptions, input: Path | None = None) -> Callable:
@@ -61,7 +61,7 @@ def make_remote_loader(server: str, api_key: str | None, api_key_file: Path | No
         if spec != opts.model:
             raise UsageError(f"this TUI grades on the server at {server}, which serves one model; "
                              "restart it without --server to use the models here")
-        judge = connect(server, api_key, api_key_file, opts, on_status=on_status)
+        judge = server_from_flags(server, api_key, api_key_file, opts, on_status=on_status)
         return judge, remote_model_info(judge)
 
     return load

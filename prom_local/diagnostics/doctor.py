@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..engine.devices import gpus_seen
-from ..engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offload_supported, read_model_info
+from ..engine.devices import free_gpu_memory, gpus_seen
+from ..engine import CONTINUATION_RESERVE, GGUF_MAGIC, build_backend, gpu_offload_supported, load_vocab_only
 from ..engine.llama import binding_version
 from ..errors import ExitCode, InputError, PromLocalError
 from ..engine.model_info import quant_from_metadata
 from ..engine.context import flash_attn_label, flash_attn_plan
-from ..engine.offload import KVTypes, auto_plan, available_memory, context_size, free_gpu_memory, retry_layers
+from ..engine.offload import KVTypes, auto_plan, available_memory, context_size, retry_layers
 from ..judging.records import AnyRecord, Record
 from ..inputs import read_records
 from ..runs.workload import WorkSize, measure
@@ -153,7 +153,7 @@ def _read_model(diag: Diagnosis, path: Path) -> None:
     size = path.stat().st_size if path.is_file() else None
     tensors = gguf_tensor_count(path) if path.is_file() else None
     try:
-        model = read_model_info(path)  # raises for a missing file, a directory, or not a GGUF
+        model = load_vocab_only(path)  # raises for a missing file, a directory, or not a GGUF
     except PromLocalError:
         if tensors == 0:  # a header with no tensors and no readable vocabulary either
             model = None
@@ -177,7 +177,7 @@ def _read_model(diag: Diagnosis, path: Path) -> None:
 def _plan(diag: Diagnosis, path: Path, work: WorkSize | None, builtin: bool, *, gpu_memory: int | None,
           gpu_layers: int | None, parallel: int | None, ctx: int | None, cache_k: str | None = None,
           cache_v: str | None = None) -> None:
-    probe = read_model_info(path)
+    probe = load_vocab_only(path)
     try:
         shape, trained = probe.shape(), probe.n_ctx_train
     finally:

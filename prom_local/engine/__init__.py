@@ -15,7 +15,7 @@ floats. Its parts, one concern each:
   core.py        Engine: the decode loop over all of the above
   loading.py     loading a GGUF: context size, --parallel, GPU layers (retried with fewer on OOM)
   offload.py     the planning arithmetic: GPU layers, context sizing, --parallel from free memory
-  devices.py     the devices llama.cpp sees (ggml's registry) and nvidia-smi's GPUs
+  devices.py     the devices llama.cpp sees (ggml's registry); the one nvidia-smi reader (CUDA_VISIBLE_DEVICES)
   model_info.py  the one GGUF summary, quant names, what a loaded model is
 """
 
@@ -23,12 +23,12 @@ from .cache import PrefixCache
 from .config import EngineConfig, SamplingParams
 from .core import Engine
 from .llama import (GGUF_MAGIC, LlamaModel, build_backend, check_gguf_file, gpu_offload_supported,
-                    read_model_info)
-from .requests import DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent
+                    load_vocab_only)
+from .requests import DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent, log_softmax
 from .scheduler import CONTINUATION_RESERVE, EXACT_TAIL, MIN_WAIT_GAIN, Scheduler
 from .submission import EngineClosed, RequestHandle
 
 __all__ = ["CONTINUATION_RESERVE", "EXACT_TAIL", "DoneEvent", "Engine", "EngineClosed", "EngineConfig", "EngineStats",
            "ErrorEvent", "Event", "GGUF_MAGIC", "GenOutput", "GenRequest", "LlamaModel", "MIN_WAIT_GAIN",
            "PrefixCache", "RequestHandle", "SamplingParams", "Scheduler", "TokenEvent", "build_backend",
-           "check_gguf_file", "gpu_offload_supported", "read_model_info"]
+           "check_gguf_file", "gpu_offload_supported", "load_vocab_only", "log_softmax"]

@@ -26,7 +26,7 @@ from .context import FLASH_ATTN_TILE_ROWS, LlamaBatch, LlamaContext, SamplerChai
 from .drafts import NgramIndex, accept_drafts, draft_default
 from .host_cache import HostPromptCache
 from .loading import load
-from .requests import (DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent)
+from .requests import DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent, log_softmax
 from .scheduler import EXACT_TAIL, Active, RequestState, Scheduler
 from .submission import Intake, Raised, RequestHandle
 
@@ -106,9 +106,6 @@ class Engine:
     def snapshot(self) -> dict:
         """The scheduler's counts (busy, window, free, host cache) for monitoring; any thread."""
         return self.scheduler.snapshot()
-
-    def check_fits(self, n_prompt: int, max_tokens: int) -> None:
-        self.scheduler.check_fits(n_prompt, max_tokens)
 
     # -- ways in ----------------------------------------------------------------------------------
     def submit(self, request: GenRequest) -> RequestHandle:
@@ -283,10 +280,8 @@ class Engine:
         return set(lone[:self.n_batch - sum(take for _, take in items)])   # within the batch's capacity
 
     def _probe(self, active: Active, index: int) -> np.ndarray:
-        logits = self.ctx.logits(index).astype(np.float64)
-        top = logits.max()
-        log_z = top + np.log(np.exp(logits - top).sum())
-        return np.exp(logits[np.asarray(active.job.req.probe_ids, dtype=np.int64)] - log_z)
+        log_p = log_softmax(self.ctx.logits(index))
+        return np.exp(log_p[np.asarray(active.job.req.probe_ids, dtype=np.int64)])
 
     def _after_logits(self, active: Active, index: int) -> bool:
         """Act on the logits at batch `index`: probe, draw a token, emit it. True when the request

@@ -8,13 +8,14 @@ read here through ctypes from the ggml library that llama-cpp-python ships besid
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .offload import MiB
+from ..units import MiB
 
 # enum ggml_backend_dev_type
 _DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
@@ -77,27 +78,62 @@ def backend_devices() -> list[Device]:
         return []
 
 
-def nvidia_gpus() -> list[Device] | None:
-    """NVIDIA GPUs as nvidia-smi reports them; None when nvidia-smi is absent or fails."""
+def visible_ids(env: dict | None = None) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as the GPUs this process's CUDA calls see, in their order (each an
+    index or a UUID, as nvidia-smi's --id takes it); None when it is unset or empty: every GPU.
+    Ray gives each engine actor its own GPU this way, and nvidia-smi ignores the variable."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES") or ""
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    return ids or None
+
+
+def visible_gpu(env: dict | None = None) -> str | None:
+    """The device this process's CUDA calls see first, when CUDA_VISIBLE_DEVICES picks one."""
+    ids = visible_ids(env)
+    return ids[0] if ids else None
+
+
+def nvidia_gpus(env: dict | None = None) -> list[Device] | None:
+    """The NVIDIA GPUs this process sees, as nvidia-smi reports them: those CUDA_VISIBLE_DEVICES
+    names, in its order, else all; None when nvidia-smi is absent or fails. The one reader of
+    nvidia-smi (doctor lists these; the offload plan takes the first one's free memory)."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=index,name,memory.total,memory.free",
+        out = subprocess.run([exe, "--query-gpu=index,uuid,name,memory.total,memory.free",
                               "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    gpus = []
-    for line in out.splitlines():
+    return visible_gpus(out, env)
+
+
+def visible_gpus(smi_csv: str, env: dict | None = None) -> list[Device]:
+    """nvidia-smi's `index,uuid,name,memory.total,memory.free` CSV (no header, no units) -> the
+    GPUs CUDA_VISIBLE_DEVICES names (an index, or a UUID or its prefix), in its order; all without it."""
+    found: list[tuple[str, str, Device]] = []
+    for line in smi_csv.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 4:
+        if len(parts) != 5:
             continue
         try:
-            gpus.append(Device(f"GPU {parts[0]}", parts[1], "gpu", int(parts[3]) * MiB, int(parts[2]) * MiB))
+            device = Device(f"GPU {parts[0]}", parts[2], "gpu", int(parts[4]) * MiB, int(parts[3]) * MiB)
         except ValueError:
             continue
-    return gpus
+        found.append((parts[0], parts[1], device))
+    wanted = visible_ids(env)
+    if wanted is None:
+        return [device for _, _, device in found]
+    return [device for want in wanted for index, uuid, device in found
+            if want == index or (len(want) > 3 and uuid.startswith(want))]
+
+
+def free_gpu_memory() -> int | None:
+    """Free memory of the first CUDA device this process sees, in bytes (None: no nvidia-smi, or no
+    NVIDIA GPU visible)."""
+    gpus = nvidia_gpus()
+    return gpus[0].free_bytes if gpus else None
 
 
 def gpus_seen() -> tuple[list[Device], str]:

@@ -268,6 +268,7 @@ class LlamaModel:
             pass
 
 
-def read_model_info(path: str | Path) -> LlamaModel:
-    """Metadata and tokenizer without the weights (fast, no GPU memory)."""
+def load_vocab_only(path: str | Path) -> LlamaModel:
+    """The model's metadata and tokenizer without its weights, as a LlamaModel (fast, no GPU memory);
+    close it when done."""
     return LlamaModel(path, vocab_only=True)

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ModelLoadError
+from .devices import free_gpu_memory
 from .offload import (AutoPlan, KVTypes, ModelShape, OffloadPlan, auto_plan, available_memory, context_size,
-                       fewer_layers, free_gpu_memory, parse_cache_type)
+                       fewer_layers, parse_cache_type)
 from .config import EngineConfig
 from .scheduler import CONTINUATION_RESERVE
 from .llama import LlamaModel, check_gguf_file, gpu_offload_supported, require_llama

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .llama import build_backend, read_model_info
+from .llama import build_backend, load_vocab_only
 from ..units import format_bytes
 
 
@@ -46,7 +46,7 @@ def quant_from_metadata(metadata: dict[str, str]) -> str | None:
 def gguf_summary(path: str | Path) -> dict:
     """What a GGUF is, from its metadata alone (a vocab-only load reads no weights). The one summary
     `info` prints and `pull`/`convert` record in the store manifest ("gguf", without the quant)."""
-    model = read_model_info(path)
+    model = load_vocab_only(path)
     try:
         meta = model.metadata
         template = model.chat_template

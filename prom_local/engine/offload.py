@@ -1,6 +1,6 @@
 """How many layers to put on the GPU, how many sequences to keep in flight and which type the KV
-cache holds: arithmetic over the model's shape and free memory, plus the two readings of free memory
-it needs (nvidia-smi for the GPU, /proc/meminfo for RAM) and the --gpu-layers spelling.
+cache holds: arithmetic over the model's shape and free memory, plus the reading of free RAM
+(/proc/meminfo; the GPU's comes from devices.free_gpu_memory) and the --gpu-layers spelling.
 
 `auto_plan` is the one planner: the engine (engine/loading.py) calls it with the machine's figures,
 `doctor` with the same or with what-if figures, so both say the same thing.
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from ..units import format_bytes
@@ -177,31 +175,6 @@ def retry_layers(n_gpu_layers: int, n_layer: int) -> list[int]:
         current = fewer_layers(current, n_layer)
         tries.append(current)
     return tries
-
-
-def visible_gpu(env: dict | None = None) -> str | None:
-    """The device this process's CUDA calls see first, as nvidia-smi's --id takes it (an index or a
-    UUID), when CUDA_VISIBLE_DEVICES picks one: Ray gives each engine actor its own GPU this way, and
-    nvidia-smi, which ignores that variable, would otherwise report GPU 0 to every engine."""
-    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
-    first = value.split(",")[0].strip() if value else ""
-    return first or None
-
-
-def free_gpu_memory() -> int | None:
-    """Free memory of the first CUDA device this process sees, in bytes, from nvidia-smi (no extra
-    Python dependency)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    device = visible_gpu()
-    try:
-        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits",
-                              *([f"--id={device}"] if device else [])],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return int(out.splitlines()[0].strip()) * MiB
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
 
 
 # The per-sequence context is rounded up to this many tokens (llama.cpp pads KV cells to 256 anyway),

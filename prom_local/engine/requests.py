@@ -5,7 +5,7 @@ A request with `params.n` > 1 asks for n samples of one prompt: its events carry
 
 Scores are not known here. A request carries generic hooks instead: token ids whose probabilities
 to report when its text reaches a given state, and a callback that may append tokens when
-generation ends (the forced-score continuation of grading.py).
+generation ends (the forced verdict of judging/verdicts.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .config import SamplingParams
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log P(token) for every token of a row of logits, in float64, the peak taken out first so that
+    exp cannot overflow. The engine's probes and the server's logprobs (on_sample's logits) both
+    read logits through this one."""
+    row = np.asarray(logits, dtype=np.float64)
+    peak = row.max()
+    return row - (peak + np.log(np.exp(row - peak).sum()))
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
-from ..judging.grading import round_half_up
+from ..judging.grades import round_half_up
 from ..judging.records import Record, record_from_mapping
 from ..judging.rubrics import SCORES, Rubric
 

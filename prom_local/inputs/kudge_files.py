@@ -6,7 +6,7 @@ KUDGE ships every case as one pre-rendered judge prompt, `judge_query`, beside t
   it; a float, e.g. 4.5);
 - false information (`k2-eval-pointwise-falseinfo.csv`): a response with one fact corrupted
   (`corrupted_sequence`, `explanation`, `type`) and `original_human_score`, the score the
-  uncorrupted response had. Graded as it is: report_kudge.py shows how often the judge falls below;
+  uncorrupted response had. Graded as it is: reports/kudge.py shows how often the judge falls below;
 - pairwise (`k2-eval-pairwise*.csv`): an MT-Bench-style prompt asking for "[[A]]"/"[[B]]" and
   `winner`; read as relative records (see `parse_pairwise`).
 
@@ -30,7 +30,7 @@ from typing import Iterator
 
 from .benchmark_files import ParseError, header, rubric_text, split_sections
 from ..errors import InputError
-from ..judging.grading import round_half_up
+from ..judging.grades import round_half_up
 from ..judging.records import Record, RelativeRecord
 from ..judging.rubrics import SCORES, Rubric
 

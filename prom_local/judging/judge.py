@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -17,39 +17,20 @@ from ..engine import (DoneEvent, Engine, EngineConfig, EngineStats, ErrorEvent, 
                      TokenEvent)
 from ..engine.model_info import ModelInfo, StoreName, describe_engine
 from ..errors import InputError
-from .ordering import in_input_order, rows_only
-from .grader import Grader
-from .grading import MARKER_AT_END, Grade, attach_gold, find_score, note_run, split_feedback
+from .backend import RowStream
+from .kinds import AbsoluteGrader, Grader
+from .grades import Grade
 from .prompt_tokens import render_prompt, tokenize_prompt
 from .prometheus_eval_calls import PrometheusEvalCalls
 from .prompts import PromptProfile, get_profile
 from .records import AnyRecord, Record
-from .rubrics import SCORES
 from .samples import combine
 from .verdict_tokens import VerdictTokens
+from .verdicts import SCORE_STYLE, Verdict, VerdictReader
 from ..settings import DEFAULT_PROFILE
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What a grading output concluded: the score, P(1..5) where it was chosen, and whether the
-    model had to be made to state it (`suffix`: the text that states it, appended to the output)."""
-
-    score: int | None
-    probabilities: tuple[float, ...] | None
-    score_mass: float | None
-    forced: bool
-    suffix: str = ""
-
-
-def _wants_probe(text: str) -> bool:
-    # Cheap test first: this runs after every generated token. 48 characters hold the longest
-    # marker with decorations ("[RESULT] score of (").
-    tail = text[-48:]
-    return "result" in tail.lower() and MARKER_AT_END.search(tail) is not None
-
-
-class Judge(PrometheusEvalCalls):
+class Judge(RowStream, PrometheusEvalCalls):
     """A Prometheus-style judge on a local GGUF.
 
     >>> judge = Judge("models/prometheus-ko/prometheus-ko.Q4_K_M.gguf")
@@ -83,9 +64,8 @@ class Judge(PrometheusEvalCalls):
         self.sampling = sampling or SamplingParams()
         self.engine = engine
         self.model = engine.model
-        self.score_tokens = VerdictTokens.for_model(self.model, self.profile.score_continuation,
-                                                   [str(s) for s in SCORES])
-        self._pairs = None   # the relative half (relative.PairJudge), made on first use
+        self.scores = VerdictReader(SCORE_STYLE, self.model, self.profile.score_continuation)
+        self._pairs = None   # the relative half (pairwise.PairGrader), made on first use
 
     def with_sampling(self, sampling: SamplingParams) -> "Judge":
         """This judge with other sampling settings, on the same model and engine (a view for one
@@ -99,9 +79,14 @@ class Judge(PrometheusEvalCalls):
     def pairs(self):
         """Relative grading on this judge; a UsageError when the profile has no relative prompt."""
         if self._pairs is None:
-            from .pairwise import PairJudge
-            self._pairs = PairJudge(self)
+            from .pairwise import PairGrader
+            self._pairs = PairGrader(self)
         return self._pairs
+
+    @property
+    def score_tokens(self) -> VerdictTokens:
+        """How this model writes the scores 1..5 and the score marker (verdict_tokens.py)."""
+        return self.scores.tokens
 
     # -- record -> prompt -> tokens -------------------------------------------------------------
     def tokenize_prompt(self, record: AnyRecord) -> list[int]:
@@ -110,7 +95,7 @@ class Judge(PrometheusEvalCalls):
 
     # -- tokens -> engine -> grade --------------------------------------------------------------
     def grader_for(self, record: AnyRecord) -> Grader:
-        """The one place a record's kind is asked: its Grader (grader.py). A UsageError for a pair
+        """The one place a record's kind is asked: its Grader (kinds.py). A UsageError for a pair
         when the profile has no relative prompt."""
         return self.pairs if record.is_relative else AbsoluteGrader(self)
 
@@ -125,27 +110,11 @@ class Judge(PrometheusEvalCalls):
                         tag: object = None, cancel: threading.Event | None = None) -> GenRequest:
         """A request for any prompt that asks for a Prometheus verdict (a record's, or an HTTP
         client's own grading prompt): probes at the score, and the forced-score continuation."""
-        score_tokens = self.score_tokens
-
-        def on_finish(text: str) -> list[int] | None:
-            return None if find_score(text) else list(score_tokens.continuation)
-
-        return GenRequest(tokens=tokens, params=params or self.sampling, tag=tag,
-                          probe_ids=score_tokens.probe_ids, probe_when=_wants_probe,
-                          on_finish=on_finish, cancel=cancel)
+        return self.scores.request(tokens, params=params or self.sampling, tag=tag, cancel=cancel)
 
     def verdict(self, out: GenOutput) -> Verdict:
         """The score of a finished grading request, and how sure the model was of it."""
-        if out.finish_reason == "cancelled":
-            return Verdict(None, None, None, False)
-        if out.final_probe is not None:
-            label, probabilities, mass, suffix = self.score_tokens.forced(out, self.profile.score_continuation)
-            return Verdict(int(label) if label else None, probabilities, mass, True, suffix)
-        match = find_score(out.text)
-        if match is None:  # cut by the caller (a stop string) before any verdict
-            return Verdict(None, None, None, False)
-        probabilities, mass = self.score_tokens.written(out, match.start(), match.start("score"))
-        return Verdict(int(match.group("score")), probabilities, mass, False)
+        return self.scores.verdict(out)
 
     def record_requests(self, record: AnyRecord, cancel: threading.Event | None = None, *,
                         both_orders: bool = False) -> list[GenRequest]:
@@ -178,26 +147,14 @@ class Judge(PrometheusEvalCalls):
             return self.to_grade(record, outputs[0])
         return combine([self.to_grade(record, out) for out in outputs])
 
-    def grade_stream(self, records: Iterable[AnyRecord | Grade], *,
-                     on_token: Callable[[AnyRecord, str], None] | None = None,
-                     cancel: threading.Event | None = None, both_orders: bool = False,
-                     ordered: bool = True) -> Iterator[Grade]:
-        """Grade records, up to the engine's n_parallel at once, yielding their rows: in input
-        order, or with `ordered=False` each as soon as its record is done (a results file's order).
-
-        A `Grade` in the input (an error row made upstream) is passed through (at its position
-        when ordered). `both_orders`: relative records are graded A/B and B/A (see pairwise.py).
-        With n samples per record, each record's row combines its n outputs (samples_grade) and
-        on_token streams the first sample's text.
-        """
-        finished = self.finished_rows(records, on_token=on_token, cancel=cancel, both_orders=both_orders)
-        return in_input_order(finished) if ordered else rows_only(finished)
-
     def finished_rows(self, records: Iterable[AnyRecord | Grade], *,
                       on_token: Callable[[AnyRecord, str], None] | None = None,
                       cancel: threading.Event | None = None,
                       both_orders: bool = False) -> Iterator[tuple[int, Grade]]:
-        """(input index, row) for every record, in the order the engine finishes them."""
+        """(input index, row) for every record, up to the engine's n_parallel at once, in the order
+        the engine finishes them (RowStream.grade_stream puts them in input order). With n samples per
+        record, each record's row combines its n outputs (samples_grade) and on_token streams the
+        first sample's text."""
         order: dict[int, AnyRecord] = {}
         parts: dict[int, list] = {}   # what each of a record's requests ended with, by request
         ready: deque[tuple[int, Grade]] = deque()   # ready-made rows, out at the next event
@@ -236,11 +193,6 @@ class Judge(PrometheusEvalCalls):
         for (i, _k), outs in outputs.items():  # an engine that gave fewer samples than asked (a test's)
             yield i, self.samples_grade(order[i], outs)
 
-    def grade(self, record: AnyRecord, *, on_token: Callable[[str], None] | None = None,
-              cancel: threading.Event | None = None) -> Grade:
-        cb = (lambda _r, text: on_token(text)) if on_token else None
-        return next(iter(self.grade_stream([record], on_token=cb, cancel=cancel)))
-
     # -- what the shells ask of the engine (serve, bench, Ray workers), so none reaches through ----
     @property
     def n_parallel(self) -> int:
@@ -272,47 +224,6 @@ class Judge(PrometheusEvalCalls):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class AbsoluteGrader:
-    """The Grader of absolute records (one response, a 1-5 score), on a Judge's profile, sampling
-    and engine. Made per use: a Judge view with other sampling (with_sampling) grades with it."""
-
-    def __init__(self, judge: Judge):
-        self.judge = judge
-
-    def request(self, record: Record, *, cancel: threading.Event | None = None,
-                samples: int | None = None) -> GenRequest:
-        judge = self.judge
-        params = judge.sampling if samples is None else replace(judge.sampling, n=samples)
-        return judge.grading_request(judge.tokenize_prompt(record), params=params, tag=record, cancel=cancel)
-
-    def requests(self, record: Record, *, both_orders: bool = False,
-                 cancel: threading.Event | None = None) -> list[GenRequest]:
-        return [self.request(record, cancel=cancel)]
-
-    def to_grade(self, record: Record, out: GenOutput) -> Grade:
-        grade = Grade(id=record.id, score=None, feedback=split_feedback(out.text), output=out.text,
-                      finish_reason=out.finish_reason, prompt_tokens=out.prompt_tokens,
-                      completion_tokens=len(out.tokens), seconds=out.seconds,
-                      gold_score=record.gold_score)
-        attach_gold(grade, record.gold_scores)
-        grade.extra.update(record.row_fields or {})
-        if not note_run(grade, out):
-            return grade
-        verdict = self.judge.verdict(out)
-        grade.score, grade.forced = verdict.score, verdict.forced
-        grade.probabilities, grade.score_mass = verdict.probabilities, verdict.score_mass
-        return grade
-
-    def row(self, record: Record, results: Sequence[Sequence[GenOutput]]) -> Grade:
-        return self.judge.samples_grade(record, results[0])
-
-    def failed(self, record: Record, error: Exception) -> Grade:
-        grade = Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
-                      error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
-        grade.extra.update(record.row_fields or {})   # a failure still counts in KUDGE's figures
-        return grade
 
 
 def _request_over(event, outputs: dict[tuple[int, int], list[GenOutput]],

@@ -14,102 +14,40 @@ MT-Bench paper's convention for position-inconsistent verdicts).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
+from dataclasses import replace
+from typing import Sequence
 
-from ..engine import GenOutput, GenRequest, LlamaModel, SamplingParams
-from .grading import (BRACKET_AT_END, WINNER_AT_END, RelativeGrade, find_bracket_winner, find_winner, note_run,
-                      split_relative_feedback)
-from .prompts import LABELS, PromptProfile
+from ..engine import GenOutput, GenRequest, SamplingParams
+from .kinds import JudgeParts
+from .grades import RelativeGrade, error_row
+from .prompts import LABELS
 from .records import RelativeRecord, other_label
-from .verdict_tokens import VerdictTokens
+from .verdicts import PAIR_STYLES, VerdictReader
 
 
-class JudgeParts(Protocol):
-    """What pairwise grading takes from its Judge. A protocol, not an import of judge.py: the Judge
-    makes its PairJudge, so judge.py imports this module and not the other way round."""
-    profile: PromptProfile
-    model: LlamaModel
-    sampling: SamplingParams
-
-    def tokenize_prompt(self, record) -> list[int]: ...
-
-
-def _wants_probe(text: str) -> bool:
-    tail = text[-40:]
-    return "result" in tail.lower() and WINNER_AT_END.search(tail) is not None
-
-
-def _wants_bracket_probe(text: str) -> bool:
-    return BRACKET_AT_END.search(text[-8:]) is not None
-
-
-# The verdict grammar by the profile's relative.verdict_style: (find, probe when, the marker at the end).
-_STYLES = {"prometheus": (find_winner, _wants_probe, WINNER_AT_END),
-           "mt-bench": (find_bracket_winner, _wants_bracket_probe, BRACKET_AT_END)}
-
-
-@dataclass(frozen=True)
-class PairVerdict:
-    winner: str | None
-    probabilities: tuple[float, ...] | None
-    label_mass: float | None
-    forced: bool
-    suffix: str = ""
-
-
-class PairJudge:
-    """The relative half of a Judge, its Grader for pairs (grader.py): requests for pairs, and
-    their outputs -> RelativeGrade."""
+class PairGrader:
+    """The relative half of a Judge, its Grader for pairs (kinds.py): requests for pairs, and
+    their outputs -> RelativeGrade, read by the one VerdictReader in the profile's pairwise style."""
 
     def __init__(self, judge: JudgeParts):
         judge.profile.require_relative()
         self.judge = judge
-        self.continuation = judge.profile.relative_continuation
-        self.find, self.wants_probe, self.at_end = _STYLES[judge.profile.verdict_style]
-        self.tokens = VerdictTokens.for_model(judge.model, self.continuation, LABELS)
+        self.reader = VerdictReader(PAIR_STYLES[judge.profile.verdict_style], judge.model,
+                                    judge.profile.relative_continuation)
 
     def request(self, record: RelativeRecord, *, params: SamplingParams | None = None,
                 cancel: threading.Event | None = None, samples: int | None = None) -> GenRequest:
         """One order's request; `samples` does not apply (a pair is graded once per order)."""
-        tokens = self.tokens
-
-        def on_finish(text: str) -> list[int] | None:
-            return None if self.find(text) else list(tokens.continuation)
-
-        return GenRequest(tokens=self.judge.tokenize_prompt(record), params=params or replace(self.judge.sampling, n=1),
-                          tag=record, probe_ids=tokens.probe_ids, probe_when=self.wants_probe,
-                          on_finish=on_finish, cancel=cancel)
+        return self.reader.request(self.judge.tokenize_prompt(record), tag=record, cancel=cancel,
+                                   params=params or replace(self.judge.sampling, n=1))
 
     def requests(self, record: RelativeRecord, *, both_orders: bool,
                  cancel: threading.Event | None = None) -> list[GenRequest]:
         records = [record, record.swapped()] if both_orders else [record]
         return [self.request(r, cancel=cancel) for r in records]
 
-    def verdict(self, out: GenOutput) -> PairVerdict:
-        if out.finish_reason == "cancelled":
-            return PairVerdict(None, None, None, False)
-        if out.final_probe is not None:
-            winner, probabilities, mass, suffix = self.tokens.forced(out, self.continuation)
-            return PairVerdict(winner, probabilities, mass, True, suffix)
-        match = self.find(out.text)
-        if match is None:
-            return PairVerdict(None, None, None, False)
-        probabilities, mass = self.tokens.written(out, match.start(), match.start("label"))
-        return PairVerdict(match.group("label").upper(), probabilities, mass, False)
-
     def to_grade(self, record: RelativeRecord, out: GenOutput) -> RelativeGrade:
-        feedback = split_relative_feedback(out.text, self.find, self.at_end)
-        grade = RelativeGrade(id=record.id, score=None, feedback=feedback,
-                              output=out.text, finish_reason=out.finish_reason,
-                              prompt_tokens=out.prompt_tokens, completion_tokens=len(out.tokens),
-                              seconds=out.seconds, gold_winner=record.gold_winner)
-        if not note_run(grade, out):
-            return grade
-        verdict = self.verdict(out)
-        grade.winner, grade.forced = verdict.winner, verdict.forced
-        grade.probabilities, grade.label_mass = verdict.probabilities, verdict.label_mass
-        return grade
+        return self.reader.to_grade(record, out)  # type: ignore[return-value]
 
     def row(self, record: RelativeRecord, results: Sequence[Sequence[GenOutput]]) -> RelativeGrade:
         """The pair's row from its requests' outputs: one order, or both (combine)."""
@@ -117,7 +55,7 @@ class PairJudge:
         return self.combine(record, outs) if len(outs) == 2 else self.to_grade(record, outs[0])
 
     def failed(self, record: RelativeRecord, error: Exception) -> RelativeGrade:
-        return failed_pair(record, error)
+        return error_row(error, record)  # type: ignore[return-value]
 
     def combine(self, record: RelativeRecord, outputs: Sequence[GenOutput]) -> RelativeGrade:
         """One row from the A/B and B/A outputs of a pair (see the module doc)."""
@@ -166,9 +104,4 @@ def _probs(probabilities: tuple[float, ...] | None) -> dict | None:
     return None if probabilities is None else {l: round(p, 6) for l, p in zip(LABELS, probabilities)}
 
 
-def failed_pair(record: RelativeRecord, error: Exception) -> RelativeGrade:
-    return RelativeGrade(id=record.id, score=None, feedback="", output="", gold_winner=record.gold_winner,
-                         error=str(error), finish_reason="error", prompt_tokens=getattr(error, "n_tokens", 0))
-
-
-__all__ = ["PairJudge", "PairVerdict", "both_orders_grade", "failed_pair"]
+__all__ = ["PairGrader", "both_orders_grade"]

@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 from typing import Iterable, Sequence
 
 from ..engine import SamplingParams
-from .grading import Grade, round_half_up
+from .grades import Grade, round_half_up
 
 # The Prometheus papers' protocol, as prometheus-eval's evaluation code runs it (the repository
 # github.com/prometheus-eval/prometheus-eval, commit dcfb442):

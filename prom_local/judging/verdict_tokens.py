@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..errors import PromLocalError
-from .grading import normalise
+from .grades import normalise
 
 if TYPE_CHECKING:
     from ..engine import GenOutput, LlamaModel

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..judging.grading import expected_score, normalise, row_probabilities
+from ..judging.grades import expected_score, normalise, row_probabilities
 from ..judging.rubrics import SCORES
 from .rows import ABSOLUTE, is_disagreement, of_kind
 

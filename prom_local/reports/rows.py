@@ -1,23 +1,18 @@
 """A results row's kind, asked in one place.
 
 Rows are the results file's JSON objects, not records: a pairwise row carries "mode": "relative"
-(the results contract), an absolute row no "mode". `kind_of` is the one test of that; the reports
-take the rows of one kind with `of_kind`, and a shell that draws rows (the TUI) looks its drawing
-up by `kind_of` instead of testing the row again.
+(the results contract), an absolute row no "mode". `kind_of` is the one test of that (it lives
+where a row is read back into a Grade, and is handed on here); the reports take the rows of one
+kind with `of_kind`, and a shell that draws rows (the TUI) looks its drawing up by `kind_of`
+instead of testing the row again.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from ..judging.grades import ABSOLUTE, RELATIVE, kind_of  # noqa: F401  (handed on to the TUI and compare)
 from ..judging.rubrics import SCORES
-
-ABSOLUTE, RELATIVE = "absolute", "relative"
-
-
-def kind_of(row: dict) -> str:
-    """ABSOLUTE or RELATIVE."""
-    return RELATIVE if row.get("mode") == "relative" else ABSOLUTE
 
 
 def of_kind(rows: Iterable[dict], kind: str) -> list[dict]:

@@ -1,7 +1,8 @@
-"""Rich renderables for report.py's figures, shared by `report`, `compare` and the TUI.
+"""Rich renderables for the reports' figures (absolute.py, pairwise.py, kudge.py), shared by
+`report`, `compare` and the TUI.
 
-Only presentation lives here: every number comes from report.py, so the terminal, the TUI and a
-script calling report.py directly always agree.
+Only presentation lives here: every number comes from those modules, so the terminal, the TUI and a
+script calling them directly always agree.
 """
 
 from __future__ import annotations

@@ -1,2 +1,3 @@
-"""Running work: score a file into a results file (resume, durable append), read results back, size
-the work before loading, grade against a remote `prom-local serve`, and `ray/` for `score --ray`."""
+"""File runs: score a file into a results file (resume, durable append), read results back, and size
+the work before loading. Where the records are graded (a local Judge, a server, a Ray cluster) is
+a judging.backend.Backend, chosen in backends/."""

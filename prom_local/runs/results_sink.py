@@ -14,7 +14,7 @@ driver of `score --ray`) goes through a ResultsSink, so the rules below hold who
 - Run statistics are counted here, once, for every writer.
 
 Readers (`report`, `compare`, the TUI's review) take no lock: rows are appended whole, so a reader
-sees complete rows plus at most one unfinished last line (see output.read_results).
+sees complete rows plus at most one unfinished last line (see results_reader.read_results).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OutputError, ResultsLocked
-from ..judging.grading import Grade
+from ..judging.grades import Grade
 from ..safe_files import create_unique, open_nofollow, replace_durably, write_all
 
 
 @dataclass
-class BatchStats:
+class RunStats:
     """What one run did; the same figures whichever writer ran it."""
 
     total_seen: int = 0        # input records read (including those already done)
@@ -238,7 +238,7 @@ class ResultsSink:
         self.path = None if str(path) == "-" else Path(path)
         self.retry_errors = retry_errors
         self.durable = durable and self.path is not None
-        self.stats = BatchStats()
+        self.stats = RunStats()
         self.done_ids: set[str] = set()
         self.rows = 0              # complete rows in the file (resumed ones included)
         self._lock: ResultsLock | None = None

@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError
-from ..judging.grading import Grade
+from ..judging.grades import Grade, error_row
 from ..judging.records import AnyRecord
 from ..inputs import read_records
-from .backend import Backend
-from .results_sink import BatchStats, ResultsSink  # noqa: F401  (BatchStats: callers import it from here)
-
-
-def error_grade(err: InputError) -> Grade:
-    return Grade(id=err.record_id or "?", score=None, feedback="", output="", error=str(err),
-                 finish_reason="error")
+from ..judging.backend import Backend
+from .results_sink import ResultsSink, RunStats
 
 
 def default_output(input_path: str | Path) -> str:
@@ -45,50 +40,53 @@ def duplicate_row_id(record_id: str, line: int | None) -> str:
     return f"{record_id}@line{line}"
 
 
-def pending_items(input_path: str | Path, done_ids: set[str], stats: BatchStats,
+def unique_ids(items: Iterable[AnyRecord | InputError], source: str | Path) -> Iterator[AnyRecord | InputError]:
+    """`items` (read_records') with every record whose id came before made that line's InputError,
+    known by duplicate_row_id. Ids are the resume key and a batch's custom_ids: a repeated id would
+    make the output ambiguous. `score` writes the error row and `batch submit` sends the line as
+    one, so a repeated id means the same in both: that line's error row, the rest graded."""
+    first_line: dict[str, int] = {}
+    name = str(source) if str(source) != "-" else "<stdin>"
+    for item in items:
+        if isinstance(item, InputError):
+            yield item
+        elif item.id in first_line:
+            err = InputError(f"duplicate id {item.id!r} (first on line {first_line[item.id]})",
+                             source=name, line=item.line, field="id")
+            err.record_id = duplicate_row_id(item.id, item.line)
+            yield err
+        else:
+            first_line[item.id] = item.line or 0
+            yield item
+
+
+def pending_items(input_path: str | Path, done_ids: set[str], stats: RunStats,
                   cancel: threading.Event | None = None) -> Iterator[AnyRecord | Grade]:
     """Records still to grade, and error rows for bad lines, in input order."""
-    first_line: dict[str, int] = {}
-    for item in read_records(input_path):
+    for item in unique_ids(read_records(input_path), input_path):
         if cancel is not None and cancel.is_set():
             return
         stats.total_seen += 1
-        if isinstance(item, InputError):
-            if item.record_id in done_ids:
-                stats.skipped += 1
-                continue
-            yield error_grade(item)
-            continue
-        if item.id in first_line:
-            # Ids are the resume key: a repeated id would make the output ambiguous.
-            err = InputError(f"duplicate id {item.id!r} (first on line {first_line[item.id]})",
-                             source=str(input_path) if str(input_path) != "-" else "<stdin>",
-                             line=item.line, field="id")
-            err.record_id = duplicate_row_id(item.id, item.line)
-            if err.record_id in done_ids:
-                stats.skipped += 1
-            else:
-                yield error_grade(err)
-            continue
-        first_line[item.id] = item.line or 0
-        if item.id in done_ids:
+        if (item.record_id if isinstance(item, InputError) else item.id) in done_ids:
             stats.skipped += 1
-            continue
-        yield item
+        elif isinstance(item, InputError):
+            yield error_row(item)
+        else:
+            yield item
 
 
 def score_file(judge: Backend, input_path: str | Path, output: str | Path | ResultsSink, *,
-               on_result: Callable[[Grade, BatchStats], None] | None = None,
+               on_result: Callable[[Grade, RunStats], None] | None = None,
                on_token: Callable[[AnyRecord, str], None] | None = None,
                retry_errors: bool = False,
-               cancel: threading.Event | None = None, both_orders: bool = False) -> BatchStats:
+               cancel: threading.Event | None = None, both_orders: bool = False) -> RunStats:
     """Grade what the results file does not hold yet. `output` is a path (opened, locked and
     closed here) or a ResultsSink the caller already holds open. Setting `cancel` stops the run
     between decode steps; records cut off are not written, so the next run grades them again.
 
     A file may mix absolute and relative (response_A/response_B) records: each is graded by its
     kind and its row says which (relative rows carry "mode": "relative"). `both_orders` grades
-    the relative ones A/B and B/A (relative.py)."""
+    the relative ones A/B and B/A (judging/pairwise.py)."""
     if not isinstance(output, ResultsSink):
         with ResultsSink(output, retry_errors=retry_errors) as sink:
             return score_file(judge, input_path, sink, on_result=on_result, on_token=on_token, cancel=cancel,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..engine import LlamaModel, read_model_info
+from ..engine import LlamaModel, load_vocab_only
 from ..errors import OutputError
 from .results_reader import read_rows
 from ..judging.prompt_tokens import tokenize_prompt
@@ -51,7 +51,7 @@ def measure(records: Iterable[AnyRecord], model_path: str | Path, profile: str |
     """The WorkSize of these records (None when there are none)."""
     if isinstance(profile, str):
         profile = get_profile(profile)   # an unknown profile is the user's first mistake to hear about
-    model = read_model_info(model_path)
+    model = load_vocab_only(model_path)
     try:
         lengths = prompt_tokens(records, model, profile)
     finally:

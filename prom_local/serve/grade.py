@@ -21,9 +21,9 @@ import threading
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..runs.score_file import error_grade
+from ..judging.grades import error_row as error_grade
 from ..errors import InputError, UsageError
-from ..judging.grading import Grade
+from ..judging.grades import Grade
 from ..judging.records import Record, record_from_mapping
 from .bridge import finish_unless_gone
 from .errors import ApiError, bad_request

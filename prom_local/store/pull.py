@@ -1,7 +1,7 @@
 """`prom-local pull`: a ready GGUF from the hub into the store, sha256-verified, with a manifest entry.
 
 Part of the library (not of convert/, which makes GGUFs from checkpoints) because a Ray worker pulls
-a missing store model on its own node (ray_worker.py); it needs huggingface-hub, never torch.
+a missing store model on its own node (backends/ray/worker.py); it needs huggingface-hub, never torch.
 
 The file goes through huggingface-hub's cache (`hf_hub_download`: HF_HOME, tokens, resumable
 downloads and HF_HUB_OFFLINE all apply) and is then hard-linked (or copied) into the store. The

@@ -16,7 +16,7 @@ from textual.message import Message as _Message
 class Message(_Message, bubble=False):
     """Messages here go to the screen or app that started the work, and stop there."""
 
-from ..judging.grading import Grade
+from ..judging.grades import Grade
 from ..engine.model_info import ModelInfo
 
 

@@ -21,7 +21,7 @@ from ...runs.results_reader import read_results
 from ...judging.records import Record
 from ...inputs import read_records
 from ...reports.absolute import RowFilter, filter_rows
-from ...runs.results_sink import BatchStats
+from ...runs.results_sink import RunStats
 from ..messages import (BatchActivity, BatchFinished, BatchOpened, BatchOpenFailed, BatchRow, Progress)
 from ..widgets.batch.agreement_pane import AgreementPane
 from ..widgets.batch.detail_pane import DetailPane
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 0.5
 
 
-def _progress(stats: BatchStats) -> Progress:
+def _progress(stats: RunStats) -> Progress:
     return Progress(done=stats.skipped + stats.graded, graded=stats.graded, skipped=stats.skipped,
                     errors=stats.errors, elapsed=stats.elapsed, tokens_per_second=stats.tokens_per_second,
                     generated_per_second=stats.generated_per_second)
@@ -207,7 +207,7 @@ class BatchScreen(Screen):
     def _run_in_thread(self, judge, input_path: Path, output_path: Path, job) -> None:
         last = {"id": None, "at": 0.0}
 
-        def on_result(grade, stats: BatchStats) -> None:
+        def on_result(grade, stats: RunStats) -> None:
             self.post_message(BatchRow(job.id, grade.to_row(), _progress(stats)))
 
         def on_token(record, _text: str) -> None:

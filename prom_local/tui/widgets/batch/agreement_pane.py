@@ -1,5 +1,5 @@
-"""Agreement with gold and the gold-vs-predicted heatmap, drawn by report_view from report.py's
-figures: the same numbers `prom-local report` prints."""
+"""Agreement with gold and the gold-vs-predicted heatmap, drawn by report_view from the
+figures of reports/absolute.py and reports/pairwise.py: the same numbers `prom-local report` prints."""
 
 from __future__ import annotations
 

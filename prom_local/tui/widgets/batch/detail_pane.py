@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from ....judging.grading import row_probabilities
+from ....judging.grades import row_probabilities
 from ....reports.rows import ABSOLUTE, RELATIVE, kind_of
 from ....reports.pairwise import pair_probabilities, verdict
 from ..probability_bars import ProbabilityBars

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Digits, Label, Static
 
-from ....judging.grading import Grade
+from ....judging.grades import Grade
 from ..probability_bars import ProbabilityBars
 
 

@@ -16,7 +16,6 @@ a record the server refuses (400, 413, 500) becomes that record's error row, as 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import queue
 import threading
@@ -29,8 +28,9 @@ import httpx
 
 from ..engine import SamplingParams
 from ..errors import ExitCode, InputError, PromLocalError, UsageError
-from ..judging.grading import Grade, gold_fields
-from ..judging.ordering import in_input_order, rows_only
+from ..hosts import is_loopback
+from ..judging.grades import Grade, error_row, gold_fields
+from ..judging.backend import RowStream
 from ..judging.records import Record
 
 CONNECT_TIMEOUT = 10.0
@@ -70,19 +70,10 @@ def plain_http_warning(url: str) -> str | None:
     """A warning when a key would cross the network unencrypted: http:// to a host that is not
     this machine (anyone on the path can read it and use the server)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+    if parts.scheme != "http" or is_loopback(parts.hostname or ""):
         return None
     return (f"warning: sending the API key to {parts.hostname} over plain http (unencrypted); use "
             "https:// (serve --ssl-certfile/--ssl-keyfile, or a TLS reverse proxy)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -137,7 +128,7 @@ class ServerGrade(Grade):
         return dict(self.row)
 
 
-class RemoteJudge:
+class RemoteJudge(RowStream):
     """A judge on a `prom-local serve` at `url`. Connects (and waits for a loading model) at once,
     so an unreachable server or a refused key fails before any work starts."""
 
@@ -222,7 +213,7 @@ class RemoteJudge:
                   both_orders: bool = False) -> Grade:
         """POST one record; its row, or its error row when the server refuses that record."""
         body = {"records": record_body(record), "sampling": sampling_body(self.sampling)}
-        if both_orders and getattr(record, "is_relative", False):
+        if both_orders and len(record.orders()) > 1:   # a pair: it has two orders
             body["both_orders"] = True
         waited = 0.0
         while True:
@@ -259,8 +250,7 @@ class RemoteJudge:
             error = InputError(f"the server refused this record ({status}): {_message(response)}",
                                source=self.source, line=record.line,
                                field=_json(response).get("error", {}).get("param") if status == 400 else None)
-            return Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
-                         error=str(error), finish_reason="error")
+            return error_row(error, record)
 
     def _row(self, record: Record, response: httpx.Response) -> Grade:
         row = _json(response)
@@ -276,22 +266,14 @@ class RemoteJudge:
             row.setdefault(key, value)
         return ServerGrade.of(row)
 
-    def grade_stream(self, records: Iterable[Record | Grade], *,
-                     on_token: Callable[[Record, str], None] | None = None,
-                     cancel: threading.Event | None = None, both_orders: bool = False,
-                     ordered: bool = True) -> Iterator[Grade]:
-        """Grade records, `concurrency` at once, yielding their rows in input order, or with
-        `ordered=False` each as it comes back (as Judge does). `on_token` gets each record's whole
-        output once it is back (the server does not stream /v1/grade). When the run must stop
-        (RemoteError), every finished row is yielded first."""
-        finished = self.finished_rows(records, on_token=on_token, cancel=cancel, both_orders=both_orders)
-        return in_input_order(finished) if ordered else rows_only(finished)
-
     def finished_rows(self, records: Iterable[Record | Grade], *,
                       on_token: Callable[[Record, str], None] | None = None,
                       cancel: threading.Event | None = None,
                       both_orders: bool = False) -> Iterator[tuple[int, Grade]]:
-        """(input index, row) for every record, in the order the server's answers come back."""
+        """(input index, row) for every record, `concurrency` in flight at once, in the order the
+        server's answers come back. `on_token` gets each record's whole output once it is back (the
+        server does not stream /v1/grade). When the run must stop (RemoteError), every finished row
+        is yielded first."""
         results: queue.Queue = queue.Queue()
         items = enumerate(records)
         order: dict[int, Record] = {}
@@ -338,11 +320,6 @@ class RemoteJudge:
         if failure is not None:   # after every row that did finish (resume skips them next time)
             raise failure
 
-    def grade(self, record: Record, *, on_token: Callable[[str], None] | None = None,
-              cancel: threading.Event | None = None) -> Grade:
-        cb = (lambda _r, text: on_token(text)) if on_token else None
-        return next(iter(self.grade_stream([record], on_token=cb, cancel=cancel)), None) or _cancelled(record)
-
     def close(self) -> None:
         self._client.close()
 
@@ -354,8 +331,7 @@ class RemoteJudge:
 
 
 def _cancelled(record: Record) -> Grade:
-    return Grade(id=record.id, score=None, feedback="", output="", gold_score=record.gold_score,
-                 error="cancelled", finish_reason="cancelled")
+    return error_row("cancelled", record, finish_reason="cancelled")
 
 
 def _json(response: httpx.Response) -> dict:

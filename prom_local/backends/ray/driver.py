@@ -19,22 +19,23 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..score_file import score_file
+from ...runs.score_file import score_file
 from ...engine import EngineConfig, SamplingParams
 from ...errors import (ClusterError, IntegrityError, ModelLoadError, ModelMismatch, ModelNotFound,
-                     PromLocalError)
-from ...judging.grading import Grade
-from ...judging.ordering import in_input_order, rows_only
+                     PromLocalError, UsageError)
+from ...judging.grades import Grade
+from ...judging.backend import RowStream
 from ...judging.prompts import get_profile
 from ...judging.records import Record
-from .cluster import ActorSlot, connect, group_chunks, import_ray, plan_actors
+from .cluster import ActorSlot, ReadAhead, connect, import_ray, plan_actors
 from .worker import EngineWorker
-from ..results_sink import BatchStats, ResultsSink
+from ...runs.results_sink import RunStats, ResultsSink
 from ...settings import ray_placement_timeout_s
 
 # Longest one exchange call waits inside the actor for a first result before it returns empty.
@@ -54,12 +55,12 @@ class JudgeSpec:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     allow_pull: bool = True
-    both_orders: bool = False           # relative records graded A/B and B/A (relative.py)
+    both_orders: bool = False           # relative records graded A/B and B/A (judging/pairwise.py)
 
 
 @dataclass
 class RayRun:
-    stats: BatchStats
+    stats: RunStats
     actors: list[ActorSlot]
     requeued: int
     model: dict
@@ -77,8 +78,8 @@ def _raise_user_error(result: dict, where: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # The run.
 
-class RayScorer:
-    """Engines on a Ray cluster as a runs.backend.Backend: runs.score_file drives it as it drives
+class RayScorer(RowStream):
+    """Engines on a Ray cluster as a judging.backend.Backend: runs.score_file drives it as it drives
     a local Judge or a RemoteJudge.
 
     >>> with RayScorer(JudgeSpec(model="prometheus-ko:Q4_K_M"), address="auto") as scorer:
@@ -213,7 +214,7 @@ class RayScorer:
 
     # -- scoring --------------------------------------------------------------------------------
     def score_file(self, input_path: str | Path, output: str | Path | ResultsSink, *,
-                   on_result: Callable[[Grade, BatchStats], None] | None = None,
+                   on_result: Callable[[Grade, RunStats], None] | None = None,
                    retry_errors: bool = False) -> RayRun:
         """runs.score_file over these engines (`output`: a path, or a ResultsSink the caller holds
         open), with the engines' account."""
@@ -226,90 +227,70 @@ class RayScorer:
                       address=self.connected_to, setup_seconds=self.setup_seconds,
                       grading_seconds=time.perf_counter() - started)
 
-    # -- the Backend protocol (runs/backend.py) ---------------------------------------------------
-    # Rows come back whole from the engines: `on_token` is never called, `cancel` is not heard
-    # (Ctrl-C stops the driver; the rows written so far are kept), and both orders are the
-    # JudgeSpec's, fixed when the engines loaded.
-    def grade_stream(self, records: Iterable[Record | Grade], *, on_token=None, cancel=None,
-                     both_orders: bool = False, ordered: bool = True) -> Iterator[Grade]:
-        finished = self.finished_rows(records)
-        return in_input_order(finished) if ordered else rows_only(finished)
-
-    def grade(self, record: Record, *, on_token=None, cancel=None) -> Grade:
-        return next(iter(self.grade_stream([record])))
-
-    def finished_rows(self, records: Iterable[Record | Grade], *, on_token=None, cancel=None,
+    # -- the Backend protocol (judging/backend.py) ------------------------------------------------
+    # Rows come back whole from the engines: `on_token` gets each record's whole output once its
+    # row is back (as from a server); `cancel` stops the run between exchanges (rows in flight are
+    # not handed out, so the next run grades them again); `both_orders` is the JudgeSpec's, fixed
+    # when the engines loaded, and another value is refused.
+    def finished_rows(self, records: Iterable[Record | Grade], *,
+                      on_token: Callable[[Record, str], None] | None = None,
+                      cancel: threading.Event | None = None,
                       both_orders: bool = False) -> Iterator[tuple[int, Grade]]:
         """(input index, row) as the engines finish them; an error row in the input at once."""
+        if both_orders != self.spec.both_orders:
+            raise UsageError(f"these Ray engines grade pairs {_orders(self.spec.both_orders)}, fixed when they "
+                             f"loaded (JudgeSpec.both_orders): they cannot grade {_orders(both_orders)}")
         if self._ray is None:
             self.start()
-        ray = self._ray
-        source = enumerate(records)
-        queue: collections.deque[list[Record]] = collections.deque()
-        exhausted = False
-        # Where each record in flight came from; a list per id, as an id may repeat in the input.
-        index_of: dict[str, list[int]] = collections.defaultdict(list)
-        passed: list[tuple[int, Grade]] = []
-        # Read ahead far enough to find records that share an instruction, not the whole file.
-        window = max(256, 4 * self.chunk_size * len(self.actors))
         # A relative record on a profile without a pairwise prompt stops the run here, as a local
         # run stops (the rows written so far kept), not in every engine it would be sent to.
         profile = get_profile(self.model["profile"])
+        # Read ahead far enough to find records that share an instruction, not the whole file.
+        intake = ReadAhead(records, window=max(256, 4 * self.chunk_size * len(self.actors)),
+                           chunk_size=self.chunk_size, check=lambda record: record.require_prompt(profile))
         calls: dict[object, ActorSlot] = {}
-
-        def read_ahead() -> None:
-            nonlocal exhausted
-            batch: list[Record] = []
-            while len(batch) < window:
-                i, item = next(source, (None, None))
-                if item is None:
-                    exhausted = True
-                    break
-                if isinstance(item, Grade):  # a bad input line: its error row, at once
-                    passed.append((i, item))
-                    continue
-                item.require_prompt(profile)
-                index_of[item.id].append(i)
-                batch.append(item)
-            size = self.chunk_size
-            if exhausted:
-                # The input's last records: smaller chunks, so that every engine gets a share.
-                live = sum(a.alive for a in self.actors)
-                size = max(1, min(size, -(-len(batch) // (2 * live))))
-            queue.extend(group_chunks(batch, size))
-
-        def refill() -> None:
-            if not exhausted:
-                read_ahead()
-
-        while True:
-            yield from passed
-            passed.clear()
-            live = [a for a in self.actors if a.alive]
-            if not live:
-                reasons = "; ".join(f"{a.where}: {a.lost}" for a in self.actors)
-                raise ClusterError(f"every engine was lost ({reasons}). The rows written so far are "
-                                   "kept: re-run the same command to grade the rest.")
-            self._top_up([a for a in live if a.call is None], queue, refill, calls)
+        while cancel is None or not cancel.is_set():
+            yield from intake.take_passed()
+            live = self._live()
+            self._top_up([a for a in live if a.call is None], intake.queue,
+                         lambda: intake.refill(len(self._live())), calls)
             if not calls:
-                if not queue and exhausted:
-                    yield from passed
-                    break
+                if intake.done:
+                    yield from intake.take_passed()
+                    return
                 continue
-            ready, _ = ray.wait(list(calls), num_returns=1, timeout=EXCHANGE_WAIT_S * 5)
-            for ref in ready:
-                slot = calls.pop(ref)
-                slot.call = None
-                try:
-                    grades, slot.queued = ray.get(ref)
-                except Exception as exc:  # the actor died, or its engine failed
-                    self.requeued += self._lose(slot, exc, queue)
-                    continue
-                for grade in grades:
-                    if slot.inflight.pop(grade.id, None) is None:
-                        continue  # not ours to write (cannot happen; never write twice)
-                    slot.graded += 1
-                    yield index_of[grade.id].pop(0), grade
+            for record, grade in self._collect(calls, intake.queue):
+                if on_token is not None and grade.output:
+                    on_token(record, grade.output)
+                yield intake.index_of[grade.id].pop(0), grade
+
+    def _live(self) -> list[ActorSlot]:
+        """The engines still in the run; a ClusterError once every one is lost."""
+        live = [a for a in self.actors if a.alive]
+        if not live:
+            reasons = "; ".join(f"{a.where}: {a.lost}" for a in self.actors)
+            raise ClusterError(f"every engine was lost ({reasons}). The rows written so far are "
+                               "kept: re-run the same command to grade the rest.")
+        return live
+
+    def _collect(self, calls: dict[object, ActorSlot], queue: collections.deque) -> Iterator[tuple[Record, Grade]]:
+        """(record, row) for what the next exchange calls to answer bring back; a lost engine's
+        records go back to the front of `queue`."""
+        ready, _ = self._ray.wait(list(calls), num_returns=1, timeout=EXCHANGE_WAIT_S * 5)
+        for ref in ready:
+            slot = calls.pop(ref)
+            slot.call = None
+            try:
+                grades, slot.queued = self._ray.get(ref)
+            except Exception as exc:  # the actor died, or its engine failed
+                self.requeued += self._lose(slot, exc, queue)
+                continue
+            for grade in grades:
+                record = slot.inflight.pop(grade.id, None)
+                if record is None:
+                    continue  # not ours to write (cannot happen; never write twice)
+                slot.graded += 1
+                yield record, grade
 
     def _top_up(self, idle: list[ActorSlot], queue: collections.deque, refill: Callable[[], None],
                 calls: dict[object, ActorSlot]) -> None:
@@ -385,6 +366,10 @@ class RayScorer:
         return ("engines: " + ", ".join(f"{a.where} {a.graded}" + (" (lost)" if a.lost else "")
                                          for a in self.actors)
                 + (f"; {self.requeued} record(s) re-queued from lost engines" if self.requeued else ""))
+
+
+def _orders(both: bool) -> str:
+    return "in both orders (--both-orders)" if both else "in one order"
 
 
 def _short(exc: BaseException) -> str:

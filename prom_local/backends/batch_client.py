@@ -17,29 +17,25 @@ from typing import Iterator
 import httpx
 
 from ..errors import InputError
-from ..judging.grading import Grade
+from ..judging.grades import error_row
 from ..inputs import read_records
 from .remote import CONNECT_TIMEOUT, RemoteError, check_url, record_body
+from ..runs.score_file import unique_ids
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 _LINE = re.compile(r"^batch_req_(\d+)_")
 
 
 def lines_for_records(path: str | Path) -> Iterator[dict]:
-    """/v1/grade lines for a file of records. A line `score` would turn into an error row is sent
-    as it is, so the server answers it with that line's error; a repeated id is refused here
-    (custom_id must be unique in a batch)."""
-    first: dict[str, int] = {}
-    for item in read_records(path):
+    """/v1/grade lines for a file of records. A line `score` would turn into an error row (one it
+    cannot read, or a repeated id: score_file.unique_ids) is sent as that error, under the id
+    `score` gives its row, so the server answers it with an error row as `score` writes one."""
+    for item in unique_ids(read_records(path), path):
         if isinstance(item, InputError):
             custom_id = item.record_id or str(item.line)
             yield {"custom_id": custom_id, "method": "POST", "url": "/v1/grade",
                    "body": {"id": custom_id, "prom_local_unreadable": str(item)}}
             continue
-        if item.id in first:
-            raise InputError(f"duplicate id {item.id!r} (first on line {first[item.id]}): batch custom_ids "
-                             "must be unique", source=str(path), line=item.line, field="id")
-        first[item.id] = item.line or 0
         yield {"custom_id": item.id, "method": "POST", "url": "/v1/grade", "body": record_body(item)}
 
 
@@ -62,8 +58,7 @@ def rows_from_results(output: bytes, errors: bytes) -> list[dict]:
             continue
         message = ((body or {}).get("error") or {}).get("message") if isinstance(body, dict) else None
         message = message or (entry.get("error") or {}).get("message") or "the server gave no result"
-        rows.append(Grade(id=entry.get("custom_id") or "?", score=None, feedback="", output="", error=message,
-                          finish_reason="error").to_row())
+        rows.append(error_row(message, row_id=entry.get("custom_id")).to_row())
     return rows
 
 

@@ -1,6 +1,6 @@
 """The engine side of `score --ray`: one llama.cpp engine, fed continuously, inside a Ray actor.
 
-This module does not import Ray at the top: `distributed.py` wraps `EngineWorker` with
+This module does not import Ray at the top: `driver.py` wraps `EngineWorker` with
 `ray.remote(...)` on the driver, and Ray workers import it by name (the driver ships this package to
 every node, so all nodes run the driver's code).
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...engine import EngineConfig, SamplingParams
 from ...errors import ModelNotFound, PromLocalError
-from ...judging.grading import Grade
+from ...judging.grades import Grade
 from ...store.manifest import sha256_file
 from ...judging.records import Record
 

@@ -8,6 +8,7 @@ travel together), and `plan_actors` and `group_chunks` are pure, so they are tes
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ...errors import ClusterError
+from ...judging.grades import Grade
 from ...judging.records import Record
 
 # A local instance started by `--ray auto` keeps records and grades only (kilobytes each).
@@ -63,7 +65,7 @@ def import_ray():
 def _shipped_packages() -> list[str]:
     """This process's prom_local, sent to every node so that actors run exactly the driver's code,
     whatever is installed there (the library alone: it does not import `convert`). The folder is
-    found from this file (prom_local/runs/ray/cluster.py), not by importing the package's top."""
+    found from this file (prom_local/backends/ray/cluster.py), not by importing the package's top."""
     return [str(Path(__file__).resolve().parents[2])]
 
 
@@ -177,3 +179,47 @@ def group_chunks(records: Iterable[Record], chunk_size: int) -> Iterator[list[Re
                 chunk = []
     if chunk:
         yield chunk
+
+
+class ReadAhead:
+    """The input of a Ray run, read a window at a time into chunks (group_chunks) for the engines:
+    `queue` holds the chunks not sent yet, `passed` the input's ready-made rows (bad lines, with
+    their input index) to hand out at once, and `index_of` where each record in flight came from.
+    `check` refuses a record before it is queued (a pair on a profile without a pairwise prompt)."""
+
+    def __init__(self, records: Iterable[Record | Grade], window: int, chunk_size: int,
+                 check=lambda record: None):
+        self.source = enumerate(records)
+        self.window, self.chunk_size, self.check = window, chunk_size, check
+        self.queue: collections.deque[list[Record]] = collections.deque()
+        self.passed: list[tuple[int, Grade]] = []
+        # A list per id, as an id may repeat in the input.
+        self.index_of: dict[str, list[int]] = collections.defaultdict(list)
+        self.exhausted = False
+
+    def refill(self, live_engines: int) -> None:
+        """Read up to a window more (nothing once the input is exhausted)."""
+        batch: list[Record] = []
+        while not self.exhausted and len(batch) < self.window:
+            i, item = next(self.source, (None, None))
+            if item is None:
+                self.exhausted = True
+            elif isinstance(item, Grade):  # a bad input line: its error row, at once
+                self.passed.append((i, item))
+            else:
+                self.check(item)
+                self.index_of[item.id].append(i)
+                batch.append(item)
+        size = self.chunk_size
+        if self.exhausted:
+            # The input's last records: smaller chunks, so that every engine gets a share.
+            size = max(1, min(size, -(-len(batch) // (2 * max(1, live_engines)))))
+        self.queue.extend(group_chunks(batch, size))
+
+    def take_passed(self) -> list[tuple[int, Grade]]:
+        rows, self.passed = self.passed, []
+        return rows
+
+    @property
+    def done(self) -> bool:
+        return self.exhausted and not self.queue
