@@ -18,14 +18,6 @@ from .config import SamplingParams
 from .llama import LOG, LlamaModel, require_llama
 
 
-# llama.cpp's CPU flash attention computes a piece of fewer than this many rows of one sequence's
-# prompt with another kernel than a piece of this many or more (ggml-cpu ops.cpp: the tiled kernel
-# needs GGML_FA_TILE_Q = 64 query rows and an f16 or f32 K and V of one type). Pieces of 64 rows or
-# more give bit-identical results however the prompt is cut (../shared/tools/fa_rows.py measured it),
-# so a prompt whose every piece has 64+ rows gets the same numbers cold or from a cached prefix.
-FLASH_ATTN_TILE_ROWS = 64
-
-
 def flash_attn_request(flash_attn: bool | None, kv: KVTypes = F16) -> bool | None:
     """The flash attention setting to ask llama.cpp for (True, False, or None: llama.cpp's `auto`,
     on wherever its device runs the op, the CPU included)."""
@@ -37,8 +29,8 @@ def flash_attn_request(flash_attn: bool | None, kv: KVTypes = F16) -> bool | Non
         return True
     # auto is llama.cpp's own default, and on these machines' CPUs it makes long prompts (most of
     # a judge's work) ~30% faster; the price, a prompt's logits depending on how it is cut into
-    # pieces, is paid by the scheduler never cutting a piece under FLASH_ATTN_TILE_ROWS
-    # (Engine.exact_tail). docs/exactness.md has the measured effect on scores.
+    # pieces, is paid by the scheduler never cutting a piece under exact_kernels.FLASH_ATTN_TILE_ROWS
+    # (exact_kernels.exact_tail). docs/exactness.md has the measured effect on scores.
     return flash_attn
 
 

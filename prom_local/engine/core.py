@@ -22,12 +22,13 @@ from ..errors import ContextOverflow
 from .offload import available_memory
 from .cache import PrefixCache
 from .config import EngineConfig
-from .context import FLASH_ATTN_TILE_ROWS, LlamaBatch, LlamaContext, SamplerChain, flash_attn_label, flash_attn_request
+from .context import LlamaBatch, LlamaContext, SamplerChain, flash_attn_label, flash_attn_request
 from .drafts import NgramIndex, accept_drafts, draft_default
 from .host_cache import HostPromptCache
 from .loading import load
 from .requests import DoneEvent, EngineStats, ErrorEvent, Event, GenOutput, GenRequest, TokenEvent, log_softmax
-from .scheduler import EXACT_TAIL, Active, RequestState, Scheduler
+from .exact_kernels import exact_tail, pad_rows
+from .scheduler import Active, RequestState, Scheduler
 from .submission import Intake, Raised, RequestHandle
 
 
@@ -68,6 +69,7 @@ class Engine:
             self.model.close()
             raise
         self.flash_attn = self.ctx.flash_attn
+        self.exact_tail = exact_tail(self.flash_attn)   # fewest rows a prompt piece is decoded in
         (on_status or (lambda message: None))(
             f"flash attention {'on' if self.flash_attn else 'off'} "
             f"(--flash-attn {flash_attn_label(self.config.flash_attn)})")
@@ -95,13 +97,6 @@ class Engine:
                 "backend": self.plan.backend, "offload": self.plan.reason,
                 "host_cache_mib": self.host_cache_bytes >> 20, "cache_type_k": self.kv.k,
                 "cache_type_v": self.kv.v, "draft": self.draft, "flash_attn": self.flash_attn}
-
-    @property
-    def exact_tail(self) -> int:
-        """The fewest tokens of a prompt decoded together (scheduler.EXACT_TAIL): with flash
-        attention on, its CPU kernel's tile, so that every piece of a prompt takes the same kernel
-        cold or after a cached prefix (context.FLASH_ATTN_TILE_ROWS)."""
-        return max(EXACT_TAIL, FLASH_ATTN_TILE_ROWS if self.flash_attn else 0)
 
     def snapshot(self) -> dict:
         """The scheduler's counts (busy, window, free, host cache) for monitoring; any thread."""
@@ -246,7 +241,8 @@ class Engine:
         # By sequence id: llama.cpp cuts a batch over several KV streams into micro-batches of
         # consecutive sequence ids, so any other order costs extra passes over the weights.
         items = sorted(items, key=lambda item: item[0].seq)
-        padded = self._lone_rows(items)
+        padded = (pad_rows([(a.seq, take, self.n_ctx - self.cache.n[a.seq]) for a, take in items], self.n_batch)
+                  if self.flash_attn and self.plan.n_gpu_layers == 0 else set())   # exact_kernels.py
         for active, take in items:
             last = take == len(active.pending)
             rows = 1 + len(active.progress.drafts) if last else 1   # logits for every drafted position
@@ -256,28 +252,12 @@ class Engine:
             if active.seq in padded:
                 batch.add(active.pending[take - 1:take], self.cache.n[active.seq] + take, active.seq, False)
         self.ctx.decode(batch)
-        for seq in padded:   # the pad row's KV goes again: the sequence ends where its real tokens do
-            self.ctx.seq_rm(seq, self.cache.n[seq] + next(take for a, take in items if a.seq == seq))
+        for seq in padded:   # the pad row's KV goes again: the sequence ends after its one real token
+            self.ctx.seq_rm(seq, self.cache.n[seq] + 1)
         self.scheduler.advance(items)
         self.stats.steps += 1
         self.stats.batch_tokens += batch.n_tokens
         return wants
-
-    def _lone_rows(self, items: list[tuple[Active, int]]) -> set[int]:
-        """Sequences to decode with a pad row after their token: with flash attention on the CPU,
-        llama.cpp attends a micro-batch of one sequence with one token (past 256 cached ones) by
-        splitting its KV across threads (ggml-cpu ops.cpp, use_split_kv_path), and every other
-        micro-batch row by row; the two sum in another order, which was seen to flip greedy tokens
-        between --parallel 1 and 3. llama.cpp puts sequences with consecutive ids in one micro-batch,
-        so a token is alone when its sequence's neighbours are not in the batch; a second row of its
-        own sequence (the same token one position on, its KV dropped after the decode) sends it down
-        the row-by-row path, whatever else runs: the same bits at any --parallel and any neighbours."""
-        if not (self.flash_attn and self.plan.n_gpu_layers == 0):
-            return set()
-        seqs = {a.seq for a, _ in items}
-        lone = [a.seq for a, take in items if take == 1 and a.seq - 1 not in seqs and a.seq + 1 not in seqs
-                and self.cache.n[a.seq] + 2 <= self.n_ctx]
-        return set(lone[:self.n_batch - sum(take for _, take in items)])   # within the batch's capacity
 
     def _probe(self, active: Active, index: int) -> np.ndarray:
         log_p = log_softmax(self.ctx.logits(index))

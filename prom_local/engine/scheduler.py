@@ -43,7 +43,7 @@ MIN_WAIT_GAIN = 32
 # So no prompt chunk is narrower than this: reuse stops this many tokens before a prompt's end,
 # and chunks are cut so that none is left this short (re-computing <8 tokens costs nothing).
 # With flash attention on, the CPU's attention kernel has a threshold of its own, 64 rows
-# (context.FLASH_ATTN_TILE_ROWS): the engine then passes that as the scheduler's exact_tail.
+# (exact_kernels.FLASH_ATTN_TILE_ROWS): the engine then passes that as the scheduler's exact_tail.
 EXACT_TAIL = 8
 
 WAITING, RUNNING, FORKED = "waiting", "running", "forked"   # forked: waits for a sibling's prompt
