@@ -134,3 +134,24 @@ def test_stop_mid_run_then_resume_into_the_same_file(tmp_path, monkeypatch):
             assert "6/6" in (await settled_text(pilot, app))
 
     asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_the_context_is_sized_to_the_open_file_and_the_header_says_so(tmp_path):
+    from prom_local import read_records
+    from prom_local.cli.tui_cmd import make_loader
+    from prom_local.judging.records import RECORD_TYPES
+    from prom_local.runs.workload import measure
+    from prom_local.tui.widgets.model_panel import describe
+
+    src = write_input(tmp_path / "in.jsonl", 3, bad_line=True)   # a bad line is the batch screen's to show
+    opts = engine_options(ctx=None)
+    need = measure([r for r in read_records(src) if isinstance(r, RECORD_TYPES)], opts.model, "prometheus-ko",
+                   opts.max_tokens).need_tokens
+    judge, info = make_loader(opts, src)(None, lambda message: None)
+    with judge:
+        assert info.ctx_source == "in.jsonl" and need <= info.n_ctx < 8192
+        assert f"ctx {info.n_ctx} for in.jsonl" in describe(info, "ready", None).plain
+    judge, info = make_loader(opts)(None, lambda message: None)   # no file: the default context
+    with judge:
+        assert info.ctx_source == "" and info.n_ctx == 8192
