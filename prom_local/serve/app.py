@@ -13,12 +13,14 @@ from typing import Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import completions, grade
-from .errors import ApiError, model_not_found
+from .bridge import disconnected
+from .errors import ApiError, ClientGone, model_not_found
+from .limits import parse_json
 from .guard import Guard
 from .metrics import CONTENT_TYPE
 from .service import Service
@@ -85,6 +87,10 @@ def _endpoint(service: Service, name: str, handler: Handler):
     async def run(request: Request) -> Response:
         try:
             response = await handler(service, request)
+        except (ClientGone, ClientDisconnect):   # nobody to answer: a log line, not an error
+            log.info("%s %s: the client hung up (499)", request.method, request.url.path[:200])
+            service.metrics.request(name, 499, "client_gone")
+            return Response(status_code=499)
         except ApiError as exc:
             service.metrics.request(name, exc.status, exc.code)
             return exc.response()
@@ -98,10 +104,11 @@ def _endpoint(service: Service, name: str, handler: Handler):
 
 
 async def _chat(service: Service, request: Request) -> Response:
-    call = await completions.prepare(service, request)
+    caller = service.authenticate(request)
+    call = await completions.prepare(service, caller, await parse_json(await service.read_body(request)))
     if call.request.stream:
         return completions.stream(call)
-    return await completions.complete(call, request)
+    return JSONResponse(await completions.complete(call, disconnected(request)))
 
 
 async def _models(service: Service, request: Request) -> Response:

@@ -42,6 +42,11 @@ class ServeMetrics:
             if status >= 400:
                 self.errors[code or str(status)] += 1
 
+    def admit(self, n: int) -> None:
+        """n sequences admitted (negative: ended)."""
+        with self._lock:
+            self.admitted += n
+
     def caller(self, name: str | None) -> None:
         """An authenticated call by the key `name` (None: a missing or wrong key). Names only:
         a key never reaches the metrics."""

@@ -7,7 +7,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import anyio
 from starlette.requests import Request
@@ -20,10 +20,10 @@ from .errors import ApiError, not_ready, overloaded, unauthorized
 from .metrics import ServeMetrics
 from ..settings import DEFAULT_PROFILE
 
+if TYPE_CHECKING:   # batches/ imports this module: the type only, for readers and checkers
+    from .batches.runner import BatchConfig
+
 log = logging.getLogger("prom_local.serve")
-# A request built inside the server for a batch line carries its owner here (an ASGI scope key no
-# network client can set): its key was checked when the batch was created.
-OWNER_SCOPE = "prom_local.owner"
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ServeConfig:
     log_requests: bool = False
     request_read_timeout: float = 30.0     # seconds to receive a request's body (408 after)
     api_key: str | None = None             # one key: the same as api_keys={"default": key}
-    batches: object | None = None          # batches.BatchConfig: the Batch API and its data dir
+    batches: "BatchConfig | None" = None   # the Batch API and its data dir (None: no Batch API)
 
     def __post_init__(self):
         if self.api_key is not None:
@@ -66,6 +66,8 @@ class Service:
         self._keys = KeyRing(config.api_keys)
         self._facts: dict | None = None
         self.longest_token_bytes = 1 << 20
+        # Told when admitted sequences end (the Batch API's runner waits for a free slot on it).
+        self.on_release: Callable[[], None] | None = None
 
     # -- life -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -144,9 +146,6 @@ class Service:
     def authenticate(self, request: Request) -> str:
         """The caller's key name (its identity in logs, metrics and as an owner), or a 401 for a
         missing or wrong key. Without keys configured every caller is "default"."""
-        internal = request.scope.get(OWNER_SCOPE)   # a batch line run in-process (batches/calls.py)
-        if internal is not None:
-            return internal
         if not self._keys:
             return DEFAULT_NAME
         name = self._keys.name_of(bearer_token(request.headers.get("authorization", "")))
@@ -198,13 +197,13 @@ class Service:
         """Take room for n sequences in the bounded queue, or refuse with 503 + Retry-After."""
         if not self.admission.try_take(n):
             raise overloaded(retry_after=max(1, n))
-        with self.metrics._lock:
-            self.metrics.admitted += n
+        self.metrics.admit(n)
 
     def release(self, n: int) -> None:
         self.admission.give_back(n)
-        with self.metrics._lock:
-            self.metrics.admitted -= n
+        self.metrics.admit(-n)
+        if self.on_release is not None:   # called from engine threads too
+            self.on_release()
 
     def submit(self, requests: list) -> Flight:
         """Submit an HTTP request's engine requests, or refuse them when the queue is full."""
