@@ -219,6 +219,23 @@ def test_a_stalled_upload_is_cut_within_the_read_timeout(server):
     assert READ_TIMEOUT * 0.8 < waited < READ_TIMEOUT * 2, waited
 
 
+def test_a_key_gets_a_few_uploads_at_once_and_429_past_them(server):
+    held = [connect(server) for _ in range(3)]
+    try:
+        for sock in held:
+            sock.sendall(upload_head("bob") + b"--")
+        deadline = time.monotonic() + READ_TIMEOUT
+        while True:   # the three are being received (the server answers nothing until their deadline)
+            refused = upload(server, [chat_line(0)], who="bob")
+            if refused.status_code == 429 or time.monotonic() > deadline:
+                break
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_uploads", refused.text
+        assert upload(server, [chat_line(0)], who="alice").status_code == 200   # another key is not held back
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_a_client_hanging_up_mid_upload_is_a_499_log_line(server):
     sock = connect(server)
     sock.sendall(upload_head() + form([b"x" * 1000]).__next__())
