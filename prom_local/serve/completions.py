@@ -16,7 +16,7 @@ from ..engine import DoneEvent, ErrorEvent, GenOutput, TokenEvent
 from ..errors import ContextOverflow, PromLocalError
 from ..judging.judge import Judge, Verdict
 from ..judging.rubrics import SCORES
-from .bridge import Flight, finish_unless_gone
+from .bridge import Flight, disconnected, finish_unless_gone
 from .chat import StopScanner, TokenLogprobs, engine_request, is_grading, prompt_tokens
 from .errors import ApiError, ClientGone, bad_request, model_not_found
 from .schema import ChatRequest, parse_chat
@@ -120,6 +120,15 @@ def _verdict_fields(verdict: Verdict, out: GenOutput) -> dict:
                               if verdict.probabilities is not None else None),
             "score_mass": None if verdict.score_mass is None else round(verdict.score_mass, 6),
             "reused_prompt_tokens": out.reused_prompt_tokens}
+
+
+async def endpoint(service: Service, caller: str, body: object, request) -> dict | EventSourceResponse:
+    """POST /v1/chat/completions behind the door (door.py): streamed, or whole unless the client
+    hangs up first."""
+    call = await prepare(service, caller, body)
+    if call.request.stream:
+        return stream(call)
+    return await complete(call, disconnected(request))
 
 
 async def prepare(service: Service, caller: str, data: object) -> ChatCall:

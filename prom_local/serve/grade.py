@@ -20,7 +20,6 @@ import threading
 from typing import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from ..runs.score_file import error_grade
 from ..errors import InputError, UsageError
@@ -28,13 +27,12 @@ from ..judging.grading import Grade
 from ..judging.records import Record, record_from_mapping
 from .bridge import disconnected, finish_unless_gone
 from .errors import ApiError, ClientGone, bad_request
-from .limits import parse_json, query_int, text_bytes
+from .limits import MAX_ID_CHARS, query_int, text_bytes
 from .schema import parse_grade
 from .service import Service
 
 log = logging.getLogger("prom_local.serve")
 SOURCE = "request body"
-MAX_ID_CHARS = 256
 
 
 def _parse(data: list, service: Service) -> list[Record | Grade]:
@@ -76,13 +74,10 @@ def _items(service: Service, data: object) -> tuple[list[Record | Grade], bool]:
     return _parse(data, service), False
 
 
-async def grade(service: Service, request: Request) -> JSONResponse:
-    """The HTTP door of POST /v1/grade: the key, the bounded body, `?samples`; then the core."""
-    caller = service.authenticate(request)
-    body = await parse_json(await service.read_body(request))
-    result = await run(service, caller, body, samples=_samples(request, service),
-                       gone=lambda: disconnected(request))
-    return JSONResponse(result)
+async def endpoint(service: Service, caller: str, body: object, request: Request) -> dict | list:
+    """POST /v1/grade behind the door (door.py): `?samples`, and the client's hanging up."""
+    return await run(service, caller, body, samples=samples_param(request, service),
+                     gone=lambda: disconnected(request))
 
 
 async def run(service: Service, caller: str, body: object, *, samples: int | None = None,
@@ -186,7 +181,8 @@ def _in_thread(fn) -> asyncio.Future:
     return future
 
 
-def _samples(request: Request, service: Service) -> int | None:
+def samples_param(request: Request, service: Service) -> int | None:
+    """`?samples=N`: each record graded from N samples (None: not given)."""
     raw = request.query_params.get("samples")
     if raw is None:
         return None

@@ -60,7 +60,7 @@ class Service:
         self.judge: Judge | None = None
         self.load_error: BaseException | None = None
         self.admission: Admission | None = None
-        self.metrics = ServeMetrics(self._snapshot)
+        self.metrics = ServeMetrics(self._snapshot, lambda: self.admission.admitted if self.admission else 0)
         self._loaded = threading.Event()
         self._closed = False
         self._keys = KeyRing(config.api_keys)
@@ -176,18 +176,16 @@ class Service:
     async def read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
-        too_big = ApiError(413, f"The request body is larger than {limit} bytes (--max-body-bytes).",
-                           code="request_too_large")
         if declared is not None and declared.isascii() and declared.isdigit() and (
                 len(declared) > 19 or int(declared) > limit):
-            raise too_big
+            raise _too_big(limit)
         body = bytearray()
         # A client that sends its body slowly holds a connection and a task: it gets this long.
         with anyio.move_on_after(self.config.request_read_timeout) as deadline:
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
-                    raise too_big
+                    raise _too_big(limit)
         if deadline.cancelled_caught:
             raise ApiError(408, f"The request body did not arrive within {self.config.request_read_timeout:g} s.",
                            code="request_timeout")
@@ -197,11 +195,9 @@ class Service:
         """Take room for n sequences in the bounded queue, or refuse with 503 + Retry-After."""
         if not self.admission.try_take(n):
             raise overloaded(retry_after=max(1, n))
-        self.metrics.admit(n)
 
     def release(self, n: int) -> None:
         self.admission.give_back(n)
-        self.metrics.admit(-n)
         if self.on_release is not None:   # called from engine threads too
             self.on_release()
 
@@ -216,6 +212,11 @@ class Service:
                                     out.finish_reason == "cancelled")
 
         return Flight(self.engine, requests, on_end=on_end)
+
+
+def _too_big(limit: int) -> ApiError:
+    return ApiError(413, f"The request body is larger than {limit} bytes (--max-body-bytes).",
+                    code="request_too_large")
 
 
 def _longest_token(model) -> int:

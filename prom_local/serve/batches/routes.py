@@ -19,11 +19,11 @@ from pathlib import Path
 
 from anyio import to_thread
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ..errors import ApiError, bad_request
-from ..limits import parse_json, query_int, shown_id
+from ..limits import MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE, query_int, shown_id
 from ..service import Service
 from . import upload
 from .lines import ENDPOINTS
@@ -32,7 +32,6 @@ from .store import DiskFull, Store, StoreLimits, UnknownId
 
 WINDOWS = ("24h",)
 CANCELLABLE = ("validating", "in_progress")
-MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 
 
 def not_found(kind: str, ident: object) -> ApiError:
@@ -60,31 +59,31 @@ class BatchApi:
         await self.runner.stop()
         await to_thread.run_sync(self.store.close)
 
-    def routes(self, endpoint) -> list[Route]:
+    def routes(self, door) -> list[Route]:
+        """The routes, each core behind `door(name, core, body=...)` (door.py: key, body, errors, metrics)."""
         return [
-            Route("/v1/files", endpoint("files", self.upload), methods=["POST"]),
-            Route("/v1/files", endpoint("files", self.list_files), methods=["GET"]),
-            Route("/v1/files/{id}", endpoint("files", self.get_file), methods=["GET"]),
-            Route("/v1/files/{id}", endpoint("files", self.delete_file), methods=["DELETE"]),
-            Route("/v1/files/{id}/content", endpoint("files", self.content), methods=["GET"]),
-            Route("/v1/batches", endpoint("batches", self.create), methods=["POST"]),
-            Route("/v1/batches", endpoint("batches", self.list_batches), methods=["GET"]),
-            Route("/v1/batches/{id}", endpoint("batches", self.get_batch), methods=["GET"]),
-            Route("/v1/batches/{id}/cancel", endpoint("batches", self.cancel), methods=["POST"]),
+            Route("/v1/files", door("files", self.upload), methods=["POST"]),   # streams its own body
+            Route("/v1/files", door("files", self.list_files), methods=["GET"]),
+            Route("/v1/files/{id}", door("files", self.get_file), methods=["GET"]),
+            Route("/v1/files/{id}", door("files", self.delete_file), methods=["DELETE"]),
+            Route("/v1/files/{id}/content", door("files", self.content), methods=["GET"]),
+            Route("/v1/batches", door("batches", self.create, body=True), methods=["POST"]),
+            Route("/v1/batches", door("batches", self.list_batches), methods=["GET"]),
+            Route("/v1/batches/{id}", door("batches", self.get_batch), methods=["GET"]),
+            Route("/v1/batches/{id}/cancel", door("batches", self.cancel), methods=["POST"]),
         ]
 
     async def _in_thread(self, fn, *args):
         return await to_thread.run_sync(fn, *args)
 
     # -- files ------------------------------------------------------------------------------------
-    async def upload(self, request: Request) -> Response:
-        owner = self.service.authenticate(request)
+    async def upload(self, owner: str, body: None, request: Request) -> dict:
         if self.uploading[owner] >= self.config.max_uploads:
             raise too_many(f"This key already has {self.config.max_uploads} uploads in progress; send the next "
                            "one when one of them has ended.", "too_many_uploads")
         self.uploading[owner] += 1
         try:
-            return JSONResponse(await self._receive(owner, request))
+            return await self._receive(owner, request)
         finally:
             self.uploading[owner] -= 1
             if not self.uploading[owner]:
@@ -118,8 +117,7 @@ class BatchApi:
         finally:   # gone once committed; otherwise what was written so far
             await self._in_thread(part.unlink, True)
 
-    async def list_files(self, request: Request) -> Response:
-        owner = self.service.authenticate(request)
+    async def list_files(self, owner: str, body: None, request: Request) -> dict:
         params = request.query_params
         limit = query_int(params, "limit", 10_000, 1, 10_000)
         order = params.get("order", "desc")
@@ -131,36 +129,33 @@ class BatchApi:
                 lambda: self.store.files_page(owner, purpose, limit, params.get("after"), order))
         except UnknownId as exc:
             raise bad_request(f"after: no file with id '{shown_id(exc.args[0])}'.", param="after") from None
-        return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                             "last_id": data[-1]["id"] if data else None, "has_more": more})
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": more}
 
-    async def _file(self, request: Request) -> tuple[str, dict]:
-        owner = self.service.authenticate(request)
+    async def _file(self, owner: str, request: Request) -> dict:
         info = await self._in_thread(self.store.get_file, owner, request.path_params["id"])
         if info is None:
             raise not_found("file", request.path_params["id"])
-        return owner, info
+        return info
 
-    async def get_file(self, request: Request) -> Response:
-        return JSONResponse((await self._file(request))[1])
+    async def get_file(self, owner: str, body: None, request: Request) -> dict:
+        return await self._file(owner, request)
 
-    async def content(self, request: Request) -> Response:
-        _, info = await self._file(request)
+    async def content(self, owner: str, body: None, request: Request) -> Response:
+        info = await self._file(owner, request)
         # Starlette sends a file in chunks, reading each in a worker thread.
         return FileResponse(self.store.path(info["id"]), media_type="application/jsonl")
 
-    async def delete_file(self, request: Request) -> Response:
-        owner, info = await self._file(request)
+    async def delete_file(self, owner: str, body: None, request: Request) -> dict:
+        info = await self._file(owner, request)
         if await self._in_thread(self.store.in_use, info["id"]):
             raise ApiError(409, f"File '{info['id']}' is the input of a batch that has not ended; cancel the "
                            "batch (POST /v1/batches/{id}/cancel) or let it end first.", code="file_in_use")
         await self._in_thread(self.store.delete_file, owner, info["id"])
-        return JSONResponse({"id": info["id"], "object": "file", "deleted": True})
+        return {"id": info["id"], "object": "file", "deleted": True}
 
     # -- batches ----------------------------------------------------------------------------------
-    async def create(self, request: Request) -> Response:
-        owner = self.service.authenticate(request)
-        body = await parse_json(await self.service.read_body(request))
+    async def create(self, owner: str, body: object, request: Request) -> dict:
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object.")
         file_id = body.get("input_file_id")
@@ -187,24 +182,22 @@ class BatchApi:
         batch = await self._in_thread(lambda: self.store.add_batch(owner, file_id, body["endpoint"],
                                                                    body["completion_window"], metadata))
         self.runner.wake()
-        return JSONResponse(self._shown(batch))
+        return self._shown(batch)
 
-    async def _batch(self, request: Request) -> tuple[str, dict]:
-        owner = self.service.authenticate(request)
+    async def _batch(self, owner: str, request: Request) -> dict:
         batch = await self._in_thread(self.store.get_batch, owner, request.path_params["id"])
         if batch is None:
             raise not_found("batch", request.path_params["id"])
-        return owner, batch
+        return batch
 
     def _shown(self, batch: dict) -> dict:
         paused = self.runner.paused.get(batch["id"])
         return {**batch, "prom_local": {"paused": paused}} if paused else batch
 
-    async def get_batch(self, request: Request) -> Response:
-        return JSONResponse(self._shown((await self._batch(request))[1]))
+    async def get_batch(self, owner: str, body: None, request: Request) -> dict:
+        return self._shown(await self._batch(owner, request))
 
-    async def list_batches(self, request: Request) -> Response:
-        owner = self.service.authenticate(request)
+    async def list_batches(self, owner: str, body: None, request: Request) -> dict:
         limit = query_int(request.query_params, "limit", 20, 1, 100)
         try:
             data, more = await self._in_thread(self.store.list_batches, owner, limit,
@@ -212,17 +205,17 @@ class BatchApi:
         except UnknownId as exc:
             raise bad_request(f"after: no batch with id '{shown_id(exc.args[0])}'.", param="after") from None
         data = [self._shown(b) for b in data]
-        return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                             "last_id": data[-1]["id"] if data else None, "has_more": more})
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": more}
 
-    async def cancel(self, request: Request) -> Response:
-        owner, batch = await self._batch(request)
+    async def cancel(self, owner: str, body: None, request: Request) -> dict:
+        batch = await self._batch(owner, request)
         if batch["status"] in CANCELLABLE:
             await self._in_thread(lambda: self.store.set_status(batch["id"], "cancelling", only_from=CANCELLABLE))
             self.runner.cancel(batch["id"])
         elif batch["status"] not in ("cancelling", "cancelled"):
             raise ApiError(409, f"Cannot cancel a batch that is {batch['status']}.", code="batch_not_cancellable")
-        return JSONResponse(self._shown(await self._in_thread(self.store.get_batch, owner, batch["id"])))
+        return self._shown(await self._in_thread(self.store.get_batch, owner, batch["id"]))
 
 
 def _disk_full(exc: DiskFull) -> ApiError:
