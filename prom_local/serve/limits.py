@@ -26,6 +26,20 @@ MAX_NAME_CHARS = 256
 MAX_MESSAGES = 256
 MAX_ITEMS = 100_000            # entries in one list or object (a /v1/grade list is --parallel + --max-queue)
 THREAD_PARSE_BYTES = 64 << 10  # bodies larger than this are parsed off the event loop
+# The chat request (schema.py)
+MAX_TOKENS = 2 ** 31 - 1       # llama.cpp counts in int32; the context left after the prompt cuts it further
+MAX_PARTS = 256                # content parts of one message
+MAX_CHOICES = 8                # n
+MAX_STOP = 4                   # stop sequences
+# /v1/grade (grade.py)
+MAX_ID_CHARS = 256             # a bad record's id, as its error row repeats it
+# The Batch API (batches/)
+MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512   # OpenAI's own bounds on a batch's metadata
+MAX_FORM_FIELD_BYTES = 1024    # an upload's form field other than the file (purpose), or one of its headers
+MAX_FORM_PARTS = 8             # fields in an upload's form
+MULTIPART_OVERHEAD = 64 << 10  # headers and boundaries around an upload's file part
+# Connections (protocol.py)
+MAX_HEADER_BYTES = 32 << 10    # h11's bound on an incomplete request head (its default is 16 KiB)
 
 
 def _constant(name: str):

@@ -16,7 +16,8 @@ import resource
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-MAX_HEADER_BYTES = 32 << 10   # h11's bound on an incomplete request head (its default is 16 KiB)
+from .limits import MAX_HEADER_BYTES
+
 DEFAULT_CONNECTIONS = 4096
 FILES_KEPT = 512              # file descriptors left for the model, the data dir, logs, threads
 REFUSAL = json.dumps({"error": {

@@ -23,13 +23,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from ..errors import ApiError, bad_request
-from ..limits import clean_filename
+from ..limits import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, MULTIPART_OVERHEAD, clean_filename
 
 FEED_BYTES = 1 << 20          # body bytes gathered on the loop before a worker thread takes them
-MULTIPART_OVERHEAD = 64 << 10  # headers and boundaries around the file part
 MIN_RATE = 1 << 20            # bytes/s a client is assumed to manage at least, for the whole-body deadline
-MAX_FIELD_BYTES = 1024        # a form field other than the file (purpose)
-MAX_PARTS = 8
 
 
 @dataclass
@@ -155,18 +152,18 @@ class _Sink:
     # -- parser callbacks (python-multipart calls them from write()) -------------------------------
     def _begin(self) -> None:
         self._parts += 1
-        if self._parts > MAX_PARTS:
-            raise bad_request(f"At most {MAX_PARTS} fields in the form.", param="file")
+        if self._parts > MAX_FORM_PARTS:
+            raise bad_request(f"At most {MAX_FORM_PARTS} fields in the form.", param="file")
         self._headers, self._kind, self._field = {}, None, bytearray()
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header += data[start:end]
-        if len(self._header) > MAX_FIELD_BYTES:
+        if len(self._header) > MAX_FORM_FIELD_BYTES:
             raise bad_request("A form header is too long.", param="file")
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]
-        if len(self._value) > MAX_FIELD_BYTES:
+        if len(self._value) > MAX_FORM_FIELD_BYTES:
             raise bad_request("A form header is too long.", param="file")
 
     def _header_end(self) -> None:
@@ -191,7 +188,7 @@ class _Sink:
             self._file_data(data[start:end])
         else:   # a small field: purpose, or one we ignore
             self._field += data[start:end]
-            if len(self._field) > MAX_FIELD_BYTES:
+            if len(self._field) > MAX_FORM_FIELD_BYTES:
                 raise bad_request("A form field other than the file is too long.", param="purpose")
 
     def _end(self) -> None:
