@@ -143,6 +143,3 @@ class LineReader:
 def _short(value: object) -> object:
     return value[:200] if isinstance(value, str) else value
 
-
-def count_lines(data: bytes) -> int:
-    return sum(1 for raw in data.splitlines() if raw.strip())

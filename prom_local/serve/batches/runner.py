@@ -25,6 +25,7 @@ why) until space is freed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import secrets
@@ -293,7 +294,7 @@ class BatchRunner:
                     written = self.store.write_results(batch_id, ok, handle)
             except OSError as exc:
                 part.unlink(missing_ok=True)
-                if exc.errno == 28:   # ENOSPC
+                if exc.errno == errno.ENOSPC:
                     raise DiskFull("the server's disk is full", f"the disk under {self.store.root} is full") from None
                 raise
             if not written:

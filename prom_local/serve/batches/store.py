@@ -296,9 +296,6 @@ class Store:
                  ("UPDATE batches SET completed = completed + ?, failed = failed + ? WHERE id=?",
                   (ok, len(results) - ok, batch_id)))
 
-    def results(self, batch_id: str) -> list[sqlite3.Row]:
-        return self._all("SELECT * FROM results WHERE batch_id=? ORDER BY line", (batch_id,))
-
     def write_results(self, batch_id: str, ok: bool, handle) -> int:
         """The batch's results of one kind (ok or not), in line order, written to `handle` a page
         at a time (the lock is let go between pages); how many were written."""

@@ -80,7 +80,8 @@ async def receive(request: Request, part: Path, bounds: UploadBounds) -> Receive
 
 async def _pump(request: Request, sink: "_Sink", bounds: UploadBounds) -> None:
     stall = bounds.read_timeout
-    deadline = time.monotonic() + stall + math.ceil(bounds.max_bytes / MIN_RATE)
+    whole = stall + math.ceil(bounds.max_bytes / MIN_RATE)
+    deadline = time.monotonic() + whole
     chunks = request.stream().__aiter__()
     pending, held = [], 0
     while True:
@@ -92,9 +93,8 @@ async def _pump(request: Request, sink: "_Sink", bounds: UploadBounds) -> None:
             except StopAsyncIteration:
                 chunk = b""
         if chunk is None:
-            raise ApiError(408, f"The upload stalled or came too slowly (each piece within "
-                           f"{bounds.read_timeout:g} s, the whole body within {deadline - time.monotonic() + wait:.0f} "
-                           "s; --request-read-timeout).", code="request_timeout")
+            raise ApiError(408, f"The upload stalled or came too slowly (each piece within {stall:g} s, the "
+                           f"whole body within {whole:g} s; --request-read-timeout).", code="request_timeout")
         if chunk:
             pending.append(chunk)
             held += len(chunk)
