@@ -21,7 +21,7 @@ from .metrics import ServeMetrics
 from ..settings import DEFAULT_PROFILE
 
 if TYPE_CHECKING:   # batches/ imports this module: the type only, for readers and checkers
-    from .batches.runner import BatchConfig
+    from .batches.config import BatchConfig
 
 log = logging.getLogger("prom_local.serve")
 

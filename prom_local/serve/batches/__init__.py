@@ -10,6 +10,6 @@
 """
 
 from .routes import BatchApi
-from .runner import BatchConfig
+from .config import BatchConfig
 
 __all__ = ["BatchApi", "BatchConfig"]

@@ -27,7 +27,8 @@ from ..limits import MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE, query_i
 from ..service import Service
 from . import upload
 from .lines import ENDPOINTS
-from .runner import BatchConfig, BatchRunner
+from .config import BatchConfig
+from .runner import BatchRunner
 from .store import DiskFull, Store, StoreLimits, UnknownId
 
 WINDOWS = ("24h",)

@@ -29,13 +29,13 @@ import errno
 import json
 import logging
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 from anyio import to_thread
 
 from ..service import Service
 from .calls import GONE, call
+from .config import BatchConfig
 from .lines import Line, LineReader, NotJsonl, survey
 from .store import DiskFull, Store
 from .turns import Turns
@@ -45,21 +45,6 @@ RETRY_S = 0.5          # a line refused with 503 (loading, queue full) is tried 
 READ_LINES = 256       # lines read (and error lines stored) per worker-thread call
 READ_BYTES = 4 << 20   # ... and at most about this many bytes of them
 FINAL = ("completed", "failed", "cancelled", "expired")
-
-
-@dataclass
-class BatchConfig:
-    data_dir: Path
-    max_upload_bytes: int = 200 << 20
-    max_lines: int = 50_000
-    min_free_bytes: int = 64 << 20
-    retention_days: float = 30.0
-    batch_slots: int | None = None     # None: --parallel minus one, at least one
-    poll_s: float = 2.0                # how often a paused batch re-checks the disk, and expiry runs
-    max_active: int = 100              # batches not yet ended, per key (429 past it)
-    max_files: int = 1000              # files kept, per key (outputs included)
-    max_key_bytes: int = 10 << 30      # bytes kept, per key (outputs included)
-    max_uploads: int = 3               # uploads in progress at once, per key
 
 
 class BatchRunner:
