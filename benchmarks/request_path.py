@@ -8,6 +8,7 @@ merged when consecutive), the modules entered, and the returns to a module alrea
 module sequence itself. Works on older checkouts too: put the checkout first on PYTHONPATH.
 
     PYTHONPATH=. python benchmarks/request_path.py
+    PYTHONPATH=. python benchmarks/request_path.py --time 200    # ms per call of each, no tracing
 """
 
 from __future__ import annotations
@@ -98,9 +99,33 @@ async def grade_request(svc: Service) -> dict:
     return path.summary()
 
 
+async def timed(svc: Service, n: int) -> dict:
+    """Seconds per call, n calls of each in a row (the scripted engine: what is timed is the
+    service's own work around the engine, the part a refactoring of serve/ changes)."""
+    import time
+
+    import httpx
+    from prom_local.serve.batches import calls
+    takes_bytes = "bytes" in str(inspect.signature(calls.call).parameters["body"].annotation)
+    body = json.dumps(short_record(1)).encode() if takes_bytes else short_record(1)
+    started = time.perf_counter()
+    for _ in range(n):
+        await calls.call(svc, "/v1/grade", body, "alice", asyncio.Event())
+    line_s = (time.perf_counter() - started) / n
+    transport = httpx.ASGITransport(app=create_app(svc, load=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        started = time.perf_counter()
+        for _ in range(n):
+            await http.post("/v1/grade", json=short_record(1))
+    return {"batch line ms": 1000 * line_s, "/v1/grade ms": 1000 * (time.perf_counter() - started) / n}
+
+
 if __name__ == "__main__":
     from conftest import smollm2_gguf
     svc = service(smollm2_gguf())
+    if sys.argv[1:2] == ["--time"]:
+        print(asyncio.run(timed(svc, int(sys.argv[2]))))
+        sys.exit()
     asyncio.run(batch_line(svc))   # warm: imports and first-call setup
     for name, result in (("batch line", asyncio.run(batch_line(svc))), ("/v1/grade", asyncio.run(grade_request(svc)))):
         print(f"{name}: {result['stays']} stays in {result['modules']} modules, {result['returns']} returns "
