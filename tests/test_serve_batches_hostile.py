@@ -268,6 +268,8 @@ def test_a_50000_line_batch_and_a_large_upload_leave_health_answering(server):
 
 
 def test_400_half_sent_connections_leave_health_and_a_grade_working(server):
+    bound = int(re.search(r"connections: at most (\d+) open \(file limit (\d+)\)", server.log).group(1))
+    assert bound >= 1000   # in the thousands (the machine's file limit allowing), said at start-up
     held = []
     try:
         for i in range(400):

@@ -144,8 +144,11 @@ class BatchApi:
 
     async def content(self, owner: str, body: None, request: Request) -> Response:
         info = await self._file(owner, request)
+        path = self.store.path(info["id"])
+        if not await self._in_thread(path.is_file):   # removed on disk behind the index's back
+            raise not_found("file", info["id"])
         # Starlette sends a file in chunks, reading each in a worker thread.
-        return FileResponse(self.store.path(info["id"]), media_type="application/jsonl")
+        return FileResponse(path, media_type="application/jsonl")
 
     async def delete_file(self, owner: str, body: None, request: Request) -> dict:
         info = await self._file(owner, request)
