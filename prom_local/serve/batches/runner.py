@@ -63,12 +63,18 @@ class BatchRunner:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        # A sequence of anyone's ended (in an engine thread): maybe a batch line's turn now.
-        self.service.on_release = lambda: loop.call_soon_threadsafe(self.turns.poke)
+        def released() -> None:   # a sequence of anyone's ended (engine threads too): maybe a line's turn
+            try:
+                loop.call_soon_threadsafe(self.turns.poke)
+            except RuntimeError:      # the loop has closed: the server is stopping
+                pass
+
+        self.service.on_release = released
         self._task = loop.create_task(self._loop())
 
     async def stop(self) -> None:
         self._stopping.set()
+        self.service.on_release = None
         for event in self._gone.values():
             event.set()
         tasks = [t for t in (self._task, *self._owners.values()) if t is not None]
