@@ -41,12 +41,7 @@ class ServeConfig:
     max_queue: int = 64                    # sequences waiting beyond the parallel slots
     log_requests: bool = False
     request_read_timeout: float = 30.0     # seconds to receive a request's body (408 after)
-    api_key: str | None = None             # one key: the same as api_keys={"default": key}
     batches: "BatchConfig | None" = None   # the Batch API and its data dir (None: no Batch API)
-
-    def __post_init__(self):
-        if self.api_key is not None:
-            self.api_keys = {DEFAULT_NAME: self.api_key, **self.api_keys}
 
 
 class Service:
