@@ -32,7 +32,7 @@ class LiveServer:
 
     def __init__(self, gguf: Path, *, max_body_bytes: int = 1 << 20, max_queue: int = 8,
                  profile: str = "prometheus-ko"):
-        self.service = Service(ServeConfig(model_path=gguf, model_name="smol", api_key=KEY,
+        self.service = Service(ServeConfig(model_path=gguf, model_name="smol", api_keys={"default": KEY},
                                            max_body_bytes=max_body_bytes, max_queue=max_queue))
         engine = FakeEngine(gguf, REPLY, n_ctx=2048)
         engine.n_parallel = 3

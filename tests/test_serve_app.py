@@ -19,7 +19,7 @@ KEY = "k-123"
 
 @pytest.fixture
 def client():
-    service = Service(ServeConfig(model_path=Path("unused.gguf"), model_name="judge", api_key=KEY,
+    service = Service(ServeConfig(model_path=Path("unused.gguf"), model_name="judge", api_keys={"default": KEY},
                                   max_body_bytes=4096))
     with TestClient(create_app(service, load=False)) as client:
         yield client

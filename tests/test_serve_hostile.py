@@ -185,6 +185,18 @@ def test_connections_past_the_limit_are_refused_until_some_close(server):
     assert_alive(server)
 
 
+def test_the_refusal_past_the_connection_bound_is_in_the_apis_error_shape(server):
+    held = [connect(server) for _ in range(MAX_CONNECTIONS)]
+    try:
+        refused = httpx.get(server.url + "/health", timeout=5)
+        assert refused.headers["retry-after"] == "1"
+        assert error_of(refused, 503)["code"] == "too_many_connections"
+    finally:
+        for sock in held:
+            sock.close()
+    assert f"connections: at most {MAX_CONNECTIONS} open" in server.log
+
+
 # -- keys -------------------------------------------------------------------------------------------------
 
 def test_each_named_key_works_and_a_wrong_one_is_401(server):

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from helpers import run_cli
 from prom_local.errors import UsageError
 from prom_local.serve import ServeConfig, Service, create_app
+from prom_local.cli.serve_auth import server_keys
 from prom_local.serve.auth import allowed_hosts, load_api_keys
 
 KEYS = {"alice": "alice-key-0001", "bob": "bob-key-00002"}
@@ -78,8 +79,7 @@ def test_without_keys_every_caller_is_default():
     service = Service(ServeConfig(model_path=Path("m.gguf"), model_name="judge"))
     from starlette.requests import Request
     assert service.authenticate(Request({"type": "http", "headers": []})) == "default"
-    single = Service(ServeConfig(model_path=Path("m.gguf"), model_name="judge", api_key="only-key-123"))
-    assert single.config.api_keys == {"default": "only-key-123"}
+    assert server_keys("only-key-123", None) == {"default": "only-key-123"}   # --api-key: one key, "default"
 
 
 def test_health_answers_without_a_key_but_never_says_where_the_model_lies(keyed):

@@ -100,7 +100,7 @@ def _serve(config, host: str, port: int, warning: str | None, server_options: di
 
 
 def _batch_config(data_dir: Path | None, upload_mib: int, max_lines: int, free_mib: int, retention_days: float,
-                  slots: int | None):
+                  slots: int | None, key_bounds: tuple[int, int, int]):
     from ..serve.batches import BatchConfig
 
     data_dir = data_dir or serve_data_dir()
@@ -108,8 +108,10 @@ def _batch_config(data_dir: Path | None, upload_mib: int, max_lines: int, free_m
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise typer.BadParameter(f"{data_dir}: {exc.strerror}", param_hint="--data-dir") from None
+    max_active, max_files, max_mib = key_bounds
     return BatchConfig(data_dir=data_dir, max_upload_bytes=upload_mib << 20, max_lines=max_lines,
-                       min_free_bytes=free_mib << 20, retention_days=retention_days, batch_slots=slots)
+                       min_free_bytes=free_mib << 20, retention_days=retention_days, batch_slots=slots,
+                       max_active=max_active, max_files=max_files, max_key_bytes=max_mib << 20)
 
 
 def register(app: typer.Typer) -> None:
@@ -139,11 +141,16 @@ def register(app: typer.Typer) -> None:
         max_tokens_cap: Annotated[Optional[int], typer.Option(
             "--max-tokens-cap", min=1, help="Most new tokens a client may ask for (400 above). Default: "
             "what the context holds after the prompt.")] = None,
-        max_connections: Annotated[int, typer.Option(
-            "--max-connections", min=1, help="Open connections at once; more are answered 503.")] = 256,
+        max_connections: Annotated[Optional[int], typer.Option(
+            "--max-connections", min=1, help="Open connections at once; requests past it are answered 503. "
+            "Default: 4096, or less if the process's file limit is lower (said at start-up).")] = None,
         request_read_timeout: Annotated[float, typer.Option(
-            "--request-read-timeout", min=0.1, help="Seconds a client has to send a request's headers "
-            "and body; slower ones are dropped (or answered 408).")] = 30.0,
+            "--request-read-timeout", min=0.1, help="Seconds a client has to send a request's body; slower "
+            "ones are answered 408.")] = 30.0,
+        request_head_timeout: Annotated[Optional[float], typer.Option(
+            "--request-head-timeout", min=0.1, help="Seconds a client has to send a request's headers "
+            "(after connecting, or after its previous response); slower ones are dropped. Default: 10, "
+            "or --request-read-timeout if shorter.")] = None,
         served_name: Annotated[Optional[str], typer.Option(
             "--served-name", help="The model name clients send (default: the GGUF file name "
             "without .gguf).")] = None,
@@ -177,6 +184,15 @@ def register(app: typer.Typer) -> None:
         batch_slots: Annotated[Optional[int], typer.Option(
             "--batch-slots", min=1, help="Most engine sequences batch work holds at once. Default: "
             "--parallel minus one (at least one), leaving a slot to interactive requests.")] = None,
+        batch_key_max_active: Annotated[int, typer.Option(
+            "--batch-key-max-active", min=1, help="Batches not yet ended per API key; more are refused "
+            "(429) until one ends or is cancelled.")] = 100,
+        batch_key_max_files: Annotated[int, typer.Option(
+            "--batch-key-max-files", min=1, help="Files kept per API key (batch outputs included); uploads "
+            "past it are refused (429) until some are deleted.")] = 1000,
+        batch_key_max_mib: Annotated[int, typer.Option(
+            "--batch-key-max-mib", min=1, help="Bytes kept per API key, in MiB (batch outputs included); "
+            "uploads past it are refused (429) until some files are deleted.")] = 10240,
         *, opts: EngineOptions,
     ) -> None:
         """Serve the judge over HTTP: OpenAI's /v1/chat/completions and /v1/models, /v1/grade
@@ -192,7 +208,7 @@ def register(app: typer.Typer) -> None:
 
             from ..serve import ServeConfig
             from ..serve.auth import allowed_hosts
-            from ..serve.protocol import uvicorn_limits
+            from ..serve.protocol import connection_bound, uvicorn_limits
             from .serve_auth import check_exposure, check_tls, server_keys
         except ImportError as exc:
             raise PromLocalError(f"serve needs its extra ({exc.name} is missing): "
@@ -202,7 +218,8 @@ def register(app: typer.Typer) -> None:
         warning = check_exposure(host, keys, insecure_no_auth)
         check_tls(ssl_certfile, ssl_keyfile)
         batches = _batch_config(data_dir, batch_max_upload_mib, batch_max_lines, batch_min_free_mib,
-                                batch_retention_days, batch_slots)
+                                batch_retention_days, batch_slots,
+                                (batch_key_max_active, batch_key_max_files, batch_key_max_mib))
         _cap_malloc_arenas()
         resolved = resolve_model(opts.model, opts.models_dir)
         name = served_name or Path(resolved.path).name.removesuffix(".gguf")
@@ -213,6 +230,10 @@ def register(app: typer.Typer) -> None:
                              log_requests=log_requests, max_tokens_cap=max_tokens_cap,
                              allowed_hosts=allowed_hosts(host, allowed_host or ()),
                              request_read_timeout=request_read_timeout)
+        connections, file_limit = connection_bound(max_connections)
+        head_timeout = request_head_timeout or min(10.0, request_read_timeout)
+        err_console.print(f"[dim]connections: at most {connections} open (file limit {file_limit}); headers "
+                          f"within {head_timeout:g} s, bodies within {request_read_timeout:g} s[/dim]")
         _serve(config, host, port, warning, server_options={
-            **uvicorn_limits(max_connections, request_read_timeout), "ssl_certfile": ssl_certfile,
+            **uvicorn_limits(connections, head_timeout), "ssl_certfile": ssl_certfile,
             "ssl_keyfile": ssl_keyfile, "timeout_graceful_shutdown": shutdown_timeout})

@@ -8,7 +8,6 @@ import functools
 import logging
 import threading
 import time
-from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,13 +17,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import completions, grade
+from .door import Core, door
 from .errors import ApiError, model_not_found
+from .limits import shown_id
 from .guard import Guard
 from .metrics import CONTENT_TYPE
 from .service import Service
 
 log = logging.getLogger("prom_local.serve")
-Handler = Callable[[Service, Request], Awaitable[Response]]
 
 
 def create_app(service: Service, *, load: bool = True) -> Starlette:
@@ -54,19 +54,20 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
     def refused(error: ApiError) -> None:
         service.metrics.request("guard", error.status, error.code)
 
-    def route(path: str, name: str, handler: Handler, method: str = "GET") -> Route:
-        return Route(path, _endpoint(service, name, handler), methods=[method])
+    def route(path: str, name: str, core: Core, method: str = "GET") -> Route:
+        return Route(path, door(service, name, functools.partial(core, service), body=method == "POST"),
+                     methods=[method])
 
     routes = [
-        route("/v1/chat/completions", "chat", _chat, "POST"),
-        route("/v1/grade", "grade", grade.grade, "POST"),
+        route("/v1/chat/completions", "chat", completions.endpoint, "POST"),
+        route("/v1/grade", "grade", grade.endpoint, "POST"),
         route("/v1/models", "models", _models),
         route("/v1/models/{name:path}", "models", _model),
         Route("/health", functools.partial(_health, service), methods=["GET"]),
         route("/metrics", "metrics", _metrics),
     ]
     if batch_api is not None:
-        routes += batch_api.routes(lambda name, handler: _endpoint(service, name, _unbound(handler)))
+        routes += batch_api.routes(functools.partial(door, service))
     middleware = [Middleware(Guard, hosts=service.config.allowed_hosts, on_refused=refused)]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={HTTPException: _not_found})
@@ -74,47 +75,17 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
     return app
 
 
-def _unbound(handler: Callable[[Request], Awaitable[Response]]) -> Handler:
-    """A handler bound to its own object (the Batch API's) in the shape _endpoint calls."""
-    async def call(service: Service, request: Request) -> Response:
-        return await handler(request)
-    return call
+# -- the endpoints' cores: (service, caller, parsed body, request) -> response or JSON ------------------
+
+async def _models(service: Service, caller: str, body: None, request: Request) -> dict:
+    return {"object": "list", "data": [_model_card(service)]}
 
 
-def _endpoint(service: Service, name: str, handler: Handler):
-    async def run(request: Request) -> Response:
-        try:
-            response = await handler(service, request)
-        except ApiError as exc:
-            service.metrics.request(name, exc.status, exc.code)
-            return exc.response()
-        except Exception as exc:  # a bug: still OpenAI's shape, and the server goes on
-            log.exception("unexpected error in %s", name)
-            service.metrics.request(name, 500, "internal_error")
-            return ApiError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
-        service.metrics.request(name, response.status_code)
-        return response
-    return run
-
-
-async def _chat(service: Service, request: Request) -> Response:
-    call = await completions.prepare(service, request)
-    if call.request.stream:
-        return completions.stream(call)
-    return await completions.complete(call, request)
-
-
-async def _models(service: Service, request: Request) -> Response:
-    service.authenticate(request)
-    return JSONResponse({"object": "list", "data": [_model_card(service)]})
-
-
-async def _model(service: Service, request: Request) -> Response:
-    service.authenticate(request)
+async def _model(service: Service, caller: str, body: None, request: Request) -> dict:
     name = request.path_params["name"]
     if name != service.config.model_name:
-        raise model_not_found(name[:200], service.config.model_name)
-    return JSONResponse(_model_card(service))
+        raise model_not_found(shown_id(name), service.config.model_name)
+    return _model_card(service)
 
 
 async def _health(service: Service, request: Request) -> Response:
@@ -129,8 +100,7 @@ async def _health(service: Service, request: Request) -> Response:
     return JSONResponse({"status": "ok", **service.describe(public=True)})
 
 
-async def _metrics(service: Service, request: Request) -> Response:
-    service.authenticate(request)
+async def _metrics(service: Service, caller: str, body: None, request: Request) -> Response:
     return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -69,15 +69,16 @@ class Flight:
             handle.cancel()
 
 
-async def finish_unless_gone(request, work: Awaitable[None], flight: Flight) -> bool:
-    """Await `work` (reading a flight's events) unless the client disconnects first; then its
-    sequences are cancelled at once. True when the work finished (its errors are raised)."""
+async def finish_unless_gone(gone: Awaitable[None], work: Awaitable[None], flight: Flight) -> bool:
+    """Await `work` (reading a flight's events) unless `gone` (the client disconnecting, a batch
+    being cancelled) ends first; then its sequences are cancelled at once. True when the work
+    finished (its errors are raised)."""
     task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
+    left = asyncio.ensure_future(gone)
     try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        gone.cancel()
+        left.cancel()
         if not task.done():
             task.cancel()
             flight.cancel()
@@ -87,7 +88,8 @@ async def finish_unless_gone(request, work: Awaitable[None], flight: Flight) -> 
     return True
 
 
-async def _disconnected(request) -> None:
+async def disconnected(request) -> None:
+    """Returns once the HTTP client of `request` has gone."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":

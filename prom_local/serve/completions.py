@@ -7,20 +7,18 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Awaitable
 
 import anyio
 from sse_starlette.sse import EventSourceResponse
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from ..engine import DoneEvent, ErrorEvent, GenOutput, TokenEvent
 from ..errors import ContextOverflow, PromLocalError
 from ..judging.judge import Judge, Verdict
 from ..judging.rubrics import SCORES
-from .bridge import Flight, finish_unless_gone
+from .bridge import Flight, disconnected, finish_unless_gone
 from .chat import StopScanner, TokenLogprobs, engine_request, is_grading, prompt_tokens
-from .errors import ApiError, bad_request, model_not_found
-from .limits import parse_json
+from .errors import ApiError, ClientGone, bad_request, model_not_found
 from .schema import ChatRequest, parse_chat
 from .service import Service
 
@@ -124,9 +122,19 @@ def _verdict_fields(verdict: Verdict, out: GenOutput) -> dict:
             "reused_prompt_tokens": out.reused_prompt_tokens}
 
 
-async def prepare(service: Service, request: Request) -> ChatCall:
-    caller = service.authenticate(request)
-    body = parse_chat(await parse_json(await service.read_body(request)))
+async def endpoint(service: Service, caller: str, body: object, request) -> dict | EventSourceResponse:
+    """POST /v1/chat/completions behind the door (door.py): streamed, or whole unless the client
+    hangs up first."""
+    call = await prepare(service, caller, body)
+    if call.request.stream:
+        return stream(call)
+    return await complete(call, disconnected(request))
+
+
+async def prepare(service: Service, caller: str, data: object) -> ChatCall:
+    """The core's first half, for HTTP requests and batch lines alike: a parsed, bounded body from
+    `caller` -> a chat call admitted to the engine (or the ApiError saying why not)."""
+    body = parse_chat(data)
     judge = service.require_judge()
     if body.model != service.config.model_name:
         raise model_not_found(body.model, service.config.model_name)
@@ -160,8 +168,9 @@ def _raise_for(event: ErrorEvent) -> None:
     raise ApiError(500, f"generation failed: {error}", type="server_error")
 
 
-async def complete(call: ChatCall, request: Request) -> JSONResponse:
-    """The whole answer; the sequences are cancelled if the client goes away first."""
+async def complete(call: ChatCall, gone: Awaitable[None]) -> dict:
+    """The core's second half: the whole answer. ClientGone when `gone` ends first (the client
+    went away, the batch was cancelled): the sequences are cancelled then."""
 
     async def collect() -> None:
         async for index, event in call.flight.events():
@@ -173,9 +182,9 @@ async def complete(call: ChatCall, request: Request) -> JSONResponse:
             elif isinstance(event, ErrorEvent):
                 _raise_for(event)
 
-    if not await finish_unless_gone(request, collect(), call.flight):   # raises the engine's ApiError
-        return JSONResponse({}, status_code=499)  # nobody is listening any more
-    return JSONResponse(call.response())
+    if not await finish_unless_gone(gone, collect(), call.flight):   # raises the engine's ApiError
+        raise ClientGone()
+    return call.response()
 
 
 def stream(call: ChatCall) -> EventSourceResponse:

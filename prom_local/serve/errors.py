@@ -29,6 +29,11 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+class ClientGone(Exception):
+    """The caller left (an HTTP client hung up, a batch was cancelled or the server stops) before
+    the answer was ready: its sequences were cancelled, and nobody is told anything."""
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 

@@ -17,23 +17,22 @@ import dataclasses
 import json
 import logging
 import threading
+from typing import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from ..judging.grades import error_row as error_grade
 from ..errors import InputError, UsageError
 from ..judging.grades import Grade
 from ..judging.records import Record, record_from_mapping
-from .bridge import finish_unless_gone
-from .errors import ApiError, bad_request
-from .limits import parse_json, text_bytes
+from .bridge import disconnected, finish_unless_gone
+from .errors import ApiError, ClientGone, bad_request
+from .limits import MAX_ID_CHARS, query_int, text_bytes
 from .schema import parse_grade
 from .service import Service
 
 log = logging.getLogger("prom_local.serve")
 SOURCE = "request body"
-MAX_ID_CHARS = 256
 
 
 def _parse(data: list, service: Service) -> list[Record | Grade]:
@@ -75,15 +74,23 @@ def _items(service: Service, data: object) -> tuple[list[Record | Grade], bool]:
     return _parse(data, service), False
 
 
-async def grade(service: Service, request: Request) -> JSONResponse:
-    caller = service.authenticate(request)
-    body = await parse_json(await service.read_body(request))
+async def endpoint(service: Service, caller: str, body: object, request: Request) -> dict | list:
+    """POST /v1/grade behind the door (door.py): `?samples`, and the client's hanging up."""
+    return await run(service, caller, body, samples=samples_param(request, service),
+                     gone=lambda: disconnected(request))
+
+
+async def run(service: Service, caller: str, body: object, *, samples: int | None = None,
+              gone: Callable[[], Awaitable[None]]) -> dict | list:
+    """The core of /v1/grade, for HTTP requests and batch lines alike: a parsed, bounded body from
+    `caller` -> the row (one record) or rows. Raises ApiError, or ClientGone when `gone()` ends
+    before the rows do (their sequences are cancelled then)."""
     data, sampling, both_orders = parse_grade(body)
     judge = service.require_judge()
     items, single = _items(service, data)
     if service.config.log_requests:
         log.info("grade request from %s: %s", caller, json.dumps(data, ensure_ascii=False)[:4000])
-    sampling = _sampling(request, service, sampling)
+    sampling = _sampling(samples, service, sampling)
     pairs = [item for item in items if getattr(item, "is_relative", False)]
     if pairs:
         try:
@@ -102,12 +109,12 @@ async def grade(service: Service, request: Request) -> JSONResponse:
     service.admit(n_records)
     cancel = threading.Event()
     work = _in_thread(lambda: _run(service, judge, items, cancel, both_orders, n_records))
-    if not await finish_unless_gone(request, work, _Cancel(cancel)):
-        return JSONResponse({}, status_code=499)
+    if not await finish_unless_gone(gone(), work, _Cancel(cancel)):
+        raise ClientGone()
     rows = work.result()
     if len(rows) != len(items):  # pragma: no cover - grade_stream gives one row per item
         raise ApiError(500, "a record ended without a result", type="server_error")
-    return JSONResponse(rows[0] if single else rows)
+    return rows[0] if single else rows
 
 
 def _run(service: Service, judge, items, cancel: threading.Event, both_orders: bool, n_records: int) -> list[dict]:
@@ -124,10 +131,9 @@ def _run(service: Service, judge, items, cancel: threading.Event, both_orders: b
         service.release(n_records)
 
 
-def _sampling(request: Request, service: Service, sampling: dict) -> dict:
+def _sampling(samples: int | None, service: Service, sampling: dict) -> dict:
     """The request's sampling fields, checked against what this server can do."""
     judge = service.judge
-    samples = _samples(request, service)
     if samples is not None:
         sampling = {**sampling, "n": samples}
     elif sampling.get("n", 1) > judge.n_parallel:   # a --server client's --samples
@@ -175,13 +181,14 @@ def _in_thread(fn) -> asyncio.Future:
     return future
 
 
-def _samples(request: Request, service: Service) -> int | None:
+def samples_param(request: Request, service: Service) -> int | None:
+    """`?samples=N`: each record graded from N samples (None: not given)."""
     raw = request.query_params.get("samples")
     if raw is None:
         return None
     most = service.judge.n_parallel if service.judge is not None else 1
-    # isdecimal() alone is not enough: "²" is a digit to Python but not to int().
-    if not (raw.isascii() and raw.isdecimal() and len(raw) <= 4 and 1 <= int(raw) <= most):
-        raise bad_request(f"samples must be a whole number from 1 to {most} (the server's --parallel: "
-                          "each sample decodes in its own sequence).", param="samples")
-    return int(raw)
+    try:
+        return query_int(request.query_params, "samples", 1, 1, most)
+    except ApiError as exc:
+        exc.message += " (the server's --parallel: each sample decodes in its own sequence)"
+        raise

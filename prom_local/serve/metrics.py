@@ -20,8 +20,9 @@ RATE_WINDOW_S = 30.0
 
 
 class ServeMetrics:
-    def __init__(self, snapshot: Callable[[], dict | None]):
+    def __init__(self, snapshot: Callable[[], dict | None], admitted: Callable[[], int] = lambda: 0):
         self._snapshot = snapshot       # engine scheduler counts, or None while loading
+        self._admitted = admitted       # the bounded queue's own count (bridge.Admission), read when asked
         self._lock = threading.Lock()
         self.requests: collections.Counter = collections.Counter()   # (endpoint, status)
         self.errors: collections.Counter = collections.Counter()     # code
@@ -30,7 +31,6 @@ class ServeMetrics:
         self.reused_tokens = 0
         self.generated_tokens = 0
         self.cancelled = 0
-        self.admitted = 0
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self.registry = CollectorRegistry()
         self.registry.register(self)
@@ -41,6 +41,11 @@ class ServeMetrics:
             self.requests[(endpoint, str(status))] += 1
             if status >= 400:
                 self.errors[code or str(status)] += 1
+
+    @property
+    def admitted(self) -> int:
+        """Sequences admitted by the HTTP layer and not finished."""
+        return self._admitted()
 
     def caller(self, name: str | None) -> None:
         """An authenticated call by the key `name` (None: a missing or wrong key). Names only:

@@ -13,14 +13,8 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from .errors import ApiError, bad_request
-from .limits import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_REPEAT_PENALTY, MAX_SEED, MAX_STOP_CHARS, MAX_TOP_K,
-                     loads)
-
-MAX_TOKENS = 2 ** 31 - 1   # llama.cpp counts in int32; the context left after the prompt cuts it further
-MAX_PARTS = 256
-
-MAX_CHOICES = 8
-MAX_STOP = 4
+from .limits import (MAX_CHOICES, MAX_MESSAGES, MAX_NAME_CHARS, MAX_PARTS, MAX_REPEAT_PENALTY, MAX_SEED, MAX_STOP,
+                     MAX_STOP_CHARS, MAX_TOKENS, MAX_TOP_K, loads)
 
 
 class TextPart(BaseModel):

@@ -7,7 +7,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import anyio
 from starlette.requests import Request
@@ -20,10 +20,10 @@ from .errors import ApiError, not_ready, overloaded, unauthorized
 from .metrics import ServeMetrics
 from ..settings import DEFAULT_PROFILE
 
+if TYPE_CHECKING:   # batches/ imports this module: the type only, for readers and checkers
+    from .batches.config import BatchConfig
+
 log = logging.getLogger("prom_local.serve")
-# A request built inside the server for a batch line carries its owner here (an ASGI scope key no
-# network client can set): its key was checked when the batch was created.
-OWNER_SCOPE = "prom_local.owner"
 
 
 @dataclass
@@ -41,12 +41,7 @@ class ServeConfig:
     max_queue: int = 64                    # sequences waiting beyond the parallel slots
     log_requests: bool = False
     request_read_timeout: float = 30.0     # seconds to receive a request's body (408 after)
-    api_key: str | None = None             # one key: the same as api_keys={"default": key}
-    batches: object | None = None          # batches.BatchConfig: the Batch API and its data dir
-
-    def __post_init__(self):
-        if self.api_key is not None:
-            self.api_keys = {DEFAULT_NAME: self.api_key, **self.api_keys}
+    batches: "BatchConfig | None" = None   # the Batch API and its data dir (None: no Batch API)
 
 
 class Service:
@@ -60,12 +55,14 @@ class Service:
         self.judge: Judge | None = None
         self.load_error: BaseException | None = None
         self.admission: Admission | None = None
-        self.metrics = ServeMetrics(self._snapshot)
+        self.metrics = ServeMetrics(self._snapshot, lambda: self.admission.admitted if self.admission else 0)
         self._loaded = threading.Event()
         self._closed = False
         self._keys = KeyRing(config.api_keys)
         self._facts: dict | None = None
         self.longest_token_bytes = 1 << 20
+        # Told when admitted sequences end (the Batch API's runner waits for a free slot on it).
+        self.on_release: Callable[[], None] | None = None
 
     # -- life -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -144,9 +141,6 @@ class Service:
     def authenticate(self, request: Request) -> str:
         """The caller's key name (its identity in logs, metrics and as an owner), or a 401 for a
         missing or wrong key. Without keys configured every caller is "default"."""
-        internal = request.scope.get(OWNER_SCOPE)   # a batch line run in-process (batches/calls.py)
-        if internal is not None:
-            return internal
         if not self._keys:
             return DEFAULT_NAME
         name = self._keys.name_of(bearer_token(request.headers.get("authorization", "")))
@@ -177,18 +171,16 @@ class Service:
     async def read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
-        too_big = ApiError(413, f"The request body is larger than {limit} bytes (--max-body-bytes).",
-                           code="request_too_large")
         if declared is not None and declared.isascii() and declared.isdigit() and (
                 len(declared) > 19 or int(declared) > limit):
-            raise too_big
+            raise _too_big(limit)
         body = bytearray()
         # A client that sends its body slowly holds a connection and a task: it gets this long.
         with anyio.move_on_after(self.config.request_read_timeout) as deadline:
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
-                    raise too_big
+                    raise _too_big(limit)
         if deadline.cancelled_caught:
             raise ApiError(408, f"The request body did not arrive within {self.config.request_read_timeout:g} s.",
                            code="request_timeout")
@@ -198,13 +190,11 @@ class Service:
         """Take room for n sequences in the bounded queue, or refuse with 503 + Retry-After."""
         if not self.admission.try_take(n):
             raise overloaded(retry_after=max(1, n))
-        with self.metrics._lock:
-            self.metrics.admitted += n
 
     def release(self, n: int) -> None:
         self.admission.give_back(n)
-        with self.metrics._lock:
-            self.metrics.admitted -= n
+        if self.on_release is not None:   # called from engine threads too
+            self.on_release()
 
     def submit(self, requests: list) -> Flight:
         """Submit an HTTP request's engine requests, or refuse them when the queue is full."""
@@ -217,6 +207,11 @@ class Service:
                                     out.finish_reason == "cancelled")
 
         return Flight(self.engine, requests, on_end=on_end)
+
+
+def _too_big(limit: int) -> ApiError:
+    return ApiError(413, f"The request body is larger than {limit} bytes (--max-body-bytes).",
+                    code="request_too_large")
 
 
 def _longest_token(model) -> int:

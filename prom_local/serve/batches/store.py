@@ -13,6 +13,7 @@ under ids derived from the batch id, so finishing twice (a crash while finishing
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -38,12 +39,23 @@ CREATE TABLE IF NOT EXISTS results (
     body TEXT NOT NULL, PRIMARY KEY (batch_id, line));
 """
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+IN_ACTIVE = "status IN (" + ",".join("?" * len(ACTIVE)) + ")"   # with ACTIVE as its arguments
 TIMESTAMPS = ("created_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
               "cancelling_at", "cancelled_at", "expires_at")
+PAGE_ROWS = 1000   # results read per lock hold while an output file is written
 
 
 class DiskFull(Exception):
-    """Too little free space under the data dir to go on writing (checked, or ENOSPC)."""
+    """Too little free space under the data dir to go on writing (checked, or ENOSPC). str() is
+    what a client may read (no path); `detail` is for the server's log."""
+
+    def __init__(self, public: str, detail: str = ""):
+        super().__init__(public)
+        self.detail = detail or public
+
+
+class UnknownId(Exception):
+    """A list's `after` names nothing of this owner."""
 
 
 @dataclass
@@ -53,13 +65,16 @@ class StoreLimits:
 
 
 class Store:
+    """Every method blocks (SQLite, fsync, file writes): the HTTP side calls them in worker
+    threads, never on the event loop. One connection under one lock serves those threads."""
+
     def __init__(self, root: Path, limits: StoreLimits | None = None):
         self.root = Path(root)
         self.limits = limits or StoreLimits()
         self.files_dir = self.root / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
-        # One connection, used from the event loop and the runner under one lock: SQLite's own
-        # locking then never sees two writers of ours; WAL lets a reader (a copy, a backup) in.
+        # One connection under one lock: SQLite's own locking then never sees two writers of ours;
+        # WAL lets a reader (a copy, a backup) in.
         self._db = sqlite3.connect(self.root / "index.sqlite3", check_same_thread=False,
                                    isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -67,6 +82,8 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")   # a committed line survives a power cut too
         self._db.executescript(SCHEMA)
+        for leftover in self.files_dir.glob("*.part"):   # uploads cut off by a crash
+            leftover.unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:
@@ -83,7 +100,7 @@ class Store:
             except sqlite3.OperationalError as exc:
                 self._rollback()
                 if "full" in str(exc):
-                    raise DiskFull(f"the disk under {self.root} is full ({exc})") from None
+                    raise DiskFull("the server's disk is full", f"the disk under {self.root} is full ({exc})") from None
                 raise
             except BaseException:
                 self._rollback()
@@ -104,37 +121,53 @@ class Store:
             return self._db.execute(sql, args).fetchall()
 
     def free_bytes(self) -> int:
-        return os.statvfs(self.root).f_bavail * os.statvfs(self.root).f_frsize
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
 
     def check_space(self, needed: int = 0) -> None:
         free = self.free_bytes()
         if free - needed < self.limits.min_free_bytes:
-            raise DiskFull(f"{free >> 20} MiB free under {self.root}, {needed >> 20} MiB needed plus "
-                           f"{self.limits.min_free_bytes >> 20} MiB kept free (--batch-min-free-mib)")
+            public = (f"{free >> 20} MiB free, {needed >> 20} MiB needed plus {self.limits.min_free_bytes >> 20} "
+                      "MiB kept free (--batch-min-free-mib)")
+            raise DiskFull(public, f"{public}, under {self.root}")
 
     def path(self, file_id: str) -> Path:
         return self.files_dir / file_id
 
     # -- files ------------------------------------------------------------------------------------
+    def new_file_id(self) -> str:
+        return "file-" + secrets.token_hex(12)
+
+    def part_path(self, file_id: str) -> Path:
+        """Where a file is written before it is whole (store.commit_file renames it)."""
+        return self.files_dir / (file_id + ".part")
+
     def add_file(self, owner: str, filename: str, purpose: str, data: bytes, file_id: str | None = None) -> dict:
         """Write the bytes (temporary name, fsync, rename), then index them. ENOSPC is DiskFull."""
-        file_id = file_id or "file-" + secrets.token_hex(12)
-        final = self.path(file_id)
-        tmp = final.with_name(final.name + ".part")
+        file_id = file_id or self.new_file_id()
+        tmp = self.part_path(file_id)
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)
-                handle.flush()
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _disk_error(exc, self.root) from None
+        return self.commit_file(owner, filename, purpose, file_id)
+
+    def commit_file(self, owner: str, filename: str, purpose: str, file_id: str) -> dict:
+        """The written `part_path(file_id)` fsync'd, renamed to its final name, and indexed."""
+        tmp, final = self.part_path(file_id), self.path(file_id)
+        try:
+            with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+                size = os.fstat(handle.fileno()).st_size
             os.replace(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno == 28:   # ENOSPC
-                raise DiskFull(f"the disk under {self.root} is full") from None
-            raise
+            raise _disk_error(exc, self.root) from None
         now = int(time.time())
         self._tx(("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)",
-                  (file_id, owner, filename, purpose, len(data), now,
+                  (file_id, owner, filename, purpose, size, now,
                    now + self.limits.retention_s if self.limits.retention_s else None)))
         return self.get_file(owner, file_id)
 
@@ -142,10 +175,33 @@ class Store:
         row = self._one("SELECT * FROM files WHERE id=? AND owner=?", (file_id, owner))
         return _file_object(row) if row else None
 
+    def usage(self, owner: str) -> tuple[int, int]:
+        """(files, bytes) the owner keeps here, outputs included."""
+        row = self._one("SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM files WHERE owner=?", (owner,))
+        return row["n"], row["b"]
+
     def list_files(self, owner: str, purpose: str | None = None) -> list[dict]:
-        rows = self._all("SELECT * FROM files WHERE owner=? AND (? IS NULL OR purpose=?) ORDER BY created_at DESC, id",
-                         (owner, purpose, purpose))
-        return [_file_object(r) for r in rows]
+        return self.files_page(owner, purpose)[0]
+
+    def files_page(self, owner: str, purpose: str | None = None, limit: int = 10_000, after: str | None = None,
+                   order: str = "desc") -> tuple[list[dict], bool]:
+        """One page, newest first (order "desc") or oldest first; `after` is the last id of the
+        previous page (UnknownId if it is not one of the owner's files)."""
+        start = None
+        if after is not None:
+            row = self._one("SELECT rowid FROM files WHERE id=? AND owner=?", (after, owner))
+            if row is None:
+                raise UnknownId(after)
+            start = row["rowid"]
+        beyond = "rowid < ?" if order == "desc" else "rowid > ?"
+        rows = self._all(f"SELECT * FROM files WHERE owner=? AND (? IS NULL OR purpose=?) AND (? IS NULL OR {beyond}) "
+                         f"ORDER BY rowid {'DESC' if order == 'desc' else 'ASC'} LIMIT ?",
+                         (owner, purpose, purpose, start, start, limit + 1))
+        return [_file_object(r) for r in rows[:limit]], len(rows) > limit
+
+    def in_use(self, file_id: str) -> bool:
+        """Whether a batch not yet ended reads this file."""
+        return self._one(f"SELECT 1 FROM batches WHERE input_file_id=? AND {IN_ACTIVE}", (file_id, *ACTIVE)) is not None
 
     def delete_file(self, owner: str, file_id: str) -> bool:
         if self.get_file(owner, file_id) is None:
@@ -158,7 +214,7 @@ class Store:
         """Delete files past their retention (inputs of active batches are kept until they end)."""
         now = int(now if now is not None else time.time())
         rows = self._all("SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ? AND id NOT IN "
-                         f"(SELECT input_file_id FROM batches WHERE status IN {ACTIVE})", (now,))
+                         f"(SELECT input_file_id FROM batches WHERE {IN_ACTIVE})", (now, *ACTIVE))
         for row in rows:
             self._tx(("DELETE FROM files WHERE id=?", (row["id"],)))
             self.path(row["id"]).unlink(missing_ok=True)
@@ -168,11 +224,12 @@ class Store:
     def add_batch(self, owner: str, input_file_id: str, endpoint: str, window: str, metadata: dict | None) -> dict:
         batch_id = "batch_" + secrets.token_hex(12)
         now = int(time.time())
-        seq = (self._one("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM batches")["n"])
-        self._tx(("INSERT INTO batches (id, owner, seq, input_file_id, endpoint, completion_window, metadata, "
-                  "status, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                  (batch_id, owner, seq, input_file_id, endpoint, window,
-                   json.dumps(metadata) if metadata is not None else None, "validating", now, now + 86400)))
+        with self._lock:   # the next seq and its row in one hold: no two batches share a seq
+            seq = self._one("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM batches")["n"]
+            self._tx(("INSERT INTO batches (id, owner, seq, input_file_id, endpoint, completion_window, metadata, "
+                      "status, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (batch_id, owner, seq, input_file_id, endpoint, window,
+                       json.dumps(metadata) if metadata is not None else None, "validating", now, now + 86400)))
         return self.get_batch(owner, batch_id)
 
     def batch_row(self, batch_id: str) -> sqlite3.Row | None:
@@ -183,17 +240,26 @@ class Store:
         return batch_object(row) if row else None
 
     def list_batches(self, owner: str, limit: int, after: str | None) -> tuple[list[dict], bool]:
-        """Newest first, as OpenAI lists them; `after` is the last id of the previous page."""
+        """Newest first, as OpenAI lists them; `after` is the last id of the previous page
+        (UnknownId if it is not one of the owner's batches)."""
         start = None
         if after is not None:
             row = self._one("SELECT seq FROM batches WHERE id=? AND owner=?", (after, owner))
-            start = row["seq"] if row else None
+            if row is None:
+                raise UnknownId(after)
+            start = row["seq"]
         rows = self._all("SELECT * FROM batches WHERE owner=? AND (? IS NULL OR seq < ?) ORDER BY seq DESC LIMIT ?",
                          (owner, start, start, limit + 1))
         return [batch_object(r) for r in rows[:limit]], len(rows) > limit
 
     def active(self) -> list[sqlite3.Row]:
-        return self._all(f"SELECT * FROM batches WHERE status IN {ACTIVE} ORDER BY seq")
+        return self._all(f"SELECT * FROM batches WHERE {IN_ACTIVE} ORDER BY seq", ACTIVE)
+
+    def active_count(self, owner: str) -> int:
+        return self._one(f"SELECT COUNT(*) AS n FROM batches WHERE owner=? AND {IN_ACTIVE}", (owner, *ACTIVE))["n"]
+
+    def oldest_active(self, owner: str) -> sqlite3.Row | None:
+        return self._one(f"SELECT * FROM batches WHERE owner=? AND {IN_ACTIVE} ORDER BY seq LIMIT 1", (owner, *ACTIVE))
 
     def set_status(self, batch_id: str, status: str, *, only_from: tuple = (), **fields) -> bool:
         """Move a batch to `status` (stamping `<status>_at`), optionally only from given statuses."""
@@ -203,6 +269,8 @@ class Store:
         values = {"status": status, **fields}
         if stamp:
             values[stamp] = int(time.time())
+        if not all(name in COLUMNS for name in values):
+            raise ValueError(f"not a column of batches: {sorted(set(values) - COLUMNS)}")
         sets = ", ".join(f"{k}=?" for k in values)
         where = " AND status IN (" + ",".join("?" * len(only_from)) + ")" if only_from else ""
         with self._lock:
@@ -216,13 +284,38 @@ class Store:
 
     def save_result(self, batch_id: str, line: int, custom_id: str | None, ok: bool, body: dict) -> None:
         """One line's result and its batch's counters, in one transaction (the exactly-once point)."""
-        counter = "completed" if ok else "failed"
-        self._tx(("INSERT INTO results VALUES (?,?,?,?,?)",
-                  (batch_id, line, custom_id, int(ok), json.dumps(body, ensure_ascii=False))),
-                 (f"UPDATE batches SET {counter} = {counter} + 1 WHERE id=?", (batch_id,)))
+        self.save_results(batch_id, [(line, custom_id, ok, body)])
 
-    def results(self, batch_id: str) -> list[sqlite3.Row]:
-        return self._all("SELECT * FROM results WHERE batch_id=? ORDER BY line", (batch_id,))
+    def save_results(self, batch_id: str, results: list[tuple[int, str | None, bool, dict]]) -> None:
+        """Several lines' results (line, custom_id, ok, body) and the counters in one transaction:
+        all of them stored, or none (one fsync for a run of error lines, not one each)."""
+        ok = sum(1 for r in results if r[2])
+        self._tx(*[("INSERT INTO results VALUES (?,?,?,?,?)",
+                    (batch_id, line, custom_id, int(good), json.dumps(body, ensure_ascii=False)))
+                   for line, custom_id, good, body in results],
+                 ("UPDATE batches SET completed = completed + ?, failed = failed + ? WHERE id=?",
+                  (ok, len(results) - ok, batch_id)))
+
+    def write_results(self, batch_id: str, ok: bool, handle) -> int:
+        """The batch's results of one kind (ok or not), in line order, written to `handle` a page
+        at a time (the lock is let go between pages); how many were written."""
+        after, written = 0, 0
+        while True:
+            rows = self._all("SELECT line, body FROM results WHERE batch_id=? AND ok=? AND line > ? "
+                             "ORDER BY line LIMIT ?", (batch_id, int(ok), after, PAGE_ROWS))
+            if not rows:
+                return written
+            handle.write("".join(r["body"] + "\n" for r in rows).encode())
+            after, written = rows[-1]["line"], written + len(rows)
+
+
+def _disk_error(exc: OSError, root: Path) -> Exception:
+    if exc.errno == errno.ENOSPC:
+        return DiskFull("the server's disk is full", f"the disk under {root} is full")
+    return exc
+
+
+COLUMNS = {"status", "total", "completed", "failed", "errors", "output_file_id", "error_file_id", *TIMESTAMPS}
 
 
 def _file_object(row: sqlite3.Row) -> dict:
