@@ -9,7 +9,6 @@ appears anywhere but the file. Keys are compared in constant time.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import re
 import socket
 from pathlib import Path
@@ -82,16 +81,6 @@ class KeyRing:
 def bearer_token(header: str) -> bytes:
     scheme, _, token = header.partition(" ")
     return token.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else b""
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def split_host(value: str) -> str:

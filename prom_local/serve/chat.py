@@ -9,12 +9,11 @@ and forced-score continuation, so its text always ends in a verdict.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine import GenRequest, SamplingParams
+from ..engine import GenRequest, SamplingParams, log_softmax
 from ..judging.judge import Judge
 from ..judging.prompt_tokens import render_message_pieces, tokenize_pieces
 from ..judging.prompts import PROMETHEUS_KO_SYSTEM
@@ -68,14 +67,12 @@ class TokenLogprobs:
     def record(self, judge: Judge, token: int, logits: np.ndarray) -> None:
         if judge.model.is_eog(token):  # the end-of-turn token is not part of the content
             return
-        row = logits.astype(np.float64)
-        peak = row.max()
-        logz = peak + math.log(np.exp(row - peak).sum())
-        entry = _entry(judge, token, float(row[token] - logz))
+        row = log_softmax(logits)
+        entry = _entry(judge, token, float(row[token]))
         if self.top:
             best = np.argpartition(-row, self.top)[:self.top]
             best = best[np.argsort(-row[best])]
-            entry["top_logprobs"] = [_entry(judge, int(t), float(row[t] - logz)) for t in best]
+            entry["top_logprobs"] = [_entry(judge, int(t), float(row[t])) for t in best]
         else:
             entry["top_logprobs"] = []
         self.entries.append(entry)
