@@ -15,6 +15,7 @@ with the reference run, flash attention off, --parallel 1, cold:
   reused       prompt tokens taken from the cache in that pass
   vs own cold  share of records, of the same setting's --parallel 1 cold run, with bit-identical
                output and probabilities (the promise docs/exactness.md states)
+  errors       rows without a grade (a record too long for --ctx would make every column meaningless)
 
     python benchmarks/flash_fidelity.py                     # SmolLM2 + tiny Llama 3, 8 records
     python benchmarks/flash_fidelity.py --records 12 --max-tokens 96 --model prometheus-ko.Q4_K_M.gguf
@@ -64,7 +65,8 @@ def row(name: str, label: str, ref: list, own_cold: list, grades: list, reused: 
     return (f"| {name} | {label} | {sum(a.score == b.score for a, b in zip(ref, grades)) / n:.0%} "
             f"| {sum(a.output == b.output for a, b in zip(ref, grades)) / n:.0%} "
             f"| {sum(kls) / len(kls) if kls else float('nan'):.2e} | {reused:,} "
-            f"| {sum(identical(a, b) for a, b in zip(own_cold, grades))}/{n} | {wall:.1f} |")
+            f"| {sum(identical(a, b) for a, b in zip(own_cold, grades))}/{n} | {sum(g.error is not None for g in grades)} "
+            f"| {wall:.1f} |")
 
 
 def run_model(name: str, model: Path, records: list, args) -> None:
@@ -89,7 +91,7 @@ def main() -> None:
     ap.add_argument("--length", choices=["short", "card"], default="card")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--ctx", type=int, default=3072, help="context per sequence (the card-length records need ~2,400 tokens with SmolLM2)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--gpu-layers", type=int, default=0, help="0: the CPU (default); -1: every layer on the GPU")
     args = ap.parse_args()
@@ -101,8 +103,8 @@ def main() -> None:
     print(f"{len(records)} Korean judge records ({args.length}, {args.per_instruction} responses per instruction), "
           f"greedy, --max-tokens {args.max_tokens}, {'CPU' if args.gpu_layers == 0 else 'GPU layers ' + str(args.gpu_layers)}, {args.threads} threads; reference: FA off, "
           f"--parallel {args.parallel[0]}, cold\n")
-    print("| model | run | same score | same text | mean KL of P(1..5) | reused | vs own cold (bit-identical) | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | run | same score | same text | mean KL of P(1..5) | reused | vs own cold (bit-identical) | errors | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             models = [(Path(m).name, Path(m)) for m in args.model]
