@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kv_fidelity import kl, tiny_llama3  # noqa: E402
+from kv_fidelity import compare, models_to_measure  # noqa: E402
 
 
 def passes(model: Path, flash: bool, parallel: int, records: list, args) -> dict[str, tuple[list, int, float]]:
@@ -60,11 +60,10 @@ def identical(a, b) -> bool:
 
 def row(name: str, label: str, ref: list, own_cold: list, grades: list, reused: int, wall: float) -> str:
     n = len(ref)
-    kls = [kl(a.probabilities, b.probabilities) for a, b in zip(ref, grades)
-           if a.probabilities is not None and b.probabilities is not None]
-    return (f"| {name} | {label} | {sum(a.score == b.score for a, b in zip(ref, grades)) / n:.0%} "
+    same, mean_kl = compare(ref, grades)   # kv_fidelity's: the same columns against its reference
+    return (f"| {name} | {label} | {same:.0%} "
             f"| {sum(a.output == b.output for a, b in zip(ref, grades)) / n:.0%} "
-            f"| {sum(kls) / len(kls) if kls else float('nan'):.2e} | {reused:,} "
+            f"| {float('nan') if mean_kl is None else mean_kl:.2e} | {reused:,} "
             f"| {sum(identical(a, b) for a, b in zip(own_cold, grades))}/{n} | {sum(g.error is not None for g in grades)} "
             f"| {wall:.1f} |")
 
@@ -106,17 +105,8 @@ def main() -> None:
     print("| model | run | same score | same text | mean KL of P(1..5) | reused | vs own cold (bit-identical) | errors | s |")
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model:
-            models = [(Path(m).name, Path(m)) for m in args.model]
-        else:
-            from assets import smollm2_shipped_gguf
-            models = [("SmolLM2-135M Q4_1", smollm2_shipped_gguf())]
-            tiny = tiny_llama3(Path(tmp))
-            if tiny is not None:
-                models.append(("tiny Llama 3 Q8_0", tiny))
-        for name, path in models:
+        for name, path in models_to_measure(args.model, Path(tmp)):
             run_model(name, path, records, args)
-
 
 if __name__ == "__main__":
     main()

@@ -53,6 +53,18 @@ def tiny_llama3(folder: Path) -> Path | None:
     return next(store.rglob("*.Q8_0.gguf"))
 
 
+def models_to_measure(given: list[str] | None, folder: Path) -> list[tuple[str, Path]]:
+    """(name, GGUF) of --model paths, or SmolLM2 as shipped and the tiny Llama 3 built in `folder`."""
+    if given:
+        return [(Path(m).name, Path(m)) for m in given]
+    from assets import smollm2_shipped_gguf
+    models = [("SmolLM2-135M Q4_1", smollm2_shipped_gguf())]
+    tiny = tiny_llama3(folder)
+    if tiny is not None:
+        models.append(("tiny Llama 3 Q8_0", tiny))
+    return models
+
+
 def grade(model: Path, cache: str, flash: bool | None, args) -> tuple[list, float]:
     from prom_local import EngineConfig, Judge, SamplingParams
     from prom_local.diagnostics.bench import bench_records
@@ -105,15 +117,7 @@ def main() -> None:
     print("| model | KV cache | same score as f16 | mean KL of P(1..5) | scored | wall s |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model:
-            models = [(Path(m).name, Path(m)) for m in args.model]
-        else:
-            from assets import smollm2_shipped_gguf
-            models = [("SmolLM2-135M Q4_1", smollm2_shipped_gguf())]
-            tiny = tiny_llama3(Path(tmp))
-            if tiny is not None:
-                models.append(("tiny Llama 3 Q8_0", tiny))
-        for name, path in models:
+        for name, path in models_to_measure(args.model, Path(tmp)):
             run_model(name, path, args)
 
 
