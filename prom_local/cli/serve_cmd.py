@@ -52,8 +52,22 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
     mallopt(M_ARENA_MAX, arenas)
 
 
-def _serve(config, host: str, port: int, warning: str | None, server_options: dict) -> None:
-    """Listen, load the model in the background, and serve until SIGTERM/Ctrl-C."""
+def _model_here(opts: EngineOptions, ray: str | None) -> tuple[Path, str | None]:
+    """The model's path and profile on this machine. With --ray the engines resolve it on their own
+    nodes, so this machine need not hold it (the name and profile then come from the engines)."""
+    try:
+        resolved = resolve_model(opts.model, opts.models_dir)
+    except PromLocalError:
+        if ray is None:
+            raise
+        return Path(opts.model or "(the engines' default model)"), None
+    return Path(resolved.path), resolved.profile
+
+
+def _serve(config, host: str, port: int, warning: str | None, server_options: dict,
+           cluster: dict | None = None) -> None:
+    """Listen, load the model (or start the engines of --ray) in the background, and serve until
+    SIGTERM/Ctrl-C."""
     import logging
 
     import uvicorn
@@ -72,12 +86,21 @@ def _serve(config, host: str, port: int, warning: str | None, server_options: di
             server.should_exit = True  # the error is raised below, after the server stops
             return
         info = service.describe()
-        err_console.print(f"ready: {url}/v1  model {config.model_name} ({config.model_path})  backend "
+        engines = info.get("engines")
+        where = str(config.model_path) if engines is None else f"sha256 {info['sha256'][:12]}…"
+        err_console.print(f"ready: {url}/v1  model {config.model_name} ({where})  backend "
                           f"{info['backend']}  parallel {info['parallel']}  ctx {info['n_ctx']}"
+                          + ("" if engines is None else "  engines " + ", ".join(
+                              f"{e['engine']}@{e['host']}(pid {e['pid']}, {e['backend']}, parallel {e['parallel']})"
+                              for e in engines["list"]))
                           + (f"  ({len(config.api_keys)} API key(s) required)" if config.api_keys else "")
                           + (f"  data {config.batches.data_dir}" if config.batches else ""))
 
-    service = Service(config, on_status=say, on_ready=ready)
+    if cluster is None:
+        service = Service(config, on_status=say, on_ready=ready)
+    else:   # only with --ray: Ray is an optional extra
+        from ..serve.cluster.front import ClusterService
+        service = ClusterService(config, on_status=say, on_ready=ready, **cluster)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
                                           lifespan="on", **server_options))
@@ -190,6 +213,14 @@ def register(app: typer.Typer) -> None:
         batch_key_max_files: Annotated[int, typer.Option(
             "--batch-key-max-files", min=1, help="Files kept per API key (batch outputs included); uploads "
             "past it are refused (429) until some are deleted.")] = 1000,
+        ray: Annotated[Optional[str], typer.Option(
+            "--ray", metavar="auto|local|ADDRESS", help="Grade on the engines of a Ray cluster instead of "
+            "one here: auto (RAY_ADDRESS, or the cluster started here with `ray start`, else a local "
+            "instance), local, or HOST:PORT. This process keeps the HTTP side (keys, bounds, the Batch "
+            "API). Needs the ray extra.")] = None,
+        actors: Annotated[Optional[int], typer.Option(
+            "--actors", min=1, help="With --ray: engines to start (default: one per GPU, or one per "
+            "node without GPUs). Each has its own --parallel slots.")] = None,
         batch_key_max_mib: Annotated[int, typer.Option(
             "--batch-key-max-mib", min=1, help="Bytes kept per API key, in MiB (batch outputs included); "
             "uploads past it are refused (429) until some files are deleted.")] = 10240,
@@ -220,11 +251,13 @@ def register(app: typer.Typer) -> None:
         batches = _batch_config(data_dir, batch_max_upload_mib, batch_max_lines, batch_min_free_mib,
                                 batch_retention_days, batch_slots,
                                 (batch_key_max_active, batch_key_max_files, batch_key_max_mib))
+        if ray is None and actors is not None:
+            raise typer.BadParameter("--actors needs --ray")
         _cap_malloc_arenas()
-        resolved = resolve_model(opts.model, opts.models_dir)
-        name = served_name or Path(resolved.path).name.removesuffix(".gguf")
-        config = ServeConfig(model_path=Path(resolved.path), model_name=name,
-                             profile=opts.profile or resolved.profile, engine=opts.engine_config(),
+        path, profile = _model_here(opts, ray)
+        name = served_name or (path.name.removesuffix(".gguf") if path.suffix == ".gguf" else "")
+        config = ServeConfig(model_path=path, model_name=name,
+                             profile=opts.profile or profile, engine=opts.engine_config(),
                              sampling=opts.sampling_params(), api_keys=keys, batches=batches, max_body_bytes=max_body_bytes,
                              max_prompt_tokens=max_prompt_tokens, max_queue=max_queue,
                              log_requests=log_requests, max_tokens_cap=max_tokens_cap,
@@ -234,6 +267,8 @@ def register(app: typer.Typer) -> None:
         head_timeout = request_head_timeout or min(10.0, request_read_timeout)
         err_console.print(f"[dim]connections: at most {connections} open (file limit {file_limit}); headers "
                           f"within {head_timeout:g} s, bodies within {request_read_timeout:g} s[/dim]")
-        _serve(config, host, port, warning, server_options={
+        cluster = None if ray is None else {"model": opts.model, "models_dir": opts.models_dir,
+                                            "address": ray, "actors": actors}
+        _serve(config, host, port, warning, cluster=cluster, server_options={
             **uvicorn_limits(connections, head_timeout), "ssl_certfile": ssl_certfile,
             "ssl_keyfile": ssl_keyfile, "timeout_graceful_shutdown": shutdown_timeout})

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import completions, grade
+from .cores import LocalCores
 from .door import Core, door
 from .errors import ApiError, model_not_found
 from .limits import shown_id
@@ -31,6 +32,8 @@ def create_app(service: Service, *, load: bool = True) -> Starlette:
     """The app around a Service. With `load`, the model loads in a background thread when the
     server starts (GET /health says 503 until then) and is freed when it stops."""
 
+    if service.cores is None:   # `serve --ray` brings its own (serve/cluster/front.py)
+        service.cores = LocalCores()
     batch_api = None
     if service.config.batches is not None:   # the Batch API (serve/batches/), with its data dir
         from .batches import BatchApi
@@ -95,8 +98,9 @@ async def _health(service: Service, request: Request) -> Response:
         where = service.config.model_path
         error = str(service.load_error).replace(str(where.parent), "").replace(str(where), where.name)
         return JSONResponse({"status": "error", "error": error}, status_code=500)
-    if not service.ready:
-        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+    if not service.ready:   # loading, or (`serve --ray`) loaded but no engine is alive now
+        body = {"status": "unavailable", **service.describe(public=True)} if service.loaded else {"status": "loading"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ok", **service.describe(public=True)})
 
 

@@ -125,10 +125,7 @@ def _verdict_fields(verdict: Verdict, out: GenOutput) -> dict:
 async def endpoint(service: Service, caller: str, body: object, request) -> dict | EventSourceResponse:
     """POST /v1/chat/completions behind the door (door.py): streamed, or whole unless the client
     hangs up first."""
-    call = await prepare(service, caller, body)
-    if call.request.stream:
-        return stream(call)
-    return await complete(call, disconnected(request))
+    return await service.cores.chat(service, caller, body, gone=lambda: disconnected(request), stream=True)
 
 
 async def prepare(service: Service, caller: str, data: object) -> ChatCall:
@@ -191,39 +188,40 @@ def stream(call: ChatCall) -> EventSourceResponse:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
 
     async def events():
-        try:
-            yield {"data": call.chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None} for c in call.choices])}
-            async for index, event in call.flight.events():
-                choice = call.choices[index]
-                if isinstance(event, TokenEvent):
-                    text = call.on_token(choice, event)
-                    if text:
-                        yield {"data": call.chunk([{"index": index, "delta": {"content": text},
-                                                    "logprobs": choice.logprobs_since(),
-                                                    "finish_reason": None}])}
-                elif isinstance(event, DoneEvent):
-                    text = call.on_done(choice, event.output)
-                    if text:
-                        yield {"data": call.chunk([{"index": index, "delta": {"content": text},
-                                                    "logprobs": choice.logprobs_since(),
-                                                    "finish_reason": None}])}
-                    yield {"data": call.chunk([{"index": index, "delta": {}, "logprobs": None,
-                                                "finish_reason": choice.finish_reason,
-                                                "prom_local": choice.extra}])}
-                elif isinstance(event, ErrorEvent):
-                    try:
-                        _raise_for(event)
-                    except ApiError as exc:
-                        yield {"data": json.dumps(exc.body())}
-                        return
-            options = call.request.stream_options
-            if options is not None and options.include_usage:
-                yield {"data": call.chunk([], usage=call.usage())}
-            yield {"data": "[DONE]"}
-        finally:
-            # Normal end: nothing left to cancel. Client gone (the task is cancelled): the
-            # sequences leave the engine at its next step.
-            call.flight.cancel()
+        async for data in chunks(call):
+            yield {"data": data}
 
     return EventSourceResponse(events(), ping=15, sep="\n")
+
+
+async def chunks(call: ChatCall):
+    """The `data` of each server-sent event of a streamed answer (what stream() sends, and what an
+    engine of `serve --ray` sends back to the front, serve/cluster/engine_actor.py)."""
+    try:
+        yield call.chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""},
+                           "logprobs": None, "finish_reason": None} for c in call.choices])
+        async for index, event in call.flight.events():
+            choice = call.choices[index]
+            if isinstance(event, (TokenEvent, DoneEvent)):
+                text = (call.on_token(choice, event) if isinstance(event, TokenEvent)
+                        else call.on_done(choice, event.output))
+                if text:
+                    yield call.chunk([{"index": index, "delta": {"content": text},
+                                       "logprobs": choice.logprobs_since(), "finish_reason": None}])
+                if isinstance(event, DoneEvent):
+                    yield call.chunk([{"index": index, "delta": {}, "logprobs": None,
+                                       "finish_reason": choice.finish_reason, "prom_local": choice.extra}])
+            elif isinstance(event, ErrorEvent):
+                try:
+                    _raise_for(event)
+                except ApiError as exc:
+                    yield json.dumps(exc.body())
+                    return
+        options = call.request.stream_options
+        if options is not None and options.include_usage:
+            yield call.chunk([], usage=call.usage())
+        yield "[DONE]"
+    finally:
+        # Normal end: nothing left to cancel. Client gone (the task is cancelled): the
+        # sequences leave the engine at its next step.
+        call.flight.cancel()

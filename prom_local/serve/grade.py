@@ -76,8 +76,8 @@ def _items(service: Service, data: object) -> tuple[list[Record | Grade], bool]:
 
 async def endpoint(service: Service, caller: str, body: object, request: Request) -> dict | list:
     """POST /v1/grade behind the door (door.py): `?samples`, and the client's hanging up."""
-    return await run(service, caller, body, samples=samples_param(request, service),
-                     gone=lambda: disconnected(request))
+    return await service.cores.grade(service, caller, body, samples=samples_param(request, service),
+                                     gone=lambda: disconnected(request))
 
 
 async def run(service: Service, caller: str, body: object, *, samples: int | None = None,
@@ -186,7 +186,7 @@ def samples_param(request: Request, service: Service) -> int | None:
     raw = request.query_params.get("samples")
     if raw is None:
         return None
-    most = service.judge.n_parallel if service.judge is not None else 1
+    most = service.parallel_per_engine
     try:
         return query_int(request.query_params, "samples", 1, 1, most)
     except ApiError as exc:

@@ -32,6 +32,8 @@ class ServeMetrics:
         self.generated_tokens = 0
         self.cancelled = 0
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        # `serve --ray`: one dict per engine (serve/cluster/front.py), shown with an `engine` label.
+        self.engines: Callable[[], list[dict]] | None = None
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -78,6 +80,11 @@ class ServeMetrics:
         return generate_latest(self.registry)
 
     def collect(self):
+        rows = self.engines() if self.engines is not None else []
+        yield from _engine_families(rows)
+        # With engines elsewhere (`serve --ray`) their tokens are counted there, not here.
+        prompt, reused, generated = (getattr(self, k) + sum(r.get(k, 0) for r in rows) for k in
+                                     ("prompt_tokens", "reused_tokens", "generated_tokens"))
         snap = self._snapshot()
         rate = self.tokens_per_second()
         with self._lock:
@@ -97,16 +104,16 @@ class ServeMetrics:
             yield errors
             yield callers
             yield CounterMetricFamily("prom_local_prompt_tokens", "Prompt tokens of finished sequences",
-                                      value=self.prompt_tokens)
+                                      value=prompt)
             yield CounterMetricFamily("prom_local_reused_prompt_tokens",
                                       "Prompt tokens taken from the KV cache instead of computed",
-                                      value=self.reused_tokens)
+                                      value=reused)
             yield CounterMetricFamily("prom_local_generated_tokens", "Tokens generated",
-                                      value=self.generated_tokens)
+                                      value=generated)
             yield CounterMetricFamily("prom_local_cancelled_sequences",
                                       "Sequences ended early (client gone, stop string, shutdown)",
                                       value=self.cancelled)
-            ratio = self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+            ratio = reused / prompt if prompt else 0.0
             yield GaugeMetricFamily("prom_local_prefix_reuse_ratio",
                                     "Share of prompt tokens reused from the KV cache", value=ratio)
             yield GaugeMetricFamily("prom_local_admitted_sequences",
@@ -129,3 +136,26 @@ class ServeMetrics:
             queued = max(0, self.admitted - snap["busy"])
             yield GaugeMetricFamily("prom_local_queue_depth", "Admitted sequences waiting for a slot",
                                     value=queued)
+
+
+# (name, help, counter?) of the per-engine series of `serve --ray`, from the rows of
+# serve/cluster/front.py's ClusterService._engine_rows.
+ENGINE_SERIES = [
+    ("ready", "1 while the engine answers and takes requests", False),
+    ("requests", "Requests (HTTP or batch line) sent to the engine", True),
+    ("busy", "Sequences decoding on the engine now", False),
+    ("restarts", "Times Ray replaced the engine's process", True),
+    ("retried", "Requests the engine held when it was lost (sent to another engine)", True),
+    ("prompt_tokens", "Prompt tokens of the engine's finished sequences", True),
+    ("reused_tokens", "Of those, taken from its KV cache", True),
+    ("generated_tokens", "Tokens the engine generated", True),
+]
+
+
+def _engine_families(rows: list[dict]):
+    for name, text, counter in ENGINE_SERIES:
+        family = (CounterMetricFamily if counter else GaugeMetricFamily)(
+            f"prom_local_engine_{name}", text, labels=["engine"])
+        for row in rows:
+            family.add_metric([row["engine"]], float(row.get(name, 0)))
+        yield family

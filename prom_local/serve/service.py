@@ -63,6 +63,8 @@ class Service:
         self.longest_token_bytes = 1 << 20
         # Told when admitted sequences end (the Batch API's runner waits for a free slot on it).
         self.on_release: Callable[[], None] | None = None
+        # Where the endpoints' cores run (cores.py): set by create_app, LocalCores unless --ray.
+        self.cores = None
 
     # -- life -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -97,8 +99,23 @@ class Service:
         return self.judge is not None and not self._closed
 
     @property
+    def loaded(self) -> bool:
+        """Loading has ended (ready, failed, or with `serve --ray`, engines that may come and go)."""
+        return self._loaded.is_set()
+
+    @property
     def engine(self) -> Engine:
         return self.judge.engine
+
+    @property
+    def n_parallel(self) -> int:
+        """Sequences decoded at once by all of this service's engines."""
+        return self.judge.n_parallel if self.ready else 1
+
+    @property
+    def parallel_per_engine(self) -> int:
+        """The most sequences one request may take (its samples decode on one engine)."""
+        return self.n_parallel
 
     def _snapshot(self) -> dict | None:
         return self.judge.snapshot() if self.ready else None

@@ -50,6 +50,51 @@ def _pull(spec: str, store: Path | None) -> None:
                             f"failed: {exc}") from None
 
 
+def node_info() -> dict:
+    """Where this actor runs (called inside a Ray worker)."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
+            "cpus": len(os.sched_getaffinity(0)), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "code": str(Path(__file__).resolve().parents[2])}   # this node's prom_local/
+
+
+def prepare_model(spec: str | None, models_dir: str | None, allow_pull: bool = True) -> dict:
+    """Resolve the model on this node (pulling a store model if missing) and hash the file: the
+    file's facts, or a user error as data (_user_error). Also used by serve/cluster/engine_actor.py."""
+    from ...settings import DEFAULT_MODEL
+    from ...store.models import read_manifest, resolve_model, store_dir
+
+    name = spec or DEFAULT_MODEL
+    try:
+        pulled = False
+        try:
+            resolved = resolve_model(name, models_dir)
+        except ModelNotFound as exc:
+            if name.endswith(".gguf") or os.sep in name:
+                raise ModelNotFound(f"{exc} (with --ray, a --model path must exist on every node: "
+                                    "put the file on a shared filesystem, or use a store name)") from None
+            if not allow_pull:
+                raise
+            _pull(name, Path(models_dir) if models_dir else None)
+            resolved = resolve_model(name, models_dir)
+            pulled = True
+        started = time.perf_counter()
+        digest = sha256_file(resolved.path)
+        info = {"path": str(resolved.path), "name": resolved.name, "quant": resolved.quant,
+                "profile": resolved.profile, "sha256": digest, "size": resolved.path.stat().st_size,
+                "hash_seconds": round(time.perf_counter() - started, 3), "pulled": pulled}
+        if resolved.name and resolved.quant:
+            manifest = read_manifest(store_dir(models_dir), resolved.name) or {}
+            recorded = (manifest.get("files") or {}).get(resolved.quant, {}).get("sha256")
+            if recorded and recorded != digest:
+                info["manifest_sha256"] = recorded
+        return info
+    except PromLocalError as exc:
+        return _user_error(exc)
+
+
 class EngineWorker:
     """A Judge behind a queue. One per Ray actor; every method is called by the driver. There is no
     close(): the driver ends an actor with ray.kill, and the process's exit frees the model."""
@@ -64,45 +109,10 @@ class EngineWorker:
 
     # -- setup ----------------------------------------------------------------------------------
     def node_info(self) -> dict:
-        import ray
-
-        ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
-                "cpus": len(os.sched_getaffinity(0)), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-                "code": str(Path(__file__).resolve().parents[2])}   # this node's prom_local/
+        return node_info()
 
     def prepare_model(self, spec: str | None, models_dir: str | None, allow_pull: bool = True) -> dict:
-        """Resolve the model on this node (pulling a store model if missing) and hash the file."""
-        from ...settings import DEFAULT_MODEL
-        from ...store.models import read_manifest, resolve_model, store_dir
-
-        name = spec or DEFAULT_MODEL
-        try:
-            pulled = False
-            try:
-                resolved = resolve_model(name, models_dir)
-            except ModelNotFound as exc:
-                if name.endswith(".gguf") or os.sep in name:
-                    raise ModelNotFound(f"{exc} (with --ray, a --model path must exist on every node: "
-                                        "put the file on a shared filesystem, or use a store name)") from None
-                if not allow_pull:
-                    raise
-                _pull(name, Path(models_dir) if models_dir else None)
-                resolved = resolve_model(name, models_dir)
-                pulled = True
-            started = time.perf_counter()
-            digest = sha256_file(resolved.path)
-            info = {"path": str(resolved.path), "name": resolved.name, "quant": resolved.quant,
-                    "profile": resolved.profile, "sha256": digest, "size": resolved.path.stat().st_size,
-                    "hash_seconds": round(time.perf_counter() - started, 3), "pulled": pulled}
-            if resolved.name and resolved.quant:
-                manifest = read_manifest(store_dir(models_dir), resolved.name) or {}
-                recorded = (manifest.get("files") or {}).get(resolved.quant, {}).get("sha256")
-                if recorded and recorded != digest:
-                    info["manifest_sha256"] = recorded
-            return info
-        except PromLocalError as exc:
-            return _user_error(exc)
+        return prepare_model(spec, models_dir, allow_pull)
 
     def load(self, path: str, profile: str, engine: EngineConfig, sampling: SamplingParams,
              both_orders: bool = False) -> dict:

@@ -1,5 +1,6 @@
 """One batch line run through its endpoint's core, the same one an HTTP request of that endpoint
-reaches (grade.run, completions.prepare + complete), with its owner as a plain argument: no HTTP
+reaches (`service.cores`: grade.run, completions.prepare + complete, here or on a `serve --ray`
+engine), with its owner as a plain argument: no HTTP
 in between. The line's body was parsed and bounded by lines.py as a request body is, so a batch line
 is validated, admitted and graded exactly as the same body POSTed by a client: same response body,
 same status code. Setting the `gone` event (cancel, shutdown) cancels its sequences at the engine's
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .. import completions, grade
 from ..errors import ApiError, ClientGone
 from ..service import Service
 
@@ -23,11 +23,10 @@ async def call(service: Service, path: str, body: object, owner: str, gone: asyn
     """(status code, response body) of one line; status GONE when `gone` was set first."""
     try:
         if path == "/v1/grade":
-            return 200, await grade.run(service, owner, body, gone=gone.wait)
+            return 200, await service.cores.grade(service, owner, body, samples=None, gone=gone.wait)
         if isinstance(body, dict) and body.get("stream") is True:
             raise ApiError(400, "stream is not supported in a batch line.", param="stream")
-        chat = await completions.prepare(service, owner, body)
-        return 200, await completions.complete(chat, gone.wait())
+        return 200, await service.cores.chat(service, owner, body, gone=gone.wait, stream=False)
     except ClientGone:
         return GONE, {}
     except ApiError as exc:

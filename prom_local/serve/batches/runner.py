@@ -97,7 +97,7 @@ class BatchRunner:
         """The module's rules: a free slot nobody else wants, within --batch-slots."""
         if not self.service.ready:
             return False
-        n_parallel = self.service.judge.n_parallel
+        n_parallel = self.service.n_parallel
         most = self.config.batch_slots or max(1, n_parallel - 1)
         return running < most and self.service.admission.admitted < n_parallel
 

@@ -1,0 +1,165 @@
+"""`serve --ray`: one HTTP service over a local Ray cluster's two CPU engines (SmolLM2, one thread
+each). A batch through the unmodified `openai` SDK is graded by both engines; one engine's process
+is killed with SIGKILL mid-batch, and the batch still completes with every custom_id exactly once,
+rows equal to a local `score`'s; an interactive /v1/grade sent meanwhile gets its row; Ray replaces
+the engine and /health shows it back. The choosing rules (prefix affinity, free slots, none
+ready) are tested without Ray."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from helpers import in_order, run_cli, short_record, write_jsonl
+from serve_support import ServerProcess
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="the ray extra is not installed")
+KEY = "key-ray-5c2"
+NAME = "smol"
+ENGINE = ["--parallel", "1", "--threads", "1", "--ctx", "2048", "--gpu-layers", "0", "--max-tokens", "16"]
+N_LINES = 8
+
+
+def poll(what, until, timeout: float = 300):
+    """what() until until(result): a client's poll, not a wait for an event of ours."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = what()
+        if until(result):
+            return result
+        time.sleep(0.1)
+    raise TimeoutError(str(result))
+
+
+def models(server: ServerProcess) -> dict:
+    reply = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    return reply.json()["data"][0]["prom_local"]
+
+
+def engine_series(server: ServerProcess, name: str) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    prefix = f"prom_local_engine_{name}"
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(prefix + "{") or line.startswith(prefix + "_total{")}
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_batch_survives_an_engine_killed_mid_way_and_rows_equal_score(smollm2, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"tester={KEY}\n")
+    server = ServerProcess("--ray", "local", "--actors", "2", "-m", str(smollm2), *ENGINE, "--served-name", NAME,
+                           "--api-key-file", str(keys), "--data-dir", str(tmp_path / "data"), "--batch-slots", "2")
+    try:
+        health = server.wait_ready()
+        assert health["engines"]["count"] == 2 and health["engines"]["ready"] == 2, health
+        assert "engines 0@" in server.log and ", 1@" in server.log   # the start-up line names them
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        records = [short_record(i) for i in range(N_LINES)]
+        data = "".join(json.dumps({"custom_id": r["id"], "method": "POST", "url": "/v1/grade", "body": r},
+                                  ensure_ascii=False) + "\n" for r in records).encode()
+        uploaded = client.files.create(file=("in.jsonl", data), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/grade", completion_window="24h")
+
+        # Mid-batch: a line done, and an engine holding one now. Kill that engine's process.
+        poll(lambda: client.batches.retrieve(batch.id), lambda b: b.request_counts.completed >= 1)
+        busy = poll(lambda: models(server)["engines"]["list"], lambda rows: any(r["inflight"] for r in rows))
+        victim = next(r for r in busy if r["inflight"])
+        os.kill(victim["pid"], signal.SIGKILL)
+        # An interactive request meanwhile gets its row.
+        reply = httpx.post(server.url + "/v1/grade", json=short_record(99),
+                           headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["id"] == "r99" and reply.json()["score"] in (1, 2, 3, 4, 5, None)
+
+        done = poll(lambda: client.batches.retrieve(batch.id),
+                    lambda b: b.status in ("completed", "failed", "cancelled"))
+        assert done.status == "completed" and done.request_counts.completed == N_LINES, done
+        answers = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+        assert sorted(a["custom_id"] for a in answers) == sorted(r["id"] for r in records)   # each once
+        assert all(a["response"]["status_code"] == 200 for a in answers)
+        requests = engine_series(server, "requests")
+        assert requests["0"] > 0 and requests["1"] > 0, requests   # both engines graded
+        # The line the killed engine held was sent to the other one (the next batch line follows a
+        # finished one at once, so a busy engine is never without one for long).
+        assert engine_series(server, "retried")[str(victim["engine"])] >= 1, server.log
+
+        # Ray replaced the engine: ready again, under a new process.
+        back = poll(lambda: models(server)["engines"]["list"][victim["engine"]],
+                    lambda row: row["ready"] and row["restarts"] >= 1)
+        assert back["pid"] != victim["pid"]
+    finally:
+        assert server.stop() == 0, server.log
+
+    # The same rows as a local `score` (probabilities within 1e-4: another process, same build).
+    src = write_jsonl(tmp_path / "in.jsonl", records)
+    scored = run_cli("score", str(src), "-o", str(tmp_path / "score.jsonl"), "-m", str(smollm2), *ENGINE, "-q")
+    assert scored.returncode == 0, scored.stderr
+    want = in_order([json.loads(x) for x in (tmp_path / "score.jsonl").read_text("utf-8").splitlines()],
+                    [r["id"] for r in records])
+    got = in_order([a["response"]["body"] for a in answers], [r["id"] for r in records])
+    for g, w in zip(got, want):
+        for field in ("score", "feedback", "output", "finish_reason", "prompt_tokens", "completion_tokens"):
+            assert g[field] == w[field], (field, g, w)
+        if w["probabilities"] is not None:
+            assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-4)
+
+
+# -- choosing an engine, without Ray --------------------------------------------------------------
+
+def _pool(*parallel: int):
+    from prom_local.backends.ray.cluster import ActorSlot
+    from prom_local.serve.cluster.pool import EnginePool, EngineState
+    from prom_local.serve.service import ServeConfig
+
+    pool = EnginePool("m.gguf", None, ServeConfig(model_path=Path("m.gguf"), model_name="m"))
+    pool.engines = [EngineState(i, ActorSlot(i, f"node{i}", f"node{i}", 1, 0, 1), parallel=p, ready=True)
+                    for i, p in enumerate(parallel)]
+    return pool
+
+
+def test_a_request_goes_where_its_instruction_went_while_that_engine_has_a_free_slot():
+    pool = _pool(2, 2)
+    first = pool.choose(key=7, weight=1, exclude=set())
+    again = pool.choose(key=7, weight=1, exclude=set())
+    assert again.index == first.index                  # its prefix is cached there, a slot is free
+    third = pool.choose(key=7, weight=1, exclude=set())
+    assert third.index != first.index                  # that engine is full: the least busy one
+    other = pool.choose(key=8, weight=1, exclude=set())
+    assert other.index == third.index and other.inflight == 2
+    pool.done(first, 2)
+    assert pool.choose(key=None, weight=1, exclude=set()).index == first.index
+
+
+def test_no_ready_engine_is_engine_lost_and_a_lost_engine_is_skipped():
+    from prom_local.serve.cluster.pool import EngineLost
+
+    pool = _pool(1, 1)
+    pool.lost(pool.engines[0], RuntimeError("the actor died"))
+    assert not pool.engines[0].ready and pool.engines[0].lost == "the actor died"
+    assert pool.choose(key=None, weight=1, exclude=set()).index == 1
+    with pytest.raises(EngineLost):
+        pool.choose(key=None, weight=1, exclude={1})
+    assert pool.describe()["ready"] == 1
+
+
+def test_the_front_counts_a_bodys_sequences_before_parsing_it():
+    from prom_local.serve.cluster.front import _chat_weight, _grade_key, _grade_weight
+
+    record = short_record(1)
+    assert _grade_weight(record, None) == 1
+    assert _grade_weight([record] * 3, 2) == 6
+    assert _grade_weight({"records": [record] * 2, "sampling": {"n": 3}, "both_orders": True}, None) == 12
+    assert _grade_weight({"records": "nonsense", "sampling": {"n": True}}, None) == 1   # the engine says 400
+    assert _grade_key([record, short_record(2)]) == _grade_key(record) != _grade_key(short_record(2))
+    assert _grade_key("not a record") is None
+    assert _chat_weight({"n": 4}) == 4 and _chat_weight({"n": "x"}) == 1 and _chat_weight([]) == 1
