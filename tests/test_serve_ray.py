@@ -93,6 +93,17 @@ def test_a_batch_survives_an_engine_killed_mid_way_and_rows_equal_score(smollm2,
         # finished one at once, so a busy engine is never without one for long).
         assert engine_series(server, "retried")[str(victim["engine"])] >= 1, server.log
 
+        # Chat, whole and streamed, and a refusal: the engine's own answers, through the front.
+        asked = [{"role": "user", "content": "Say hi."}]
+        whole = client.chat.completions.create(model=NAME, messages=asked, max_tokens=8)
+        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model=NAME, messages=asked, max_tokens=8, stream=True) if c.choices]
+        assert whole.choices[0].message.content and "".join(pieces) == whole.choices[0].message.content
+        with pytest.raises(openai.BadRequestError, match="instruction"):
+            client.post("/grade", body={"id": "x", "response": "y"}, cast_to=object)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="other", messages=asked, max_tokens=8)
+
         # Ray replaced the engine: ready again, under a new process.
         back = poll(lambda: models(server)["engines"]["list"][victim["engine"]],
                     lambda row: row["ready"] and row["restarts"] >= 1)
@@ -121,7 +132,7 @@ def _pool(*parallel: int):
     from prom_local.serve.cluster.pool import EnginePool, EngineState
     from prom_local.serve.service import ServeConfig
 
-    pool = EnginePool("m.gguf", None, ServeConfig(model_path=Path("m.gguf"), model_name="m"))
+    pool = EnginePool("m.gguf", None, ServeConfig(model_path=Path("m.gguf"), model_name="m"), say=lambda m: None)
     pool.engines = [EngineState(i, ActorSlot(i, f"node{i}", f"node{i}", 1, 0, 1), parallel=p, ready=True)
                     for i, p in enumerate(parallel)]
     return pool
@@ -163,3 +174,36 @@ def test_the_front_counts_a_bodys_sequences_before_parsing_it():
     assert _grade_key([record, short_record(2)]) == _grade_key(record) != _grade_key(short_record(2))
     assert _grade_key("not a record") is None
     assert _chat_weight({"n": 4}) == 4 and _chat_weight({"n": "x"}) == 1 and _chat_weight([]) == 1
+
+
+def test_with_no_engine_left_health_says_so_requests_get_retry_after_and_batches_wait(tmp_path):
+    """The front alone (engines set by hand, no Ray): the states /health, /v1/grade and the batch
+    runner show when every engine is lost, and when one is back."""
+    from starlette.testclient import TestClient
+
+    from prom_local.serve import create_app
+    from prom_local.serve.batches import BatchConfig
+    from prom_local.serve.cluster.front import ClusterService
+
+    pool = _pool(1, 1)
+    pool.start = lambda: None   # the engines above stand in for started ones
+    pool.model = {"path": "/models/m.gguf", "sha256": "ab" * 32}
+    pool.config.batches = BatchConfig(data_dir=tmp_path)
+    service = ClusterService(pool.config, pool)
+    with TestClient(create_app(service)) as http:
+        ok = poll(lambda: http.get("/health"), lambda r: r.status_code == 200)
+        assert ok.json()["engines"] == {"count": 2, "ready": 2, "list": [
+            {"engine": i, "ready": True, "parallel": 1, "busy": 0, "restarts": 0} for i in (0, 1)]}
+        for engine in pool.engines:
+            pool.lost(engine, RuntimeError("the actor died"))
+        down = http.get("/health")
+        assert down.status_code == 503 and down.headers["retry-after"] == "1"
+        assert down.json()["status"] == "unavailable" and down.json()["engines"]["ready"] == 0
+        refused = http.post("/v1/grade", json=short_record(1))
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert refused.json()["error"]["code"] == "engines_unavailable"
+        assert not http.app.state.batch_api.runner._may_start(0)   # batch lines wait
+        assert service.admission.admitted == 0                       # the refusal gave its room back
+        pool.engines[1].ready, pool.engines[1].lost = True, None
+        assert http.get("/health").status_code == 200
+        assert http.app.state.batch_api.runner._may_start(0)

@@ -100,7 +100,10 @@ def _serve(config, host: str, port: int, warning: str | None, server_options: di
         service = Service(config, on_status=say, on_ready=ready)
     else:   # only with --ray: Ray is an optional extra
         from ..serve.cluster.front import ClusterService
-        service = ClusterService(config, on_status=say, on_ready=ready, **cluster)
+        from ..serve.cluster.pool import EnginePool
+        pool = EnginePool(config=config, say=say, **cluster)
+        pool.connect()   # here, in the main thread: Ray's local processes live as long as it does
+        service = ClusterService(config, pool, on_status=say, on_ready=ready)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
                                           lifespan="on", **server_options))
@@ -229,10 +232,10 @@ def register(app: typer.Typer) -> None:
         """Serve the judge over HTTP: OpenAI's /v1/chat/completions and /v1/models, /v1/grade
         (records in, `score` rows out), OpenAI's Batch API (/v1/files, /v1/batches; kept under
         --data-dir across restarts), /health and /metrics. Every request is decoded in the one
-        shared engine, together with the others.
+        shared engine, together with the others (with --ray: on the engines of a Ray cluster).
 
         Exit codes: 0 stopped by SIGTERM or Ctrl-C; 2 bad option or port in use; 3 model missing
-        or unloadable.
+        or unloadable; 8 with --ray, a cluster problem (no cluster, no room, different files).
         """
         try:
             import uvicorn  # noqa: F401 - the extra's presence, checked before any work
@@ -267,7 +270,7 @@ def register(app: typer.Typer) -> None:
         head_timeout = request_head_timeout or min(10.0, request_read_timeout)
         err_console.print(f"[dim]connections: at most {connections} open (file limit {file_limit}); headers "
                           f"within {head_timeout:g} s, bodies within {request_read_timeout:g} s[/dim]")
-        cluster = None if ray is None else {"model": opts.model, "models_dir": opts.models_dir,
+        cluster = None if ray is None else {"spec": opts.model, "models_dir": opts.models_dir,
                                             "address": ray, "actors": actors}
         _serve(config, host, port, warning, cluster=cluster, server_options={
             **uvicorn_limits(connections, head_timeout), "ssl_certfile": ssl_certfile,

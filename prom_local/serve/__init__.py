@@ -7,6 +7,7 @@ one shared engine (`engine.submit`), decoded together with everyone else's.
   service.py      configuration, the engine + Judge, checks (authenticate, body, readiness), the bounded queue
   app.py          the Starlette app: routes, background model load
   door.py         what every HTTP request needs once (key, bounded body, parsing, 499/500, metrics) before its core
+  cores.py        where a core runs: LocalCores on this process's engine (cluster/: on a Ray cluster's, `--ray`)
   schema.py       the OpenAI chat request, validated
   chat.py         messages -> tokens (plain text), grading detection, sampling, logprobs, stop strings
   completions.py  POST /v1/chat/completions, whole or SSE (its core is what a chat batch line calls)
@@ -18,6 +19,8 @@ one shared engine (`engine.submit`), decoded together with everyone else's.
   guard.py        Host / Origin / Content-Type checks before any route (browsers, DNS rebinding)
   limits.py       every bound on client values; JSON parsed safely (depth, list length, big ints, surrogates)
   protocol.py     uvicorn's h11 protocol: a bound on connections, a deadline for a request's head
+  batches/        OpenAI's Batch API: uploads, the store, the runner
+  cluster/        `serve --ray`: the front's engines are a Ray cluster's (imported only with --ray)
 """
 
 from .app import create_app

@@ -34,12 +34,11 @@ def engines_lost(reason: str) -> ApiError:
 class ClusterService(Service):
     """serve's Service with the cluster's engines in place of one in this process."""
 
-    def __init__(self, config: ServeConfig, *, model: str | None, models_dir: str | None, address: str,
-                 actors: int | None, on_status: Callable[[str], None] | None = None,
+    def __init__(self, config: ServeConfig, pool: EnginePool, on_status: Callable[[str], None] | None = None,
                  on_ready: Callable[[Service], None] | None = None):
+        # `pool` is connected already (EnginePool.connect, in the main thread); load() starts it.
         super().__init__(config, on_status=on_status, on_ready=on_ready)
-        self.pool = EnginePool(model, models_dir, config, address=address, actors=actors, say=self._say)
-        self.pool.connect()
+        self.pool = pool
         self.cores = ClusterCores(self.pool)
         self.metrics.engines = self._engine_rows
 
@@ -73,7 +72,7 @@ class ClusterService(Service):
         return min((e.parallel for e in self.pool.engines), default=1)
 
     def describe(self, public: bool = False) -> dict:
-        info = {"model": self.config.model_name, "engines": self.pool.describe()}
+        info = {"model": self.config.model_name, "engines": self.pool.describe(public)}
         if self.pool.model:
             model = self.pool.model
             info.update(path=model["path"].rsplit("/", 1)[-1] if public else model["path"],
@@ -82,10 +81,6 @@ class ClusterService(Service):
             if self.pool.engines and self.pool.engines[0].info:
                 first = self.pool.engines[0].info
                 info.update(n_ctx=first.get("n_ctx"), max_prompt_tokens=first.get("max_prompt_tokens"))
-        if not public:
-            for row, engine in zip(info["engines"]["list"], self.pool.engines):
-                row.update(host=engine.info.get("hostname"), pid=engine.pid,
-                           backend=engine.info.get("backend"), inflight=engine.inflight)
         return info
 
     def _snapshot(self) -> dict | None:

@@ -61,9 +61,9 @@ class EngineState:
     tokens: collections.Counter = field(default_factory=collections.Counter)   # since the front started
 
     def public(self) -> dict:
-        return {"engine": self.index, "node": self.slot.node_name, "ready": self.ready,
-                "parallel": self.parallel, "busy": self.status.get("busy", 0), "restarts": self.restarts,
-                **({"lost": self.lost} if self.lost else {})}
+        """What GET /health (no key) shows: nothing about where the engine runs."""
+        return {"engine": self.index, "ready": self.ready, "parallel": self.parallel,
+                "busy": self.status.get("busy", 0), "restarts": self.restarts}
 
 
 class EnginePool:
@@ -152,9 +152,13 @@ class EnginePool:
     def ready(self) -> list[EngineState]:
         return [e for e in self.engines if e.ready]
 
-    def describe(self) -> dict:
-        return {"count": len(self.engines), "ready": len(self.ready),
-                "list": [e.public() for e in self.engines]}
+    def describe(self, public: bool = False) -> dict:
+        rows = [e.public() for e in self.engines]
+        if not public:   # GET /v1/models (a key): where each runs, and why one is not ready
+            for row, e in zip(rows, self.engines):
+                row.update(node=e.slot.node_name, host=e.info.get("hostname"), pid=e.pid,
+                           backend=e.info.get("backend"), inflight=e.inflight, lost=e.lost)
+        return {"count": len(self.engines), "ready": len(self.ready), "list": rows}
 
     # -- choosing ----------------------------------------------------------------------------------
     def choose(self, key: int | None, weight: int, exclude: set[int]) -> EngineState:
