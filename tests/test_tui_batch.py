@@ -138,15 +138,14 @@ def test_stop_mid_run_then_resume_into_the_same_file(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_context_is_sized_to_the_open_file_and_the_header_says_so(tmp_path):
-    from prom_local import read_records
+    from prom_local.inputs import valid_records
     from prom_local.cli.tui_cmd import make_loader
-    from prom_local.judging.records import RECORD_TYPES
     from prom_local.runs.workload import measure
     from prom_local.tui.widgets.model_panel import describe
 
     src = write_input(tmp_path / "in.jsonl", 3, bad_line=True)   # a bad line is the batch screen's to show
     opts = engine_options(ctx=None)
-    need = measure([r for r in read_records(src) if isinstance(r, RECORD_TYPES)], opts.model, "prometheus-ko",
+    need = measure(valid_records(src), opts.model, "prometheus-ko",
                    opts.max_tokens).need_tokens
     judge, info = make_loader(opts, src)(None, lambda message: None)
     with judge:

@@ -13,8 +13,7 @@ from ..diagnostics.doctor import Diagnosis, diagnose, parse_size
 from ..errors import PromLocalError
 from ..store.models import resolve_model
 from ..engine.offload import parse_cache_type, parse_gpu_layers
-from ..judging.records import RECORD_TYPES
-from ..inputs import read_records
+from ..inputs import valid_records
 from .options import (FLAGS, CacheTypeKOpt, CacheTypeVOpt, CtxOpt, FlashAttnOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, ModelsDirOpt, ParallelOpt, ProfileOpt,
                       err_console)
 from ..settings import DEFAULT_PROFILE, ENV_MEMORY_BUDGET
@@ -124,7 +123,7 @@ def register(app: typer.Typer) -> None:
             error = str(exc)
         records = None
         if input is not None:
-            records = [r for r in read_records(input) if isinstance(r, RECORD_TYPES)]   # pairs too
+            records = valid_records(input)   # pairs too
         diag = diagnose(path, model_error=error, memory_budget=budget, gpu_memory=gpu_free, gpu_layers=layers,
                         parallel=parallel, ctx=ctx, max_tokens=max_tokens, records=records or None,
                         profile=profile or default_profile, cache_k=cache_k, cache_v=cache_v,

@@ -10,8 +10,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import PromLocalError, UsageError
-from ..inputs import read_records
-from ..judging.records import RECORD_TYPES
+from ..inputs import valid_records
 from ..runs.workload import WorkSize, measure
 from ..engine.model_info import ModelInfo
 from ..store.models import resolve_model
@@ -47,7 +46,7 @@ def _file_work(input: Path | None, model: Path, profile: str, max_tokens: int) -
     if input is None or not input.is_file():
         return None
     try:
-        return measure([r for r in read_records(input) if isinstance(r, RECORD_TYPES)], model, profile, max_tokens)
+        return measure(valid_records(input), model, profile, max_tokens)
     except PromLocalError:
         return None
 

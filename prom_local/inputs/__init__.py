@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
-from ..judging.records import AnyRecord
+from ..judging.records import RECORD_TYPES, AnyRecord
 from . import benchmark_files, kudge_files
 from .jsonl import read_jsonl
 
@@ -25,3 +25,9 @@ def read_records(path: str | Path) -> Iterator[AnyRecord | InputError]:
         yield from benchmark_files.read_benchmark(path)
     else:
         yield from read_jsonl(path)
+
+
+def valid_records(path: str | Path) -> list[AnyRecord]:
+    """The file's records (relative ones too), its bad lines left out: what a context is sized for
+    (doctor, the TUI) before the run that reports those lines."""
+    return [item for item in read_records(path) if isinstance(item, RECORD_TYPES)]

@@ -21,7 +21,6 @@ import collections
 import dataclasses
 import logging
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
