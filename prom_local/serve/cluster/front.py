@@ -146,6 +146,9 @@ class ClusterCores:
                 break
             except Exception as exc:   # lost before answering: try another
                 self.pool.done(engine, weight)
+                if not self.pool.died(exc):   # a bug there: the door answers 500
+                    service.release(weight)
+                    raise
                 self.pool.lost(engine, exc)
         else:
             service.release(weight)
@@ -163,9 +166,14 @@ class ClusterCores:
             async for ref in events:
                 yield {"data": (await ref)[1]}
             finished = True
-        except Exception as exc:   # the engine died mid-answer
-            self.pool.lost(engine, exc)
-            yield {"data": json.dumps(engines_lost("the engine was lost mid-answer").body())}
+        except Exception as exc:   # the engine died mid-answer (or, not lost, failed: a bug there)
+            if self.pool.died(exc):
+                self.pool.lost(engine, exc)
+                error = engines_lost("the engine was lost mid-answer")
+            else:
+                log.exception("unexpected error from an engine's stream")
+                error = ApiError(500, f"internal error: {type(exc).__name__}", type="server_error")
+            yield {"data": json.dumps(error.body())}
             finished = True
         finally:
             if not finished:   # the client left

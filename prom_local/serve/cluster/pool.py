@@ -224,6 +224,10 @@ class EnginePool:
         except ray.exceptions.RayActorError as exc:
             raise EngineLost(_short(exc)) from exc
 
+    def died(self, exc: BaseException) -> bool:
+        """Whether `exc` says the engine's process is gone (not a bug in what it ran)."""
+        return isinstance(exc, self._ray.exceptions.RayActorError)
+
     def open_stream(self, engine: EngineState, rid: str, args: tuple):
         return engine.handle.chat_stream.remote(rid, *args)
 
