@@ -207,3 +207,16 @@ def test_with_no_engine_left_health_says_so_requests_get_retry_after_and_batches
         pool.engines[1].ready, pool.engines[1].lost = True, None
         assert http.get("/health").status_code == 200
         assert http.app.state.batch_api.runner._may_start(0)
+
+
+def test_engines_that_loaded_different_files_are_refused_naming_each_node():
+    from prom_local.errors import ModelMismatch
+    from prom_local.serve.cluster.pool import same_file
+
+    pool = _pool(1, 1)
+    for engine, digest in zip(pool.engines, ("a" * 64, "a" * 64)):
+        engine.info = {"file": {"path": f"/m/{engine.index}.gguf", "sha256": digest}}
+    assert same_file(pool.engines, "judge:Q4_K_M")["path"] == "/m/0.gguf"
+    pool.engines[1].info["file"]["sha256"] = "b" * 64
+    with pytest.raises(ModelMismatch, match=r"node0: /m/0.gguf sha256 a{16}…; node1: /m/1.gguf sha256 b{16}…"):
+        same_file(pool.engines, "judge:Q4_K_M")

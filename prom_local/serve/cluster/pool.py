@@ -109,13 +109,7 @@ class EnginePool:
                 self._took_info(engine, ray.get(ref))
             except Exception as exc:
                 raise ClusterError(f"the engine on node {engine.slot.node_name} did not start: {_short(exc)}") from None
-        digests = {e.info["file"]["sha256"] for e in self.engines}
-        if len(digests) > 1:
-            raise ModelMismatch("the nodes hold different model files for --model "
-                                f"{self.spec or '(default)'}: " + "; ".join(
-                                    f"{e.slot.node_name}: {e.info['file']['path']} sha256 "
-                                    f"{e.info['model']['sha256'][:16]}…" for e in self.engines))
-        self.model = self.engines[0].info["file"]
+        self.model = same_file(self.engines, self.spec)
         threading.Thread(target=self._monitor, name="prom-local-engines", daemon=True).start()
 
     def _create(self, slot: ActorSlot) -> EngineState:
@@ -272,6 +266,15 @@ class EnginePool:
             engine.status = status
             if not engine.ready and engine.lost is not None and "another file" not in engine.lost:
                 engine.ready, engine.lost = True, None
+
+
+def same_file(engines: list[EngineState], spec: str | None) -> dict:
+    """The model file every engine loaded (its facts), or ModelMismatch naming each node's."""
+    if len({e.info["file"]["sha256"] for e in engines}) > 1:
+        raise ModelMismatch(f"the nodes hold different model files for --model {spec or '(default)'}: "
+                            + "; ".join(f"{e.slot.node_name}: {e.info['file']['path']} sha256 "
+                                        f"{e.info['file']['sha256'][:16]}…" for e in engines))
+    return engines[0].info["file"]
 
 
 def _short(exc: BaseException) -> str:
