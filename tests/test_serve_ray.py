@@ -104,6 +104,13 @@ def test_a_batch_survives_an_engine_killed_mid_way_and_rows_equal_score(smollm2,
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="other", messages=asked, max_tokens=8)
 
+        # prom-local as the client (`score --server`): its rows equal the batch's.
+        by_server = tmp_path / "server.jsonl"
+        two = write_jsonl(tmp_path / "two.jsonl", records[:2])
+        scored = run_cli("score", str(two), "-o", str(by_server), "--server", server.url, "--api-key", KEY, "--max-tokens", "16", "-q")
+        assert scored.returncode == 0, scored.stderr
+        assert models(server)["n_layer"] > 0 and models(server)["size_bytes"] == smollm2.stat().st_size
+
         # Ray replaced the engine: ready again, under a new process.
         back = poll(lambda: models(server)["engines"]["list"][victim["engine"]],
                     lambda row: row["ready"] and row["restarts"] >= 1)
@@ -118,6 +125,8 @@ def test_a_batch_survives_an_engine_killed_mid_way_and_rows_equal_score(smollm2,
     want = in_order([json.loads(x) for x in (tmp_path / "score.jsonl").read_text("utf-8").splitlines()],
                     [r["id"] for r in records])
     got = in_order([a["response"]["body"] for a in answers], [r["id"] for r in records])
+    served = [json.loads(x) for x in by_server.read_text("utf-8").splitlines()]
+    assert [(r["id"], r["output"]) for r in in_order(served, ["r0", "r1"])] == [(r["id"], r["output"]) for r in got[:2]]
     for g, w in zip(got, want):
         for field in ("score", "feedback", "output", "finish_reason", "prompt_tokens", "completion_tokens"):
             assert g[field] == w[field], (field, g, w)

@@ -79,8 +79,9 @@ class ClusterService(Service):
                         sha256=model["sha256"], parallel=self.n_parallel, backend="ray",
                         profile=self.config.profile)
             if self.pool.engines and self.pool.engines[0].info:
-                first = self.pool.engines[0].info
-                info.update(n_ctx=first.get("n_ctx"), max_prompt_tokens=first.get("max_prompt_tokens"))
+                first = self.pool.engines[0].info   # what a `--server` client's model panel shows
+                info.update({k: first[k] for k in ("n_ctx", "max_prompt_tokens", "quant", "size_bytes",
+                                                   "layers_on_gpu", "n_layer") if k in first})
         return info
 
     def _snapshot(self) -> dict | None:
