@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from typing import Callable
 
 from sse_starlette.sse import EventSourceResponse
@@ -132,28 +131,14 @@ class ClusterCores:
         another engine, after it a lost engine ends the stream with a 503 error event."""
         weight = min(weight, service.admission.limit)
         service.admit(weight)
-        key, tried = _chat_key(body), set()
-        for _ in range(2):
-            try:
-                engine = self.pool.choose(key, weight, tried)
-            except EngineLost as exc:
-                service.release(weight)
-                raise engines_lost(str(exc)) from None
-            tried.add(engine.index)
-            rid = uuid.uuid4().hex
-            events = self.pool.open_stream(engine, rid, (caller, body))
-            try:
-                first = await (await events.__anext__())
-                break
-            except Exception as exc:   # lost before answering: try another
-                self.pool.done(engine, weight)
-                if not self.pool.died(exc):   # a bug there: the door answers 500
-                    service.release(weight)
-                    raise
-                self.pool.lost(engine, exc)
-        else:
+        try:
+            engine, rid, events, first = await self.pool.stream(_chat_key(body), weight, (caller, body))
+        except EngineLost as exc:
             service.release(weight)
-            raise engines_lost("the engines holding this request were lost")
+            raise engines_lost(str(exc)) from None
+        except BaseException:   # a bug there (the door answers 500), or this task cancelled
+            service.release(weight)
+            raise
         if first[0] == "error":
             self.pool.done(engine, weight)
             service.release(weight)
@@ -169,7 +154,7 @@ class ClusterCores:
             finished = True
         except Exception as exc:   # the engine died mid-answer (or, not lost, failed: a bug there)
             if self.pool.died(exc):
-                self.pool.lost(engine, exc)
+                self.pool.lost(engine, exc, held=True)
                 error = engines_lost("the engine was lost mid-answer")
             else:
                 log.exception("unexpected error from an engine's stream")

@@ -177,32 +177,57 @@ class EnginePool:
         with self._lock:
             engine.inflight -= weight
 
-    def lost(self, engine: EngineState, exc: BaseException) -> None:
+    def lost(self, engine: EngineState, exc: BaseException, *, held: bool = False) -> None:
+        """The engine died or stopped answering; `held`: it died holding a request."""
         with self._lock:
-            engine.retried += 1
+            engine.retried += held
             if engine.ready:
                 engine.ready, engine.lost = False, _short(exc)
                 log.warning("engine %d on %s lost: %s", engine.index, engine.slot.node_name, engine.lost)
 
     # -- calling -----------------------------------------------------------------------------------
-    async def call(self, method: str, key: int | None, weight: int, args: tuple, gone) -> tuple:
-        """The engine's answer to `method(rid, *args)`; the request goes to a second engine if the
-        first dies with it. EngineLost when both failed or none is ready."""
+    async def _on_two_engines(self, key: int | None, weight: int, attempt):
+        """attempt(engine, rid) on the chosen engine, and once more on another if the first dies
+        with the request (attempt raises EngineLost then). EngineLost when both died or none is ready."""
         tried: set[int] = set()
         for _ in range(2):
             engine = self.choose(key, weight, tried)
             tried.add(engine.index)
-            rid = uuid.uuid4().hex
             try:
-                return await self._await(engine, getattr(engine.handle, method).remote(rid, *args), rid, gone)
+                return await attempt(engine, uuid.uuid4().hex)
             except EngineLost as exc:
-                self.lost(engine, exc.__cause__ or exc)
-            finally:
-                self.done(engine, weight)
+                self.lost(engine, exc.__cause__ or exc, held=True)
         raise EngineLost("the engines holding this request were lost")
 
+    async def call(self, method: str, key: int | None, weight: int, args: tuple, gone) -> tuple:
+        """The engine's answer to `method(rid, *args)` (on a second engine if the first dies)."""
+
+        async def attempt(engine: EngineState, rid: str) -> tuple:
+            try:
+                return await self._await(engine, getattr(engine.handle, method).remote(rid, *args), rid, gone)
+            finally:
+                self.done(engine, weight)
+
+        return await self._on_two_engines(key, weight, attempt)
+
+    async def stream(self, key: int | None, weight: int, args: tuple) -> tuple:
+        """(engine, rid, the rest of its events, its first event) of an engine's chat_stream; before
+        that first event the request may still move to a second engine. The engine keeps the
+        request's `weight` until the caller calls done()."""
+
+        async def attempt(engine: EngineState, rid: str) -> tuple:
+            events = engine.handle.chat_stream.remote(rid, *args)
+            try:
+                return engine, rid, events, await (await events.__anext__())
+            except Exception as exc:
+                self.done(engine, weight)
+                if self.died(exc):
+                    raise EngineLost(_short(exc)) from exc
+                raise   # a bug there: the door answers 500
+
+        return await self._on_two_engines(key, weight, attempt)
+
     async def _await(self, engine: EngineState, ref, rid: str, gone) -> tuple:
-        ray = self._ray
         answer = asyncio.wrap_future(ref.future())
         left = asyncio.ensure_future(gone())
         try:
@@ -215,15 +240,14 @@ class EnginePool:
             return ("gone",)
         try:
             return answer.result()
-        except ray.exceptions.RayActorError as exc:
-            raise EngineLost(_short(exc)) from exc
+        except Exception as exc:
+            if self.died(exc):
+                raise EngineLost(_short(exc)) from exc
+            raise
 
     def died(self, exc: BaseException) -> bool:
         """Whether `exc` says the engine's process is gone (not a bug in what it ran)."""
         return isinstance(exc, self._ray.exceptions.RayActorError)
-
-    def open_stream(self, engine: EngineState, rid: str, args: tuple):
-        return engine.handle.chat_stream.remote(rid, *args)
 
     # -- health ------------------------------------------------------------------------------------
     def _monitor(self) -> None:
@@ -236,7 +260,6 @@ class EnginePool:
                 engine = refs[ref]
                 if engine.ready:
                     self.lost(engine, TimeoutError(f"no status within {STATUS_TIMEOUT_S:g} s"))
-                    engine.retried -= 1   # nothing was retried: it only stopped answering
 
     def _took_status(self, engine: EngineState, ref) -> None:
         try:
@@ -244,7 +267,6 @@ class EnginePool:
         except Exception as exc:   # dead, or being replaced
             if engine.ready:
                 self.lost(engine, exc)
-                engine.retried -= 1
             return
         if status["pid"] != engine.pid:   # Ray replaced it: counters start again from 0
             try:
@@ -264,7 +286,7 @@ class EnginePool:
             for name in ("prompt_tokens", "reused_tokens", "generated_tokens"):
                 engine.tokens[name] += status[name] - before.get(name, 0)
             engine.status = status
-            if not engine.ready and engine.lost is not None and "another file" not in engine.lost:
+            if not engine.ready:   # it answers again (a replacement with another file returned above)
                 engine.ready, engine.lost = True, None
 
 
