@@ -12,8 +12,12 @@ Systems (each a fresh process on 127.0.0.1, on a port the OS picked):
           prompt_tokens must equal that id list's length, and llama-server's tokens_evaluated too;
   score   (with --systems ... score) `prom-local score --parallel N` on the same records as a file,
           the batch baseline (model load counted, as before).
-  llama-default  `llama-server -np N -c (ctx x N)` and nothing else: llama.cpp as its users run it
-          (its own threads, batch sizes, unified KV cache and flash attention `auto`);
+  llama-default  `llama-server -np N -c (ctx x N)` and nothing else: its own threads, batch sizes and
+          flash attention `auto`, one KV stream per slot (-np given: kv_unified stays off);
+  llama-auto  `llama-server -c (ctx x N)` and nothing else, as its users run it: -np left at auto,
+          which is 4 slots over one KV buffer all slots share (kv_unified on; with N other than 4,
+          `-np N -kvu`, what auto does with N), where every token's attention walks the cells of all
+          slots (masked);
   serve-fa-off, score-fa-off  prom-local with `--flash-attn off`, its CPU default before flash
           attention became `auto` (the "before" of docs/performance.md's figures).
 Same sampling on both servers: greedy (temperature 0, llama-server's top_k 1 path), no repeat
@@ -128,6 +132,16 @@ def prompt_ids(model: str, records: list[dict]) -> list[list[int]]:
     return [tokenize_prompt(record_from_mapping(r, line=i + 1), profile, vocab) for i, r in enumerate(records)]
 
 
+def reuse_ceiling(ids: list[list[int]]) -> float:
+    """The share of the prompt tokens a server could take from a cache at most: each record's
+    longest common prefix with any record before it (its last token always computed). Two
+    servers with the same speed per computed token differ by no more than their shares of this."""
+    from prom_local.engine.cache import common_prefix
+
+    reusable = sum(max((common_prefix(a, b, len(a) - 1) for b in ids[:i]), default=0) for i, a in enumerate(ids))
+    return reusable / max(1, sum(map(len, ids)))
+
+
 def _clients(n: int, items: list, call, timeout: float) -> tuple[list, list[float]]:
     """n threads, each taking the next item when its previous request is answered; none starts a
     new one after `timeout` seconds (those items stay None)."""
@@ -220,11 +234,17 @@ def run_serve(args, records: list[dict], ids: list[list[int]], n: int, flash_att
     return {**_stats(name, server.load_s, wall, lat, rows, cpu), "rss": (server.rss_loaded, rss_after)}
 
 
-def run_llama(args, records: list[dict], ids: list[list[int]], n: int, defaults: bool = False) -> dict:
+def run_llama(args, records: list[dict], ids: list[list[int]], n: int, defaults: bool = False,
+              auto: bool = False) -> dict:
+    """llama-server: matched to prom-local, or (defaults) `-np N` and the context only, or (auto)
+    the context only: `-np` left at its default, auto, which llama-server turns into 4 slots over
+    one KV buffer shared by all of them (server.cpp: n_parallel auto -> 4, kv_unified = true)."""
     port = _free_port()
-    matched = ([] if defaults else ["-t", str(args.threads), "-tb", str(args.threads), "-b", "512", "-ub", "512",
-                                    "-fa", "auto", "-ngl", "0" if args.gpu_layers == "0" else "99"])
-    server = Server([args.llama_server, "-m", args.model, "-np", str(n), "-c", str(args.ctx * n), *matched,
+    matched = ([] if defaults or auto else ["-t", str(args.threads), "-tb", str(args.threads), "-b", "512",
+                                            "-ub", "512", "-fa", "auto", "-ngl", "0" if args.gpu_layers == "0" else "99"])
+    # auto with N other than 4: N slots over one shared buffer, what auto would do with N
+    slots = (["-np", str(n), "-kvu"] if n != 4 else []) if auto else ["-np", str(n)]
+    server = Server([args.llama_server, "-m", args.model, *slots, "-c", str(args.ctx * n), *matched,
                      "--host", "127.0.0.1", "--port", str(port)],
                     url=f"http://127.0.0.1:{port}")
     try:
@@ -244,7 +264,8 @@ def run_llama(args, records: list[dict], ids: list[list[int]], n: int, defaults:
             wall, cpu = time.perf_counter() - t, _cpu_s(server.proc.pid) - cpu
     finally:
         rss_after = server.stop()
-    return {**_stats("llama-default" if defaults else "llama", server.load_s, wall, lat, rows, cpu),
+    return {**_stats("llama-auto" if auto else "llama-default" if defaults else "llama", server.load_s, wall, lat,
+                     rows, cpu),
             "rss": (server.rss_loaded, rss_after)}
 
 
@@ -271,9 +292,10 @@ def run_score(args, records: list[dict], ids: list[list[int]], n: int, flash_att
 
 SYSTEMS = {"serve": run_serve, "llama": run_llama, "score": run_score,
            "llama-default": lambda *a: run_llama(*a, defaults=True),
+           "llama-auto": lambda *a: run_llama(*a, auto=True),
            "serve-fa-off": lambda *a: run_serve(*a, flash_attn="off", name="serve-fa-off"),
            "score-fa-off": lambda *a: run_score(*a, flash_attn="off", name="score-fa-off")}
-LLAMAS = ("llama", "llama-default")
+LLAMAS = ("llama", "llama-default", "llama-auto")
 
 
 def _same_text(a: list, b: list) -> str:
@@ -287,15 +309,17 @@ def print_table(results: list[dict], args) -> None:
     print(f"\n{args.records} records per run, {args.length} length, max_tokens {args.max_tokens}, greedy, "
           f"model {Path(args.model).name}, {os.cpu_count()} CPUs, {args.threads} threads; clock from the first "
           "request to the last answer (model load excluded; load s and records/min with it are shown)\n")
-    print("| workload | N | round | system | records/min | vs llama | vs llama-default | p50 s | p95 s | prompt tok/s (reused) "
+    print("| workload | N | round | system | records/min | " + " | ".join(f"vs {b}" for b in LLAMAS)
+          + " | p50 s | p95 s | prompt tok/s (reused) "
           "| gen tok/s (tokens) | CPU s/record | same text as llama | load s | rec/min incl. load | RSS loaded -> after MiB "
           "| loadavg |")
-    print("|" + "---|" * 17)
+    print("|" + "---|" * (15 + len(LLAMAS)))
     for r in results:
         rss = f"{r['rss'][0]:.0f} -> {r['rss'][1]:.0f}" if r.get("rss") else ""
         fmt = (lambda v: f"{v:.1f}" if v == v else "")
         print(f"| {r['workload']} | {r['n']} | {r['round']} | {r['system']}{'' if r['complete'] else ' (timed out)'} "
-              f"| {r['records_per_min']:.1f}{' (load incl.)' if r['system'].startswith('score') else ''} | {r.get('vs_llama', '')} | {r.get('vs_llama-default', '')} | {fmt(r['p50_s'])} | {fmt(r['p95_s'])} "
+              f"| {r['records_per_min']:.1f}{' (load incl.)' if r['system'].startswith('score') else ''} | "
+              + " | ".join(r.get(f"vs_{b}", "") for b in LLAMAS) + f" | {fmt(r['p50_s'])} | {fmt(r['p95_s'])} "
               f"| {r['prompt_tok_s']:.0f} ({r['reused_share']:.0%}) | {r['gen_tok_s']:.1f} ({r['gen_tokens']}) "
               f"| {fmt(r['cpu_s_per_record'])} | {r.get('same_text', '')} | {r['load_s']:.1f} | {r['with_load_per_min']:.1f} | {rss} "
               f"| {r['loadavg'][0]:.1f} -> {r['loadavg'][1]:.1f} |")
@@ -351,6 +375,15 @@ def main() -> None:
                             r["same_text"] = _same_text(r["texts"], runs[base_name]["texts"])
                     results.append(r)
     print_table(results, args)
+    for name in args.workloads:
+        best = reuse_ceiling(prompt_ids(args.model, workloads[name]))
+        runs = [r for r in results if r["workload"] == name]
+        # generated tokens cost the same whatever is reused, so the prompt ratio is an upper bound
+        bounds = "; ".join(f"{r['system']} (N {r['n']}, round {r['round']}) reused {r['reused_share']:.1%}, so a "
+                           "server that reuses all of it, at the same speed per computed token, is at most "
+                           f"{(1 - r['reused_share']) / (1 - best):.2f}x as fast" for r in runs if r["system"] in LLAMAS)
+        print(f"\n{name}: at most {best:.1%} of the prompt tokens can come from a cache (each record's longest "
+              f"common prefix with an earlier one); {bounds}")
     if args.json:
         args.json.write_text(json.dumps(results, ensure_ascii=False, indent=1), "utf-8")
 
