@@ -229,3 +229,32 @@ def test_engines_that_loaded_different_files_are_refused_naming_each_node():
     pool.engines[1].info["file"]["sha256"] = "b" * 64
     with pytest.raises(ModelMismatch, match=r"node0: /m/0.gguf sha256 a{16}…; node1: /m/1.gguf sha256 b{16}…"):
         same_file(pool.engines, "judge:Q4_K_M")
+
+
+def test_a_stream_whose_client_leaves_before_its_first_event_frees_the_engine_and_cancels_there():
+    import asyncio
+    from types import SimpleNamespace
+
+    pool = _pool(2)
+    cancelled: list[str] = []
+    opened: list[str] = []
+
+    async def never_answers():
+        await asyncio.Event().wait()
+        yield None
+
+    pool.engines[0].handle = SimpleNamespace(
+        chat_stream=SimpleNamespace(remote=lambda rid, *args: opened.append(rid) or never_answers()),
+        cancel=SimpleNamespace(remote=cancelled.append))
+
+    async def leave_early():
+        task = asyncio.ensure_future(pool.stream(None, 2, ("caller", {})))
+        while not opened:   # the engine has the request
+            await asyncio.sleep(0)
+        assert pool.engines[0].inflight == 2
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(leave_early())
+    assert pool.engines[0].inflight == 0 and cancelled == opened

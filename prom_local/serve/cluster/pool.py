@@ -224,6 +224,10 @@ class EnginePool:
                 if self.died(exc):
                     raise EngineLost(_short(exc)) from exc
                 raise   # a bug there: the door answers 500
+            except BaseException:   # the client left before the first event: end it there too
+                self.done(engine, weight)
+                engine.handle.cancel.remote(rid)
+                raise
 
         return await self._on_two_engines(key, weight, attempt)
 
