@@ -351,10 +351,11 @@ def main() -> None:
     if set(LLAMAS) & set(args.systems) and not args.llama_server:
         ap.error("--llama-server PATH is needed for the llama system (or leave it out of --systems)")
     workloads = build_workloads(args.records, args.per_instruction, args.length)
+    prompts = {name: prompt_ids(args.model, workloads[name]) for name in args.workloads}
     results = []
     for rnd in range(1, args.rounds + 1):
         for name in args.workloads:
-            ids = prompt_ids(args.model, workloads[name])
+            ids = prompts[name]
             for n in args.clients:
                 order = args.systems if (rnd + args.clients.index(n)) % 2 else args.systems[::-1]
                 runs = {}
@@ -376,14 +377,14 @@ def main() -> None:
                     results.append(r)
     print_table(results, args)
     for name in args.workloads:
-        best = reuse_ceiling(prompt_ids(args.model, workloads[name]))
+        best = reuse_ceiling(prompts[name])
         runs = [r for r in results if r["workload"] == name]
         # generated tokens cost the same whatever is reused, so the prompt ratio is an upper bound
         bounds = "; ".join(f"{r['system']} (N {r['n']}, round {r['round']}) reused {r['reused_share']:.1%}, so a "
                            "server that reuses all of it, at the same speed per computed token, is at most "
                            f"{(1 - r['reused_share']) / (1 - best):.2f}x as fast" for r in runs if r["system"] in LLAMAS)
         print(f"\n{name}: at most {best:.1%} of the prompt tokens can come from a cache (each record's longest "
-              f"common prefix with an earlier one); {bounds}")
+              f"common prefix with an earlier one){'; ' + bounds if bounds else ''}")
     if args.json:
         args.json.write_text(json.dumps(results, ensure_ascii=False, indent=1), "utf-8")
 
